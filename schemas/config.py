@@ -1,0 +1,315 @@
+"""Typed, validated configuration for every job.
+
+A ``Config`` is a tree of frozen dataclasses. Every field carries its constraints in its metadata
+(``lo``/``hi`` bounds, ``choices``), and each section is checked on construction, so a bad value
+fails where it is made with a message that names the dotted option (``train.batch_size``).
+
+Presets live in ``configs/<name>.yaml`` and hold only the values that differ from the defaults.
+Overrides come from YAML files and from ``key=value`` strings on the command line, applied in
+that order on top of the preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from schemas.errors import ConfigError
+
+
+def _f(default, *, lo=None, hi=None, choices=None, doc: str = ""):
+    """A dataclass field with its constraints and one line of documentation."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc})
+
+
+class _Section:
+    """Validation shared by every config section."""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            _check_value(self._path(f.name), getattr(self, f.name), hints[f.name], f.metadata)
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field constraints of a section; raise ConfigError naming the option."""
+
+    @classmethod
+    def _path(cls, name: str) -> str:
+        section = getattr(cls, "SECTION", "")
+        return f"{section}.{name}" if section else name
+
+
+def _check_value(path: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> None:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item_hint, *_rest) = typing.get_args(hint)
+        for i, item in enumerate(value):
+            _check_value(f"{path}[{i}]", item, item_hint, meta)
+        return
+    if dataclasses.is_dataclass(hint):
+        return
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{path}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{path}: must be >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{path}: must be <= {hi}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RobotConfig(_Section):
+    """The simulated grasping cell and its MDP (paper section 5, appendix D)."""
+
+    SECTION = "robot"
+    image_size: int = _f(64, lo=16, hi=472, doc="side of the square RGB camera image, pixels")
+    min_objects: int = _f(5, lo=1, hi=50, doc="fewest objects dropped into the tray at reset")
+    max_objects: int = _f(10, lo=1, hi=50, doc="most objects dropped into the tray at reset")
+    max_steps: int = _f(20, lo=1, hi=1000, doc="steps before the episode is cut off")
+    step_reward: float = _f(-0.05, lo=-1.0, hi=0.0, doc="reward of every step before the end")
+    success_height: float = _f(0.1, lo=0.0, hi=1.0,
+                               doc="metres above the tray floor an object must be held at the end")
+    termination: str = _f("learned", choices=("learned", "scripted"),
+                          doc="terminate action of the policy, or algorithm 2's heuristic")
+    success_labeller: str = _f("ground_truth", choices=("ground_truth", "image_subtraction"),
+                               doc="simulator truth, or the drop test of appendix D.3")
+    action_repeat: int = _f(10, lo=1, hi=1000, doc="physics sub-steps per control step")
+
+    def check(self):
+        if self.min_objects > self.max_objects:
+            raise ConfigError(f"robot.min_objects ({self.min_objects}) must not exceed "
+                              f"robot.max_objects ({self.max_objects})")
+
+
+@dataclass(frozen=True)
+class CollectConfig(_Section):
+    """Episode collection (``qtopt collect``)."""
+
+    SECTION = "collect"
+    policy: str = _f("scripted", doc="scripted | random | a policy export directory")
+    episodes: int = _f(100, lo=1, doc="episodes to collect in all")
+    objects: str = _f("train", doc="train | test | comma-separated URDF paths")
+    episodes_per_block: int = _f(10, lo=1, doc="episodes one Beam element runs")
+    epsilon: float = _f(0.2, lo=0.0, hi=1.0, doc="exploration rate for a greedy policy")
+    seed: int = _f(0, lo=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """The Q-network (appendix E, figure 13)."""
+
+    SECTION = "model"
+    preset: str = _f("cpu64", choices=("cpu64", "paper"), doc="network size preset")
+    state_inputs: str = _f("image+gripper+height",
+                           choices=("image", "image+gripper", "image+gripper+height"),
+                           doc="state representation ablation (table 3)")
+
+
+@dataclass(frozen=True)
+class CEMConfig(_Section):
+    """Cross-entropy method over actions (appendix C)."""
+
+    SECTION = "cem"
+    samples: int = _f(64, lo=2, doc="N, samples per iteration")
+    elites: int = _f(6, lo=1, doc="M, elites refit per iteration")
+    iterations: int = _f(2, lo=1, doc="CEM iterations")
+
+    def check(self):
+        if self.elites > self.samples:
+            raise ConfigError(f"cem.elites ({self.elites}) must not exceed cem.samples "
+                              f"({self.samples})")
+
+
+@dataclass(frozen=True)
+class TargetConfig(_Section):
+    """Bellman targets (section 4.2)."""
+
+    SECTION = "targets"
+    kind: str = _f("clipped_double_q", choices=("clipped_double_q", "double_q", "single_q"))
+    gamma: float = _f(0.9, lo=0.0, hi=1.0, doc="discount")
+    polyak: float = _f(0.9999, lo=0.0, hi=1.0, doc="Polyak averaging rate of the target copy")
+    lag_steps: int = _f(6000, lo=0, doc="steps the lagged copy trails the Polyak copy")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """The trainer (``qtopt train``)."""
+
+    SECTION = "train"
+    batch_size: int = _f(32, lo=1)
+    steps: int = _f(1000, lo=1, doc="gradient steps per training epoch")
+    optimizer: str = _f("sgd", choices=("sgd", "adam"))
+    learning_rate: float = _f(1e-4, lo=0.0)
+    momentum: float = _f(0.9, lo=0.0, hi=1.0)
+    l2: float = _f(7e-5, lo=0.0, doc="L2 weight regularisation")
+    loss: str = _f("cross_entropy", choices=("cross_entropy", "squared_error"))
+    augment: bool = _f(True, doc="random crop and colour jitter in training only")
+    shuffle_buffer: int = _f(1000, lo=1)
+    checkpoint_every: int = _f(500, lo=1, doc="steps between checkpoints")
+    seed: int = _f(0, lo=0)
+
+
+@dataclass(frozen=True)
+class PipelineConfig(_Section):
+    """Beam jobs: shard, relabel, subsample."""
+
+    SECTION = "pipeline"
+    num_shards: int = _f(8, lo=1, doc="output shards of shard and relabel")
+    shuffle_seed: int = _f(0, lo=0, doc="salt of the deterministic shuffle")
+    direct_num_workers: int = _f(0, lo=0, doc="local worker processes; 0 means one per core")
+    relabel_batch_size: int = _f(256, lo=1, doc="transitions per model call in relabel")
+
+
+@dataclass(frozen=True)
+class Config(_Section):
+    """Every section of a run."""
+
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cem: CEMConfig = field(default_factory=CEMConfig)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+        return _build(cls, data, "")
+
+
+def _build(cls, data: Mapping[str, Any], prefix: str):
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown config key {path!r}{hint}")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            kwargs[key] = _build(hint_type, value, f"{path}.")
+        elif typing.get_origin(hint_type) is tuple and isinstance(value, list):
+            kwargs[key] = tuple(value)
+        elif hint_type is float and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[key] = float(value)
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a missing required field: not expected with defaults everywhere
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from None
+
+
+def _merge(base: dict, update: Mapping[str, Any]) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def presets_dir() -> Path:
+    """Where the preset YAML files are: the source tree, or the installed data directory."""
+    candidates = [Path(__file__).resolve().parent.parent / "configs",
+                  Path(sys.prefix) / "share" / "qtopt" / "configs"]
+    env = os.environ.get("QTOPT_CONFIGS")
+    if env:
+        candidates.insert(0, Path(env))
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("no configs/ directory with presets found; set QTOPT_CONFIGS")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: expected a mapping at the top level")
+    return data
+
+
+def parse_override(text: str) -> dict:
+    """``train.batch_size=64`` -> ``{"train": {"batch_size": 64}}`` (value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.batch_size=64")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: dict = value
+    for part in reversed(key.strip().split(".")):
+        out = {part: out}
+    return out
+
+
+def load_config(preset: str = "demo", files: list[str] | tuple[str, ...] = (),
+                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The preset, then each YAML file, then each ``key=value`` override, validated."""
+    names = preset_names()
+    if preset not in names:
+        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(names)}")
+    data = _read_yaml(presets_dir() / f"{preset}.yaml", "preset")
+    for path in files:
+        data = _merge(data, _read_yaml(Path(path), "config file"))
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return Config.from_dict(data)
+
+
+def describe_options() -> list[tuple[str, Any, str]]:
+    """(dotted name, default, doc) for every option, for help texts and the README."""
+    rows = []
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory()):
+            rows.append((f"{section.name}.{f.name}", f.default, f.metadata.get("doc", "")))
+    return rows

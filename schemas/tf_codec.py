@@ -1,0 +1,99 @@
+"""TensorFlow parsers and Keras inputs, derived from the specs.
+
+Imports TensorFlow; nothing in the TensorFlow-free path imports this module. Parsed images come out
+as ``uint8`` tensors of shape ``image_shape``; strings as ``tf.string``; booleans as ``tf.bool``.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from schemas.specs import RecordSpec, SCHEMA_VERSION, Field, spec_for
+
+_TF_DTYPES = {"float32": tf.float32, "int64": tf.int64, "bool": tf.int64, "string": tf.string,
+              "image": tf.string}
+
+
+def _feature(f: Field, sequence: bool = False):
+    dtype = _TF_DTYPES[f.dtype]
+    if f.variable:
+        return tf.io.RaggedFeature(dtype)
+    shape = () if f.dtype == "image" else f.shape
+    if sequence:
+        return tf.io.FixedLenSequenceFeature(shape, dtype)
+    return tf.io.FixedLenFeature(shape, dtype)
+
+
+def feature_spec(spec: RecordSpec) -> dict:
+    """``tf.io`` feature description of a record kind (the context, for episodes)."""
+    return {f.name: _feature(f) for f in spec.fields}
+
+
+def sequence_feature_spec(spec: RecordSpec) -> dict:
+    return {f.name: _feature(f, sequence=True) for f in spec.step_fields}
+
+
+def _finish(spec: RecordSpec, parsed: dict, image_shape, batched: bool) -> dict:
+    out = {}
+    for f in spec.fields + spec.step_fields:
+        if f.name not in parsed:
+            continue
+        v = parsed[f.name]
+        if f.dtype == "image":
+            v = tf.io.decode_raw(v, tf.uint8)
+            lead = tf.shape(v)[:-1]
+            v = tf.reshape(v, tf.concat([lead, tf.constant(image_shape, tf.int32)], 0))
+            if not batched and spec.step_fields == ():
+                v = tf.ensure_shape(v, image_shape)
+        elif f.dtype == "bool":
+            v = tf.cast(v, tf.bool)
+        out[f.name] = v
+    return out
+
+
+def parse_batch(serialized: tf.Tensor, kind: str, image_shape) -> dict:
+    """Parse a batch of serialised tf.Example records (transitions) into tensors.
+
+    Raises ``tf.errors.InvalidArgumentError`` if a record's schema version is not the current one.
+    """
+    spec = spec_for(kind)
+    if spec.container != "example":
+        raise ValueError(f"{kind} records are SequenceExamples; use parse_episode")
+    parsed = tf.io.parse_example(serialized, feature_spec(spec))
+    tf.debugging.assert_equal(parsed["schema_version"], tf.constant(SCHEMA_VERSION, tf.int64),
+                              message=f"{kind} record with an unsupported schema version")
+    out = _finish(spec, parsed, tuple(image_shape), batched=True)
+    for name, value in out.items():
+        if spec.field(name).dtype == "image":
+            out[name] = tf.ensure_shape(value, (None,) + tuple(image_shape))
+    return out
+
+
+def parse_episode(serialized: tf.Tensor, image_shape) -> tuple[dict, dict]:
+    """Parse one serialised episode into (context, steps) tensors."""
+    spec = spec_for("episode")
+    context, steps = tf.io.parse_single_sequence_example(
+        serialized, context_features=feature_spec(spec),
+        sequence_features=sequence_feature_spec(spec))
+    tf.debugging.assert_equal(context["schema_version"], tf.constant(SCHEMA_VERSION, tf.int64),
+                              message="episode record with an unsupported schema version")
+    return (_finish(spec, dict(context), tuple(image_shape), batched=False),
+            _finish(spec, dict(steps), tuple(image_shape), batched=True))
+
+
+MODEL_INPUTS = ("observation/image", "observation/gripper_closed", "observation/height", "action")
+
+
+def keras_inputs(image_size: int, names=MODEL_INPUTS, kind: str = "transition") -> dict:
+    """Keras ``Input`` layers for the named fields, shaped and typed from the spec."""
+    spec = spec_for(kind)
+    inputs = {}
+    for name in names:
+        f = spec.field(name)
+        if f.dtype == "image":
+            shape, dtype = (image_size, image_size, 3), "uint8"
+        else:
+            shape, dtype = f.shape, {"float32": "float32", "int64": "int64",
+                                     "bool": "bool"}[f.dtype]
+        inputs[name] = tf.keras.Input(shape=shape, dtype=dtype, name=name.replace("/", "_"))
+    return inputs

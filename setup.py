@@ -1,0 +1,53 @@
+"""QT-Opt for real: scalable vision-based grasping RL as a Beam data pipeline and a TF trainer.
+
+This file is also what Dataflow workers install (``--setup_file ./setup.py``), so every module a
+worker imports lives in one of the packages below and the sdist carries the presets.
+"""
+
+import glob
+
+from setuptools import find_packages, setup
+
+PACKAGES = ("pipelines", "model", "robot", "schemas")
+
+setup(
+    name="qtopt",
+    version="0.1.0",
+    description="QT-Opt grasping: pybullet collection, Beam relabelling, TensorFlow training",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=[f"{p}" for p in PACKAGES] + [f"{p}.*" for p in PACKAGES]),
+    data_files=[("share/qtopt/configs", sorted(glob.glob("configs/*.yaml")))],
+    install_requires=[
+        "apache-beam[gcp]>=2.60,<3",
+        # The CPU build is enough for this project and a third of the download.
+        "tensorflow-cpu>=2.17,<2.22; sys_platform == 'linux' and platform_machine == 'x86_64'",
+        "tensorflow>=2.17,<2.22; sys_platform != 'linux' or platform_machine != 'x86_64'",
+        "tfrecord>=1.14,<2",
+        "crc32c>=2.3",
+        "protobuf>=4.25,<7",
+        "pyarrow>=15",
+        "gcsfs>=2024.6",
+        "fsspec>=2024.6",
+        "numpy>=1.26,<3",
+        "pybullet>=3.2.6,<3.3",
+        "gymnasium>=1.0,<2",
+        "pyyaml>=6",
+        "pillow>=10",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "gcp-storage-emulator>=2024.8",
+        ],
+        "dev": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "gcp-storage-emulator>=2024.8",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={"console_scripts": ["qtopt=pipelines.cli:main"]},
+)
