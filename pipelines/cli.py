@@ -1,0 +1,82 @@
+"""The ``qtopt`` command line.
+
+Each command lives in a module with ``add_arguments(parser)`` and ``run(args) -> int``, imported
+only when that command runs, so ``qtopt inspect`` never imports TensorFlow and ``--help`` is fast.
+A ``UserError`` (bad file, record or option) prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import schemas  # noqa: F401  (installs the tfrecord/tensorflow import hook first)
+from schemas.errors import UserError
+
+# name -> (module, one-line help). Add a command by adding a line here.
+COMMANDS = {
+    "inspect": ("pipelines.inspect_cmd", "describe TFRecord files of any record kind"),
+    "config": ("pipelines.config_cmd", "show presets and resolved configurations"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors: one line, status 2, as argparse does, no traceback
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every command that takes a Config shares."""
+    parser.add_argument("--preset", default="demo",
+                        help="configuration preset from configs/ (default: demo)")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML file of overrides; may be repeated")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        dest="overrides", help="one override, e.g. train.batch_size=64")
+
+
+def config_from_args(args: argparse.Namespace):
+    from schemas.config import load_config
+
+    return load_config(args.preset, args.config, args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="qtopt", description="QT-Opt grasping: collect episodes, shard and "
+                     "relabel them with Beam, train and evaluate Q-functions.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    name = argv[0]
+    if name not in COMMANDS:
+        parser.error(f"unknown command {name!r} (choose from {', '.join(COMMANDS)})")
+    module = importlib.import_module(COMMANDS[name][0])
+    cmd_parser = _Parser(prog=f"qtopt {name}", description=COMMANDS[name][1])
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        print(f"qtopt {name}: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except BrokenPipeError:  # output piped into head or less that closed early
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print(f"qtopt {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
