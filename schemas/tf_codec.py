@@ -6,7 +6,11 @@ as ``uint8`` tensors of shape ``image_shape``; strings as ``tf.string``; boolean
 
 from __future__ import annotations
 
-import tensorflow as tf
+from schemas import compat
+
+compat.ensure_compatible()  # a clear message instead of protobuf's duplicate-symbol error
+
+import tensorflow as tf  # noqa: E402
 
 from schemas.specs import RecordSpec, SCHEMA_VERSION, Field, spec_for
 

@@ -1,0 +1,67 @@
+"""Configs: presets, YAML files and command-line overrides, validated with named errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.config import Config, RobotConfig, load_config, parse_override, preset_names
+from schemas.errors import ConfigError
+
+
+def test_presets_exist_and_differ_where_the_paper_says():
+    assert {"demo", "paper"} <= set(preset_names())
+    demo, paper = load_config("demo"), load_config("paper")
+    assert demo.robot.image_size == 64 and paper.robot.image_size == 472
+    assert paper.model.preset == "paper"
+    assert (paper.train.learning_rate, paper.train.momentum, paper.train.batch_size) == \
+        (1e-4, 0.9, 32)
+    assert (paper.cem.samples, paper.cem.elites, paper.cem.iterations) == (64, 6, 2)
+    assert (paper.targets.gamma, paper.targets.polyak, paper.targets.lag_steps) == \
+        (0.9, 0.9999, 6000)
+
+
+def test_overrides_apply_in_order(tmp_path):
+    f = tmp_path / "over.yaml"
+    f.write_text("train:\n  batch_size: 16\nrobot:\n  max_steps: 10\n")
+    cfg = load_config("demo", [str(f)], ["train.batch_size=8", "robot.termination=scripted"])
+    assert cfg.train.batch_size == 8 and cfg.robot.max_steps == 10
+    assert cfg.robot.termination == "scripted"
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.bogus=1", "unknown config key 'train.bogus'"),
+    ("trian.batch_size=1", "unknown config key 'trian' (did you mean train?)"),
+    ("robot.image_size=8", "robot.image_size: must be >= 16, got 8"),
+    ("robot.max_steps=-1", "robot.max_steps: must be >= 1, got -1"),
+    ("robot.min_objects=0", "robot.min_objects: must be >= 1, got 0"),
+    ("train.batch_size=big", "train.batch_size: expected an integer, got 'big'"),
+    ("targets.kind=triple_q", "targets.kind: must be one of"),
+    ("train.augment=maybe", "train.augment: expected true or false"),
+    ("robot.min_objects=20", "robot.min_objects (20) must not exceed robot.max_objects (10)"),
+    ("noequals", "expected KEY=VALUE"),
+])
+def test_bad_values_name_the_option(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", overrides=[override])
+    assert message in str(err.value)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; presets: demo, paper"):
+        load_config("nope")
+
+
+def test_bad_yaml_file_is_named(tmp_path):
+    f = tmp_path / "broken.yaml"
+    f.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"config file .*broken\.yaml: not valid YAML"):
+        load_config("demo", [str(f)])
+    with pytest.raises(ConfigError, match=r"missing\.yaml"):
+        load_config("demo", [str(tmp_path / "missing.yaml")])
+
+
+def test_construction_validates_directly():
+    with pytest.raises(ConfigError, match="robot.image_size: must be <= 472"):
+        RobotConfig(image_size=1000)
+    assert parse_override("a.b.c=1.5") == {"a": {"b": {"c": 1.5}}}

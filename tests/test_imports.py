@@ -1,0 +1,48 @@
+"""Every module of the project, tfrecord and tensorflow import together in one process, in
+either order of the two packages (they clash on a protobuf symbol as shipped)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+PROGRAM = """
+import importlib, pkgutil, sys
+first, second = sys.argv[1], sys.argv[2]
+import schemas
+importlib.import_module(first)
+importlib.import_module(second)
+failed = []
+count = 0
+for package in ("schemas", "robot", "model", "pipelines"):
+    pkg = importlib.import_module(package)
+    for info in pkgutil.walk_packages(pkg.__path__, package + "."):
+        importlib.import_module(info.name)
+        count += 1
+import tensorflow as tf, tfrecord
+ex = tfrecord.example_pb2.Example()
+ex.features.feature["x"].int64_list.value.append(7)
+parsed = tf.io.parse_single_example(ex.SerializeToString(),
+                                    {"x": tf.io.FixedLenFeature([], tf.int64)})
+assert int(parsed["x"]) == 7
+print("modules", count)
+"""
+
+
+@pytest.mark.parametrize("first, second", [("tfrecord", "tensorflow"),
+                                           ("tensorflow", "tfrecord")])
+def test_everything_imports_in_one_process(first, second):
+    proc = subprocess.run([sys.executable, "-c", PROGRAM, first, second], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) >= 10
+
+
+def test_importing_tfrecord_before_schemas_is_explained():
+    code = ("import tfrecord, schemas.compat as c\n"
+            "try:\n    c.ensure_compatible()\nexcept ImportError as e:\n    print(e)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert "Import schemas (or any qtopt package) first" in proc.stdout
