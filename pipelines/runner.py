@@ -1,0 +1,247 @@
+"""How every ``qtopt`` Beam job picks its runner and options. Use this module for any new job.
+
+A command does three things with it::
+
+    def add_arguments(parser):
+        ...                              # the command's own options
+        runner.add_beam_arguments(parser)
+
+    def run(args):
+        options = runner.pipeline_options(args.beam_args, num_workers=cfg.pipeline.direct_num_workers,
+                                          job_name="qtopt-shard")
+        with runner.progress("shard"):
+            result = runner.run_pipeline(build(beam.Pipeline(options=options), ...))
+        counts = runner.counters(result, "qtopt.shard")
+
+``add_beam_arguments`` makes the command's parser keep every option it does not know
+(``--runner``, ``--project``, ``--region``, ``--temp_location``, ``--setup_file``, ...) in
+``args.beam_args`` instead of failing, and ``pipeline_options`` turns that list into Beam
+``PipelineOptions`` with the local defaults filled in:
+
+* no ``--runner`` (or ``--runner=DirectRunner``): Beam's FnApiRunner, which is the engine the
+  DirectRunner runs batch pipelines on, in ``multi_processing`` mode with one worker process per
+  core (``pipeline.direct_num_workers``, 0 = every core). Naming it explicitly skips the
+  DirectRunner's first attempt with the PrismRunner, which downloads a binary and fails offline.
+* ``--runner=DataflowRunner`` without ``--setup_file``/``--sdk_container_image``/``--requirements_file``:
+  the project's ``setup.py`` is staged, so workers can import ``schemas``, ``model`` and ``robot``.
+* ``--runner=PortableRunner``, ``PrismRunner``, ``FlinkRunner``...: passed through untouched.
+
+Any other option is passed to Beam as given, so everything Beam documents works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from schemas.errors import UserError
+
+_LOG = logging.getLogger("qtopt.pipelines")
+
+LOCAL_RUNNER = "FnApiRunner"
+# Runner names that mean "this machine": we run them on the FnApiRunner directly.
+_DIRECT_ALIASES = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner")
+
+
+def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
+    """Let ``parser`` collect unknown options into ``args.beam_args`` for Beam.
+
+    ``qtopt`` parses a command's arguments with ``parse_args``; here that call is made to keep
+    what it does not recognise instead of exiting, which is how Beam's own examples treat
+    ``parse_known_args``.
+    """
+    parser.add_argument_group(
+        "Beam options",
+        "Any other --option goes to Beam: --runner, --project, --region, --temp_location, "
+        "--setup_file, --num_workers, --max_num_workers, --direct_num_workers ... "
+        "Default runner: local, one worker process per core.")
+    parse_known = parser.parse_known_args
+
+    def parse_args(args=None, namespace=None):
+        ns, extra = parse_known(args, namespace)
+        stray = [a for i, a in enumerate(extra) if not a.startswith("--") and
+                 not (i > 0 and extra[i - 1].startswith("--") and "=" not in extra[i - 1])]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)} (Beam options must be "
+                         "written --name=value or --name value)")
+        ns.beam_args = list(extra)
+        return ns
+
+    parser.parse_args = parse_args  # type: ignore[method-assign]
+
+
+def _option_value(args: Sequence[str], name: str) -> str | None:
+    """The value of ``--name=value`` / ``--name value`` in a raw Beam argument list."""
+    flag = f"--{name}"
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _without(args: Sequence[str], name: str) -> list[str]:
+    flag, out, skip = f"--{name}", [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == flag:
+            skip = True
+            continue
+        if a.startswith(flag + "="):
+            continue
+        out.append(a)
+    return out
+
+
+def project_setup_file() -> str | None:
+    """The ``setup.py`` of this source tree, if the packages run from one."""
+    candidate = Path(__file__).resolve().parent.parent / "setup.py"
+    return str(candidate) if candidate.is_file() else None
+
+
+def resolve_args(beam_args: Sequence[str] | None, num_workers: int = 0,
+                 job_name: str | None = None) -> list[str]:
+    """The full Beam argument list: the user's options plus our defaults where they gave none."""
+    args = list(beam_args or [])
+    runner = _option_value(args, "runner")
+    if runner is None or runner.split(".")[-1] in _DIRECT_ALIASES:
+        args = _without(args, "runner") + [f"--runner={LOCAL_RUNNER}"]
+        if _option_value(args, "direct_running_mode") is None:
+            args.append("--direct_running_mode=multi_processing")
+        if _option_value(args, "direct_num_workers") is None:
+            args.append(f"--direct_num_workers={num_workers or os.cpu_count() or 1}")
+    elif runner.split(".")[-1] in ("DataflowRunner", "TestDataflowRunner"):
+        staged = any(_option_value(args, o) for o in
+                     ("setup_file", "sdk_container_image", "requirements_file"))
+        setup = project_setup_file()
+        if not staged and setup:
+            args.append(f"--setup_file={setup}")
+        if job_name and _option_value(args, "job_name") is None:
+            args.append(f"--job_name={job_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return args
+
+
+def pipeline_options(beam_args: Sequence[str] | None = None, num_workers: int = 0,
+                     job_name: str | None = None):
+    """Beam ``PipelineOptions`` from pass-through arguments, with the local defaults filled in.
+
+    An option Beam does not know is an error here, naming it, rather than being ignored.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    args = resolve_args(beam_args, num_workers, job_name)
+    options = PipelineOptions(args)
+    unknown = _unknown_options(options, args)
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]} (neither a qtopt option nor a Beam "
+                        "pipeline option)")
+    return options
+
+
+def _unknown_options(options, args: Sequence[str]) -> list[str]:
+    known = set(options.get_all_options(retain_unknown_options=False))
+    out = []
+    for a in args:
+        if a.startswith("--"):
+            name = a[2:].split("=", 1)[0]
+            if name.replace("-", "_") not in known and name not in known:
+                out.append(a.split("=", 1)[0])
+    return out
+
+
+def runner_name(options) -> str:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return str(options.view_as(StandardOptions).runner or "").split(".")[-1]
+
+
+def is_dry_run(options) -> bool:
+    from apache_beam.options.pipeline_options import TestOptions
+
+    return bool(options.view_as(TestOptions).dry_run)
+
+
+def is_local(options) -> bool:
+    return runner_name(options) in _DIRECT_ALIASES + ("BundleBasedDirectRunner", "PrismRunner")
+
+
+def run_pipeline(pipeline, wait: bool = True):
+    """Run a built pipeline; wait for it unless ``wait`` is false (a Dataflow job keeps going)."""
+    result = pipeline.run()
+    if wait and not is_dry_run(pipeline.options):
+        result.wait_until_finish()
+    return result
+
+
+def counters(result, namespace: str) -> dict:
+    """Committed counters and distributions of one namespace: ``{name: value}``.
+
+    A distribution is reported as its mean (None when it saw nothing). Runners that do not
+    report metrics (a dry run) give ``{}``.
+    """
+    try:
+        from apache_beam.metrics.metric import MetricsFilter
+
+        res = result.metrics().query(MetricsFilter().with_namespace(namespace))
+    except (NotImplementedError, AttributeError):
+        return {}
+    out: dict = {}
+    for c in res.get("counters", []):
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    for d in res.get("distributions", []):
+        value = d.committed if d.committed is not None else d.attempted
+        if value is not None and value.count:
+            out[d.key.metric.name] = value.sum / value.count
+        else:
+            out.setdefault(d.key.metric.name, None)
+    return out
+
+
+@contextlib.contextmanager
+def progress(label: str, poll=None, every: float = 5.0, stream=sys.stderr) -> Iterator[None]:
+    """Print a progress line every ``every`` seconds while a local job runs.
+
+    ``poll()`` returns a short status (e.g. ``"3/8 shards written"``); it runs on the launcher,
+    so it works whatever runner executes the job.
+    """
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def loop():
+        while not stop.wait(every):
+            status = ""
+            if poll is not None:
+                try:
+                    status = poll()
+                except Exception:  # a progress probe must never break the job
+                    status = ""
+            print(f"{label}: {time.monotonic() - start:5.0f}s {status}", file=stream, flush=True)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1)
+
+
+def quiet_beam_logging() -> None:
+    """Beam logs every stage at INFO; a CLI user wants our lines and Beam's warnings."""
+    for name in ("apache_beam", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Local workers forward every log line here, including a start-up warning about
+    # semi_persistent_directory on every run; failures still surface as the job's exception.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
