@@ -18,6 +18,7 @@ from schemas.errors import UserError
 COMMANDS = {
     "inspect": ("pipelines.inspect_cmd", "describe TFRecord files of any record kind"),
     "config": ("pipelines.config_cmd", "show presets and resolved configurations"),
+    "shard": ("pipelines.shard", "episodes to shuffled transition shards, catalogue, manifest"),
 }
 
 

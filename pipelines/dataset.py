@@ -1,0 +1,146 @@
+"""Sharded datasets on disk or in a bucket, and how a job publishes one.
+
+A dataset directory (``transitions/<name>/``, ``labelled/epoch-K/``) holds::
+
+    shard-00000-of-00004.tfrecord.gz ...   records, gzip TFRecord
+    catalogue.parquet                      one row per episode (shard and subsample)
+    dead-letter.jsonl                      records that could not be read, with file and offset
+    manifest.json                          written last: the dataset is complete
+
+A dataset without ``manifest.json`` is incomplete (a job still running, or killed) and
+``read_manifest`` refuses it. Readers take the shard list from the manifest, never from a glob,
+so stray files cannot be read twice.
+
+A job writes everything under ``<out>/_staging/<run id>/`` and its last step, ``commit``, moves
+the files into place: it removes the old manifest, moves the new files in, deletes the old
+dataset's files that the new one does not have, writes the manifest, and removes the staging
+directory. A job killed before ``commit`` leaves the previous dataset published and untouched; one
+killed during it leaves no manifest, and a rerun publishes a complete dataset. The same names are
+reused, so nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from typing import Iterable
+
+from schemas import fs
+from schemas.errors import UserError
+from schemas.specs import SCHEMA_VERSION
+
+MANIFEST = "manifest.json"
+CATALOGUE = "catalogue.parquet"
+DEAD_LETTER = "dead-letter.jsonl"
+STAGING = "_staging"
+PROGRESS = "_progress"
+FORMAT = "qtopt-dataset/1"
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"shard-{index:05d}-of-{count:05d}.tfrecord.gz"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def staging_dir(out: str, run_id: str) -> str:
+    return fs.join(out, STAGING, run_id)
+
+
+def _is_ours(name: str) -> bool:
+    """Files a previous publication of a dataset may have left, which a new one replaces."""
+    return (name.startswith("shard-") and name.endswith(".tfrecord.gz")) or \
+        name in (CATALOGUE, DEAD_LETTER, MANIFEST)
+
+
+def read_manifest(directory: str) -> dict:
+    """The manifest of a complete dataset; a one-line UserError if there is none."""
+    path = fs.join(directory, MANIFEST)
+    if not fs.exists(path):
+        what = "does not exist" if not fs.exists(directory) else \
+            "has no manifest.json: it is incomplete (its job is running, failed or was killed; rerun it)"
+        raise UserError(f"dataset {directory} {what}")
+    try:
+        manifest = json.loads(fs.read_text(path))
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"{path}: not a qtopt dataset manifest (format {manifest.get('format')!r},"
+                        f" expected {FORMAT!r})")
+    if int(manifest.get("schema_version", -1)) != SCHEMA_VERSION:
+        raise UserError(f"{path}: schema version {manifest.get('schema_version')} is not "
+                        f"supported (this reader knows {SCHEMA_VERSION})")
+    return manifest
+
+
+def shard_paths(directory: str, manifest: dict | None = None) -> list[str]:
+    """Full paths of a complete dataset's shards, in shard order."""
+    manifest = manifest or read_manifest(directory)
+    return [fs.join(directory, f["name"]) for f in manifest["files"]]
+
+
+def write_json(path: str, value) -> None:
+    fs.write_text(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+
+
+def write_dead_letters(path: str, letters: Iterable[dict]) -> int:
+    rows = sorted(letters, key=lambda d: (d.get("file", ""), d.get("offset") or 0,
+                                          d.get("stage", "")))
+    fs.write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return len(rows)
+
+
+def _move(src: str, dst: str) -> None:
+    if not fs.is_remote(src):
+        os.replace(src, dst)
+        return
+    filesystem, s = fs.filesystem(src)
+    _, d = fs.filesystem(dst)
+    filesystem.mv(s, d)
+
+
+def commit(out: str, run_id: str, names: list[str], manifest: dict) -> dict:
+    """Publish the staged files ``names`` and the manifest; see the module docstring.
+
+    Idempotent, so a runner may retry it: a staged file already moved is not an error.
+    """
+    staging = staging_dir(out, run_id)
+    manifest = {**manifest, "format": FORMAT, "schema_version": SCHEMA_VERSION,
+                "run_id": run_id, "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    fs.remove(fs.join(out, MANIFEST))
+    for name in names:
+        src, dst = fs.join(staging, name), fs.join(out, name)
+        if fs.exists(src):
+            _move(src, dst)
+        elif not fs.exists(dst):
+            raise RuntimeError(f"staged file {src} is missing: cannot publish {out}")
+    keep = set(names)
+    for path in fs.listdir(out):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if _is_ours(name) and name not in keep:
+            fs.remove(path)
+    write_json(fs.join(out, MANIFEST), manifest)
+    fs.remove(fs.join(out, STAGING), recursive=True)
+    fs.remove_stale_temporaries(out)
+    return manifest
+
+
+def mark_progress(out: str, run_id: str, stage: str, key: str, count: int = 1) -> None:
+    """Leave a marker the launcher's progress line counts; markers go with the staging dir."""
+    fs.write_bytes(fs.join(out, STAGING, run_id, PROGRESS, stage, f"{key}={count}"), b"")
+
+
+def progress_counts(out: str, run_id: str) -> dict:
+    """{stage: (markers, summed counts)} so far."""
+    root = fs.join(out, STAGING, run_id, PROGRESS)
+    out_counts = {}
+    for stage_dir in fs.listdir(root):
+        stage = stage_dir.rstrip("/").rsplit("/", 1)[-1]
+        names = [p.rsplit("/", 1)[-1] for p in fs.listdir(stage_dir)]
+        total = sum(int(n.rsplit("=", 1)[1]) for n in names if "=" in n)
+        out_counts[stage] = (len(names), total)
+    return out_counts
