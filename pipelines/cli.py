@@ -19,6 +19,7 @@ COMMANDS = {
     "inspect": ("pipelines.inspect_cmd", "describe TFRecord files of any record kind"),
     "config": ("pipelines.config_cmd", "show presets and resolved configurations"),
     "shard": ("pipelines.shard", "episodes to shuffled transition shards, catalogue, manifest"),
+    "subsample": ("pipelines.subsample", "a stable, nested fraction of a dataset's episodes"),
 }
 
 
