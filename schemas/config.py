@@ -125,7 +125,8 @@ class ModelConfig(_Section):
     """The Q-network (appendix E, figure 13)."""
 
     SECTION = "model"
-    preset: str = _f("cpu64", choices=("cpu64", "paper"), doc="network size preset")
+    preset: str = _f("cpu64", choices=("tiny", "cpu64", "paper"),
+                     doc="network size: tiny (tests), cpu64 (64x64 on a CPU), paper (472x472)")
     state_inputs: str = _f("image+gripper+height",
                            choices=("image", "image+gripper", "image+gripper+height"),
                            doc="state representation ablation (table 3)")
@@ -170,8 +171,15 @@ class TrainConfig(_Section):
     l2: float = _f(7e-5, lo=0.0, doc="L2 weight regularisation")
     loss: str = _f("cross_entropy", choices=("cross_entropy", "squared_error"))
     augment: bool = _f(True, doc="random crop and colour jitter in training only")
+    crop_pad: int = _f(4, lo=0, hi=64,
+                       doc="random crop: pad each image side by this many pixels, crop back")
     shuffle_buffer: int = _f(1000, lo=1)
     checkpoint_every: int = _f(500, lo=1, doc="steps between checkpoints")
+    keep_checkpoints: int = _f(3, lo=1, doc="newest checkpoints kept on disk")
+    checkpoint_input: bool = _f(True, doc="checkpoint the input position and shuffle buffer "
+                                "too, so a resumed run sees the same batches")
+    log_every: int = _f(50, lo=1, doc="steps between TensorBoard summaries")
+    deterministic: bool = _f(False, doc="deterministic TensorFlow ops (slower; for tests)")
     seed: int = _f(0, lo=0)
 
 

@@ -1,0 +1,183 @@
+"""Exports of the online, Polyak and lagged weights: what relabelling and the policies load.
+
+Layout, on a local path or ``gs://``::
+
+    <workdir>/exports/export-000001000/
+        online/weights.npz      every weight of the network, batch-norm statistics included
+        polyak/weights.npz      theta_1: Polyak average of the online weights
+        lagged/weights.npz      theta_2: theta_1 some thousands of steps ago
+        manifest.json           written last: an export without it is incomplete and ignored
+
+``manifest.json`` records the format version, the training step, the network preset, the input
+spec (image size, state inputs, action dimension) and a SHA-256 per weights file. The weights are
+plain ``.npz`` arrays keyed ``NNNN:<variable path>``, so any numpy can read them; loading rebuilds
+the network from the preset and checks every name and shape.
+
+``load_export(path)`` takes an ``export-*`` directory or an ``exports/`` directory (then the
+complete export with the highest step). Results are cached per process, so a Beam DoFn can call it
+in ``setup`` or on every bundle at no cost.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas import fs
+from schemas.errors import UserError
+
+FORMAT = "qtopt-export"
+FORMAT_VERSION = 1
+COPIES = ("online", "polyak", "lagged")
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Export:
+    """A loaded export: the three networks and what they expect of their inputs."""
+
+    path: str
+    step: int
+    spec: "InputSpec"  # noqa: F821  (model.network, imported lazily)
+    preset: str
+    networks: dict     # copy name -> QNetwork
+    manifest: dict
+
+    @property
+    def online(self):
+        return self.networks["online"]
+
+    @property
+    def polyak(self):
+        return self.networks["polyak"]
+
+    @property
+    def lagged(self):
+        return self.networks["lagged"]
+
+    def check_image_shape(self, image_shape, where: str) -> None:
+        self.spec.check_image_shape(image_shape, f"{where} (export {self.path})")
+
+
+def export_dir(exports: str, step: int) -> str:
+    return fs.join(exports, f"export-{step:09d}")
+
+
+def weights_to_bytes(variables) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{f"{i:04d}:{v.path}": np.asarray(v.numpy()) for i, v in enumerate(variables)})
+    return buf.getvalue()
+
+
+def assign_from_bytes(variables, data: bytes, where: str) -> None:
+    """Load ``weights_to_bytes`` output into ``variables``, checking names and shapes."""
+    try:
+        arrays = np.load(io.BytesIO(data))
+        keys = sorted(arrays.files)
+    except Exception as exc:  # a truncated or foreign file: numpy raises several kinds
+        raise UserError(f"{where}: not a readable weights file ({exc})") from None
+    if len(keys) != len(variables):
+        raise UserError(f"{where}: holds {len(keys)} arrays but the network has "
+                        f"{len(variables)} weights (different model preset or state inputs?)")
+    for key, var in zip(keys, variables):
+        name = key.split(":", 1)[1]
+        value = arrays[key]
+        if name != var.path or tuple(value.shape) != tuple(var.shape):
+            raise UserError(f"{where}: weight {name} {tuple(value.shape)} does not match the "
+                            f"network's {var.path} {tuple(var.shape)}")
+        var.assign(value)
+
+
+def write_export(exports: str, step: int, networks: dict, extra: dict | None = None) -> str:
+    """Write the networks (``{"online": QNetwork, ...}``) as ``export-<step>``; returns its path.
+
+    The manifest goes last, so a reader never sees a half-written export as complete.
+    """
+    first = next(iter(networks.values()))
+    path = export_dir(exports, step)
+    files = {}
+    for name, net in networks.items():
+        data = weights_to_bytes(net.variables)
+        rel = f"{name}/weights.npz"
+        fs.write_bytes(fs.join(path, rel), data)
+        files[name] = {"path": rel, "sha256": hashlib.sha256(data).hexdigest()}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "step": int(step),
+        "preset": first.preset,
+        "input_spec": first.spec.to_dict(),
+        "networks": files,
+        "created_unix": time.time(),
+        **(extra or {}),
+    }
+    fs.write_text(fs.join(path, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
+    return path
+
+
+def latest_export(exports: str) -> str | None:
+    """The complete ``export-*`` directory with the highest step under ``exports``, or None."""
+    manifests = fs.glob(fs.join(exports, "export-*", MANIFEST))
+    if not manifests:
+        return None
+    return max(manifests, key=lambda m: m.rstrip("/").split("/")[-2])[: -len(MANIFEST) - 1]
+
+
+def resolve(path: str) -> str:
+    """An export directory from an ``export-*`` or ``exports/`` path; UserError if none."""
+    path = str(path).rstrip("/")
+    if fs.exists(fs.join(path, MANIFEST)):
+        return path
+    found = latest_export(path)
+    if found is None:
+        if fs.glob(fs.join(path, "export-*")) or fs.listdir(path):
+            raise UserError(f"{path}: no complete export (manifest.json missing: half-written?)")
+        raise UserError(f"{path}: no such export")
+    return found
+
+
+def read_manifest(path: str) -> dict:
+    where = fs.join(path, MANIFEST)
+    try:
+        manifest = json.loads(fs.read_text(where))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{where}: unreadable export manifest ({exc})") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{where}: not a {FORMAT} v{FORMAT_VERSION} manifest "
+                        f"(format {manifest.get('format')!r} v{manifest.get('format_version')})")
+    return manifest
+
+
+def load_export(path: str, copies=COPIES) -> Export:
+    """Load an export (cached per process by resolved path and copies)."""
+    return _load(resolve(path), tuple(copies))
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, copies: tuple) -> Export:
+    from model.network import InputSpec, QNetwork
+
+    manifest = read_manifest(path)
+    spec = InputSpec.from_dict(manifest["input_spec"])
+    networks = {}
+    for name in copies:
+        entry = manifest["networks"].get(name)
+        if entry is None:
+            raise UserError(f"{path}: export has no {name!r} weights")
+        where = fs.join(path, entry["path"])
+        try:
+            data = fs.read_bytes(where)
+        except FileNotFoundError:
+            raise UserError(f"{where}: missing weights file") from None
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise UserError(f"{where}: checksum does not match the manifest (corrupted?)")
+        net = QNetwork(spec, manifest["preset"], name=name)
+        assign_from_bytes(net.variables, data, where)
+        networks[name] = net
+    return Export(path, int(manifest["step"]), spec, manifest["preset"], networks, manifest)

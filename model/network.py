@@ -1,0 +1,229 @@
+"""The grasping Q-network (appendix E, figure 13), split where the action comes in.
+
+Q(s, a) = sigmoid(head(tower(image), embed(action, state))). The network is built as two Keras
+models that share nothing but the feature map between them:
+
+- ``tower``: uint8 image -> conv feature map. Independent of the action, so CEM runs it once per
+  state.
+- ``head``: (feature map, [action, state scalars]) -> logit. The action and state go through dense
+  layers, are tiled over the feature map and added to it, then more convs and dense layers. CEM
+  runs only this part for each of its samples.
+
+``QNetwork.model`` composes the two into one Keras model over the spec's inputs
+(``schemas.tf_codec.keras_inputs``): ``observation/image`` (uint8), the state scalars chosen by
+``model.state_inputs``, and ``action`` (float32[8]); it outputs the logit of Q.
+
+Every conv and dense layer is followed by batch normalisation and a ReLU, as in the paper; weights
+start from a truncated normal with sigma 0.01.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from schemas.errors import UserError
+from schemas.specs import ACTION_DIM
+from schemas.tf_codec import keras_inputs
+
+# Keras wants dict keys to equal input names, which cannot hold the spec's "/"; the keys are right.
+warnings.filterwarnings("ignore", message="When providing `inputs` as a dict")
+
+IMAGE = "observation/image"
+ACTION = "action"
+STATE_FIELDS = {
+    "image": (),
+    "image+gripper": ("observation/gripper_closed",),
+    "image+gripper+height": ("observation/gripper_closed", "observation/height"),
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Layer lists. Convs are ("conv", filters, kernel, stride); pools are ("pool", size)."""
+
+    tower: tuple
+    embed: tuple       # dense units for [action, state]; a last layer matching the map is added
+    head: tuple
+    dense: tuple       # dense units before the output logit
+
+
+PRESETS = {
+    # Tests: a few thousand weights, trains in seconds at 16-32 pixels.
+    "tiny": Architecture(
+        tower=(("conv", 8, 3, 2), ("conv", 8, 3, 1), ("pool", 2)),
+        embed=(16,),
+        head=(("conv", 8, 3, 1), ("pool", 2)),
+        dense=(16,)),
+    # 64x64 on a laptop CPU. The tower does ~60x the multiply-adds of the head so that CEM, which
+    # runs the head 2 x 64 times per state, stays cheap (4x4x64 map at the merge).
+    "cpu64": Architecture(
+        tower=(("conv", 32, 5, 2), ("conv", 32, 3, 1), ("pool", 2), ("conv", 64, 3, 1),
+               ("conv", 64, 3, 1), ("pool", 2), ("conv", 64, 3, 1), ("pool", 2)),
+        embed=(64,),
+        head=(("conv", 32, 3, 1), ("conv", 32, 3, 1)),
+        dense=(64, 64)),
+    # Figure 13: 472x472 input, 7 convs before the merge, 9 after, two dense layers of 64.
+    "paper": Architecture(
+        tower=(("conv", 64, 6, 2), ("pool", 3)) + (("conv", 64, 5, 1),) * 6 + (("pool", 3),),
+        embed=(256,),
+        head=(("conv", 64, 3, 1),) * 6 + (("pool", 2),) + (("conv", 64, 3, 1),) * 3
+        + (("pool", 2),),
+        dense=(64, 64)),
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What an export expects of its data; recorded in every export's manifest."""
+
+    image_size: int
+    state_inputs: str = "image+gripper+height"
+    action_dim: int = ACTION_DIM
+
+    @property
+    def state_fields(self) -> tuple:
+        return STATE_FIELDS[self.state_inputs]
+
+    @property
+    def input_names(self) -> tuple:
+        return (IMAGE,) + self.state_fields + (ACTION,)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "InputSpec":
+        return cls(**data)
+
+    def check_image_shape(self, image_shape, where: str) -> None:
+        expected = (self.image_size, self.image_size, 3)
+        if tuple(int(d) for d in image_shape) != expected:
+            raise UserError(f"{where}: images are {tuple(int(d) for d in image_shape)} but the "
+                            f"model expects {expected} (model.image_size / robot.image_size)")
+
+
+def _init():
+    return keras.initializers.TruncatedNormal(stddev=0.01)
+
+
+def _conv_bn_relu(x, filters, kernel, stride, name):
+    x = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False,
+                            kernel_initializer=_init(), name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _dense_bn_relu(x, units, name):
+    x = keras.layers.Dense(units, use_bias=False, kernel_initializer=_init(),
+                           name=f"{name}_dense")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _stack(x, layers, prefix):
+    for i, layer in enumerate(layers):
+        if layer[0] == "conv":
+            _, filters, kernel, stride = layer
+            x = _conv_bn_relu(x, filters, kernel, stride, f"{prefix}{i}")
+        else:
+            x = keras.layers.MaxPooling2D(layer[1], padding="same", name=f"{prefix}{i}_pool")(x)
+    return x
+
+
+class QNetwork:
+    """Online, Polyak or lagged copy of the Q-function: tower, head and the composed model."""
+
+    def __init__(self, spec: InputSpec, preset: str, name: str = "q"):
+        if preset not in PRESETS:
+            raise UserError(f"unknown model preset {preset!r}; presets: {', '.join(PRESETS)}")
+        self.spec = spec
+        self.preset = preset
+        arch = PRESETS[preset]
+
+        image = keras.Input((spec.image_size, spec.image_size, 3), dtype="uint8", name="image")
+        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(image)
+        features = _stack(x, arch.tower, "tower")
+        self.tower = keras.Model(image, features, name=f"{name}_tower")
+
+        fmap = keras.Input(features.shape[1:], name="features")
+        action_state = keras.Input((spec.action_dim + len(spec.state_fields),),
+                                   name="action_state")
+        e = action_state
+        for i, units in enumerate(arch.embed):
+            e = _dense_bn_relu(e, units, f"embed{i}")
+        e = _dense_bn_relu(e, features.shape[-1], f"embed{len(arch.embed)}")
+        # Broadcast over height and width: the "tile and add" of figure 13.
+        e = keras.layers.Reshape((1, 1, features.shape[-1]), name="embed_tile")(e)
+        h = keras.layers.Add(name="merge")([fmap, e])
+        h = _stack(h, arch.head, "head")
+        h = keras.layers.Flatten(name="flatten")(h)
+        for i, units in enumerate(arch.dense):
+            h = _dense_bn_relu(h, units, f"fc{i}")
+        logit = keras.layers.Dense(1, kernel_initializer=_init(), name="logit")(h)
+        self.head = keras.Model([fmap, action_state], logit, name=f"{name}_head")
+
+        inputs = keras_inputs(spec.image_size, spec.input_names)
+        merged = self.head([self.tower(inputs[IMAGE]),
+                            _action_state(inputs[ACTION],
+                                          [inputs[f] for f in spec.state_fields])])
+        self.model = keras.Model(inputs, merged, name=name)
+
+    # -- weights
+
+    @property
+    def variables(self) -> list:
+        """Every weight, trainable or not (batch-norm statistics too), in a fixed order."""
+        return list(self.model.weights)
+
+    def count_params(self) -> int:
+        return int(self.model.count_params())
+
+    # -- evaluation
+
+    def logits(self, inputs: dict, training: bool = False) -> tf.Tensor:
+        """Logit of Q for a batch dict holding the spec's input names; shape [B]."""
+        feed = {name: inputs[name] for name in self.spec.input_names}
+        return tf.squeeze(self.model(feed, training=training), -1)
+
+    def q(self, inputs: dict, training: bool = False) -> tf.Tensor:
+        return tf.sigmoid(self.logits(inputs, training))
+
+    def features(self, image: tf.Tensor) -> tf.Tensor:
+        return self.tower(image, training=False)
+
+    def q_samples(self, features: tf.Tensor, state: tf.Tensor, actions: tf.Tensor) -> tf.Tensor:
+        """Q for N actions per state, reusing each state's features: [B, N].
+
+        ``features`` [B, h, w, c] from ``features``; ``state`` [B, k] (k may be 0); ``actions``
+        [B, N, action_dim].
+        """
+        n = tf.shape(actions)[1]
+        tiled = tf.repeat(features, n, axis=0)
+        state_tiled = tf.repeat(state, n, axis=0)
+        flat_actions = tf.reshape(actions, (-1, self.spec.action_dim))
+        logit = self.head([tiled, tf.concat([flat_actions, state_tiled], -1)], training=False)
+        return tf.sigmoid(tf.reshape(logit, (-1, n)))
+
+    def state_vector(self, batch: dict, prefix: str = "observation") -> tf.Tensor:
+        """[B, k] state scalars of ``batch`` (``observation/...`` or ``next_observation/...``)."""
+        cols = [tf.reshape(tf.cast(batch[prefix + f[len("observation"):]], tf.float32), (-1, 1))
+                for f in self.spec.state_fields]
+        if not cols:
+            b = tf.shape(batch[f"{prefix}/image"])[0]
+            return tf.zeros((b, 0), tf.float32)
+        return tf.concat(cols, -1)
+
+
+def _action_state(action, states):
+    cols = [action] + [keras.layers.Reshape((1,))(keras.ops.cast(s, "float32")) for s in states]
+    return keras.layers.Concatenate(name="action_state_concat")(cols) if len(cols) > 1 else action
+
+
+def build(model_config, image_size: int, name: str = "q") -> QNetwork:
+    """The network a ``ModelConfig`` describes, for images of ``image_size`` pixels."""
+    return QNetwork(InputSpec(image_size, model_config.state_inputs), model_config.preset, name)

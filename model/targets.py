@@ -1,0 +1,127 @@
+"""Bellman targets: r + gamma * V(s'), with V from the Polyak and lagged copies (section 4.1, F.4).
+
+    a* = argmax_a' Q_polyak(s', a')                                (CEM)
+    clipped_double_q: V(s') = min(Q_polyak(s', a*), Q_lagged(s', a*))   (the paper's choice)
+    double_q:         V(s') = Q_lagged(s', a*)      (select with theta_1, evaluate with theta_2)
+    single_q:         V(s') = Q_polyak(s', a*)
+    target = r + gamma * V(s')   if s' is not terminal,   r   if it is.
+
+The Bellman updater has no online weights, only the two target copies (appendix F.4), so plain
+double Q selects with the Polyak copy and evaluates with the lagged one.
+
+``compute_targets`` is the function the relabel job calls on each batch of parsed transitions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from model.cem import cem_maximize
+from model.network import QNetwork
+
+KINDS = ("clipped_double_q", "double_q", "single_q")
+
+
+def bellman_targets(reward, is_terminal, q_polyak, q_lagged, gamma: float, kind: str):
+    """target[B] from the two copies' Q at a*; no bootstrap past a terminal step."""
+    if kind == "clipped_double_q":
+        v = tf.minimum(q_polyak, q_lagged)
+    elif kind == "double_q":
+        v = q_lagged
+    elif kind == "single_q":
+        v = q_polyak
+    else:
+        raise ValueError(f"unknown target kind {kind!r}; known: {', '.join(KINDS)}")
+    not_terminal = 1.0 - tf.cast(is_terminal, tf.float32)
+    return tf.cast(reward, tf.float32) + gamma * not_terminal * v
+
+
+class TargetComputer:
+    """A compiled target function over fixed Polyak and lagged networks.
+
+    Built once per process (per export); ``__call__`` takes any batch size without retracing.
+    """
+
+    def __init__(self, polyak: QNetwork, lagged: QNetwork, cem_config, target_config):
+        self.polyak, self.lagged = polyak, lagged
+        self.cem, self.targets = cem_config, target_config
+        spec = polyak.spec
+        size = spec.image_size
+        signature = {
+            "next_observation/image": tf.TensorSpec((None, size, size, 3), tf.uint8),
+            "next_observation/gripper_closed": tf.TensorSpec((None,), tf.float32),
+            "next_observation/height": tf.TensorSpec((None,), tf.float32),
+            "reward": tf.TensorSpec((None,), tf.float32),
+            "is_terminal": tf.TensorSpec((None,), tf.bool),
+        }
+        self._fn = tf.function(self._compute, input_signature=[
+            signature, tf.TensorSpec((2,), tf.int64)], jit_compile=False)
+
+    def _compute(self, batch, seed):
+        image = batch["next_observation/image"]
+        b = tf.shape(image)[0]
+        features = self.polyak.features(image)
+        state = self.polyak.state_vector(batch, "next_observation")
+        next_action, q1 = cem_maximize(
+            lambda actions: self.polyak.q_samples(features, state, actions), b, seed,
+            self.cem.samples, self.cem.elites, self.cem.iterations)
+        kind = self.targets.kind
+        if kind == "single_q":
+            q2 = q1
+        else:
+            q2 = self.lagged.q_samples(self.lagged.features(image), state, next_action[:, None])
+            q2 = q2[:, 0]
+        # CEM's q1 is the Polyak copy's Q at a*: the value the min needs, no second evaluation.
+        target = bellman_targets(batch["reward"], batch["is_terminal"], q1, q2,
+                                 self.targets.gamma, kind)
+        return target, next_action
+
+    def __call__(self, batch: dict, seed: int = 0):
+        feed = {
+            "next_observation/image": tf.convert_to_tensor(batch["next_observation/image"],
+                                                           tf.uint8),
+            "reward": tf.convert_to_tensor(np.asarray(batch["reward"], np.float32)),
+            "is_terminal": tf.convert_to_tensor(np.asarray(batch["is_terminal"], bool)),
+        }
+        n = feed["reward"].shape[0]
+        for f in ("next_observation/gripper_closed", "next_observation/height"):
+            value = batch.get(f)
+            feed[f] = (tf.convert_to_tensor(np.asarray(value, np.float32)) if value is not None
+                       else tf.zeros((n,), tf.float32))
+        target, next_action = self._fn(feed, tf.constant([int(seed), 0x5eed], tf.int64))
+        return target.numpy(), next_action.numpy()
+
+
+_COMPUTERS: dict = {}
+
+
+def compute_targets(models_or_export, batch: dict, cem_config, target_config, seed: int = 0):
+    """(target float32[B], next_action float32[B, 8]) for a batch of parsed transitions.
+
+    ``models_or_export``: an export path (local or ``gs://``, loaded once per process), a loaded
+    ``model.export.Export``, or a ``(polyak, lagged)`` pair of ``QNetwork``. ``batch`` holds numpy
+    arrays or tensors keyed by the transition spec's names: ``next_observation/image`` (uint8
+    [B, H, W, 3]), ``next_observation/gripper_closed``, ``next_observation/height``, ``reward``,
+    ``is_terminal``; other keys are ignored. ``seed`` makes CEM's samples reproducible; give each
+    batch its own (e.g. a hash of shard and batch index).
+
+    Raises ``UserError`` naming the export when its image size does not match the batch.
+    """
+    from model.export import Export, load_export
+
+    if isinstance(models_or_export, (str, bytes)) or hasattr(models_or_export, "__fspath__"):
+        models_or_export = load_export(str(models_or_export))
+    if isinstance(models_or_export, Export):
+        models_or_export.check_image_shape(np.shape(batch["next_observation/image"])[1:],
+                                           "transitions")
+        nets = (models_or_export.polyak, models_or_export.lagged)
+    else:
+        nets = tuple(models_or_export)
+        nets[0].spec.check_image_shape(np.shape(batch["next_observation/image"])[1:],
+                                       "transitions")
+    key = (id(nets[0]), id(nets[1]), cem_config, target_config)
+    computer = _COMPUTERS.get(key)
+    if computer is None:
+        computer = _COMPUTERS[key] = TargetComputer(nets[0], nets[1], cem_config, target_config)
+    return computer(batch, seed)
