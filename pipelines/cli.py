@@ -20,6 +20,7 @@ COMMANDS = {
     "config": ("pipelines.config_cmd", "show presets and resolved configurations"),
     "shard": ("pipelines.shard", "episodes to shuffled transition shards, catalogue, manifest"),
     "subsample": ("pipelines.subsample", "a stable, nested fraction of a dataset's episodes"),
+    "relabel": ("pipelines.relabel", "Bellman targets for transitions from a target export"),
 }
 
 

@@ -329,6 +329,9 @@ def report(result, options, out: str, namespace: str, label: str) -> int:
         return 0
     manifest = dataset.read_manifest(out)
     metrics = runner.counters(result, namespace)
+    if "target_x1e6" in metrics:  # relabel's distribution of targets, in millionths
+        value = metrics.pop("target_x1e6")
+        metrics["mean_target"] = None if value is None else value / 1e6
     print(json.dumps({"output": out, "counts": manifest["counts"], "metrics": metrics},
                      sort_keys=True), flush=True)
     return 0
