@@ -32,7 +32,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from schemas import codec, fs
+from schemas import fs
 from schemas.errors import RecordError, UserError
 from pipelines import dataset, records, runner
 
@@ -185,7 +185,7 @@ def _beam_parts(out: str, run_id: str, chunk_size: int, version: str):
             rec.update(kind="labelled_transition", target=np.float32(target),
                        next_action=next_action, target_version=version)
             try:
-                data = codec.encode(rec)
+                data = records.encode(rec)
             except RecordError as exc:  # a non-finite target, say: the record, not the job
                 self.dead.inc()
                 yield beam.pvalue.TaggedOutput("dead", records.letter_from_error(
@@ -295,10 +295,7 @@ def plan(inputs: Sequence[str]) -> tuple[list[tuple[str, dict]], list[tuple[int,
 
 
 def run(args: argparse.Namespace) -> int:
-    import apache_beam as beam
-
     from pipelines.cli import config_from_args
-    from pipelines.shard import report
 
     cfg = config_from_args(args)
     if args.epoch < 0:

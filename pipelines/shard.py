@@ -158,7 +158,7 @@ def _beam_parts():
             for rec in episode_transitions(episode):
                 key = shuffle_key(self.seed, rec["episode_id"], rec["step"])
                 self.transitions.inc()
-                yield shard_of(key, self.num_shards), (key, codec.encode(rec))
+                yield shard_of(key, self.num_shards), (key, records.encode(rec))
 
     class WriteShard(beam.DoFn):
         """(shard, [(key, bytes)]) -> the shard file in staging, sorted by key."""
@@ -259,7 +259,7 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
         names = [i["name"] for i in infos] + [dataset.CATALOGUE, dataset.DEAD_LETTER]
         return dataset.commit(out, run_id, names, manifest)
 
-    AsList, AsSingleton = beam.pvalue.AsList, beam.pvalue.AsSingleton  # noqa: N806
+    AsList = beam.pvalue.AsList  # noqa: N806
     return (pipeline
             | "Commit trigger" >> beam.Create([None])
             | "Commit" >> beam.Map(commit, AsList(shards), AsList(catalogue), AsList(dead),

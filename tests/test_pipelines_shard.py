@@ -1,0 +1,221 @@
+"""qtopt shard and subsample on real files with real Beam runners."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines_testlib import (IN_PROCESS, PYTHON, REPO, corrupt_record, dead_letters, manifest,
+                               qtopt, read_all, shard_bytes, truncate, write_episodes)
+from schemas import tfrecord_io
+
+
+@pytest.fixture(scope="module")
+def episodes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("episodes")
+    write_episodes(root / "a", files=3, per_file=3, seed=1)
+    write_episodes(root / "b", files=2, per_file=2, seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sharded(episodes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharded") / "ds"
+    assert qtopt("shard", "-i", f"{episodes}/a/*.gz", "-i", f"online={episodes}/b/*.gz",
+                 "-o", out, "--num-shards", 3, *IN_PROCESS) == 0
+    return out
+
+
+def _episodes(glob):
+    return list(tfrecord_io.read_glob(glob))
+
+
+def test_transitions_pair_each_step_with_the_next(episodes, sharded):
+    eps = {e["episode_id"]: e for e in _episodes(f"{episodes}/*/*.gz")}
+    recs = read_all(sharded)
+    assert len(recs) == sum(int(e["num_steps"]) for e in eps.values())
+    seen = set()
+    for r in recs:
+        e = eps[r["episode_id"]]
+        t = int(r["step"])
+        seen.add((r["episode_id"], t))
+        np.testing.assert_array_equal(r["observation/image"], e["observation/image"][t])
+        np.testing.assert_array_equal(r["next_observation/image"], e["observation/image"][t + 1])
+        np.testing.assert_array_equal(r["action"], e["action"][t])
+        assert r["reward"] == e["reward"][t]
+        assert r["is_terminal"] == bool(e["is_terminal"][t + 1])
+        assert r["next_observation/height"] == e["observation/height"][t + 1]
+    assert len(seen) == len(recs)  # nothing duplicated
+    sources = {r["episode_id"]: r["source"] for r in recs}
+    b_ids = {e["episode_id"] for e in _episodes(f"{episodes}/b/*.gz")}
+    assert {sources[i] for i in b_ids} == {"online"}
+    assert {s for i, s in sources.items() if i not in b_ids} == {"fake-source"}
+
+
+def test_shuffle_mixes_episodes_and_orders_by_salted_hash(sharded):
+    from pipelines.shard import shard_of, shuffle_key
+
+    for name, data in shard_bytes(sharded).items():
+        index = int(name.split("-")[1])
+        recs = [tfrecord_io.codec.decode(r.data) for r in
+                tfrecord_io.iter_raw(str(sharded / name))]
+        keys = [shuffle_key(0, r["episode_id"], int(r["step"])) for r in recs]
+        assert keys == sorted(keys)
+        assert {shard_of(k, 3) for k in keys} <= {index}
+    first = read_all(sharded)[:6]
+    assert len({r["episode_id"] for r in first}) > 1  # consecutive records from several episodes
+
+
+def test_catalogue_and_manifest(episodes, sharded):
+    m = manifest(sharded)
+    assert m["kind"] == "transition" and m["schema_version"] == 1
+    assert m["counts"]["episodes"] == 13 and m["counts"]["dead_lettered"] == 0
+    assert set(m["counts"]["by_source"]) == {"fake-source", "online"}
+    assert m["counts"]["by_source"]["online"]["episodes"] == 4
+    assert m["image_shapes"] == [[16, 16, 3]]
+    assert [f["name"] for f in m["files"]] == [f"shard-0000{i}-of-00003.tfrecord.gz"
+                                              for i in range(3)]
+    assert sum(f["records"] for f in m["files"]) == m["counts"]["transitions"]
+    table = pq.read_table(sharded / "catalogue.parquet")
+    assert table.num_rows == 13
+    assert {"episode_id", "source", "policy", "robot_id", "object_ids", "success",
+            "num_steps"} <= set(table.column_names)
+    eps = {e["episode_id"]: e for e in _episodes(f"{episodes}/*/*.gz")}
+    for row in table.to_pylist():
+        assert row["num_steps"] == int(eps[row["episode_id"]]["num_steps"])
+        assert row["success"] == bool(eps[row["episode_id"]]["success"])
+    assert not (sharded / "_staging").exists()
+
+
+def test_byte_identical_across_runners_and_input_order(episodes, sharded, tmp_path):
+    # Multi-process runner with two workers, inputs named in the other order, same seed.
+    out = tmp_path / "again"
+    assert qtopt("shard", "-i", f"online={episodes}/b/*.gz", "-i", f"{episodes}/a/*.gz",
+                 "-o", out, "--num-shards", 3, "--direct_num_workers=2") == 0
+    assert shard_bytes(out) == shard_bytes(sharded)
+    other = tmp_path / "seed1"
+    assert qtopt("shard", "-i", f"{episodes}/a/*.gz", "-i", f"online={episodes}/b/*.gz",
+                 "-o", other, "--num-shards", 3, "--seed", 1, *IN_PROCESS) == 0
+    assert shard_bytes(other) != shard_bytes(sharded)
+
+
+def test_empty_shards_are_written(episodes, tmp_path):
+    out = tmp_path / "many"
+    assert qtopt("shard", "-i", f"{episodes}/b/ep-0.tfrecord.gz", "-o", out, "--num-shards", 40,
+                 *IN_PROCESS) == 0
+    m = manifest(out)
+    assert len(m["files"]) == 40 and any(f["records"] == 0 for f in m["files"])
+    assert len(read_all(out)) == m["counts"]["transitions"]
+
+
+def test_damaged_inputs_are_dead_lettered(episodes, tmp_path, capsys):
+    src = tmp_path / "bad"
+    paths = write_episodes(src, files=3, per_file=4, seed=7)
+    truncate(paths[0])
+    offset = corrupt_record(paths[1], 2)
+    out = tmp_path / "out"
+    assert qtopt("shard", "-i", f"{src}/*.gz", "-o", out, "--num-shards", 2, *IN_PROCESS) == 0
+    letters = dead_letters(out)
+    by_file = {(d["file"], d["index"]): d for d in letters}
+    assert (str(paths[1]), 2) in by_file and by_file[(str(paths[1]), 2)]["offset"] == offset
+    assert "checksum" in by_file[(str(paths[1]), 2)]["reason"]
+    assert any(d["file"] == str(paths[0]) and "truncated" in d["reason"] for d in letters)
+    m = manifest(out)
+    readable = sum(1 for p in paths for r in _safe_count(p))
+    # Every frame read is an episode or a dead letter: nothing lost, nothing counted twice.
+    assert m["counts"]["episodes"] + m["counts"]["dead_lettered"] == readable
+    assert m["counts"]["dead_lettered"] == len(letters) == 2
+    assert m["counts"]["episodes"] >= 4 + 3
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert '"records_in": %d' % readable in summary
+
+
+def _safe_count(path):
+    from pipelines.records import read_file
+
+    return list(read_file(str(path)))
+
+
+def test_bad_arguments_fail_before_work(episodes, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert qtopt("shard", "-i", f"{tmp_path}/nothing/*.gz", "-o", out) == 2
+    err = capsys.readouterr().err
+    assert "no files match" in err and len(err.strip().splitlines()) == 1
+    ds = tmp_path / "ds"
+    assert qtopt("shard", "-i", f"{episodes}/b/*.gz", "-o", ds, *IN_PROCESS) == 0
+    capsys.readouterr()
+    assert qtopt("shard", "-i", f"{ds}/shard-*", "-o", out) == 2
+    assert "holds transition records" in capsys.readouterr().err
+    assert qtopt("shard", "-i", f"{episodes}/b/*.gz", "-o", out, "--no_such_beam_option=1") == 2
+    assert "--no_such_beam_option" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_killed_job_leaves_old_output_and_rerun_is_complete(episodes, sharded, tmp_path):
+    out = tmp_path / "ds"
+    args = ["shard", "-i", f"{episodes}/a/*.gz", "-i", f"online={episodes}/b/*.gz", "-o", out,
+            "--num-shards", 3]
+    # A first, different publication that the killed run must not damage.
+    assert qtopt(*args[:-2], "--num-shards", 2, *IN_PROCESS) == 0
+    before = shard_bytes(out)
+    proc = subprocess.Popen([PYTHON, "-m", "pipelines.cli", *map(str, args), *IN_PROCESS],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not any((out / "_staging").rglob("shard-*")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the job finished before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert manifest(out)["num_shards"] == 2 and shard_bytes(out) == before
+    assert qtopt(*args, *IN_PROCESS) == 0
+    assert shard_bytes(out) == shard_bytes(sharded)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["catalogue.parquet", "dead-letter.jsonl", "manifest.json"] + \
+        [f"shard-0000{i}-of-00003.tfrecord.gz" for i in range(3)]
+
+
+def test_incomplete_dataset_is_refused(sharded, tmp_path, capsys):
+    from pipelines import dataset
+    from schemas.errors import UserError
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in sharded.iterdir():
+        if p.name != "manifest.json":
+            (copy / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(UserError, match="incomplete"):
+        dataset.read_manifest(str(copy))
+    assert qtopt("subsample", "-i", copy, "--fraction", 0.5, "-o", tmp_path / "sub") == 2
+    assert "incomplete" in capsys.readouterr().err
+
+
+def test_subsample_is_stable_and_nested(sharded, tmp_path):
+    outs = {}
+    for frac in (0.25, 0.55, 1.0):
+        outs[frac] = tmp_path / f"sub{frac}"
+        assert qtopt("subsample", "-i", sharded, "--fraction", frac, "-o", outs[frac],
+                     *IN_PROCESS) == 0
+    ids = {f: {r["episode_id"] for r in read_all(o)} for f, o in outs.items()}
+    full = read_all(sharded)
+    assert ids[0.25] < ids[0.55] < ids[1.0] == {r["episode_id"] for r in full}
+    assert len(read_all(outs[1.0])) == len(full)
+    steps = {}
+    for r in full:
+        steps.setdefault(r["episode_id"], set()).add(int(r["step"]))
+    sub = read_all(outs[0.55])
+    for eid in ids[0.55]:  # a kept episode keeps every transition
+        assert {int(r["step"]) for r in sub if r["episode_id"] == eid} == steps[eid]
+    # Order within a shard is the parent's order.
+    parent = [(r["episode_id"], int(r["step"])) for r in full]
+    child = [(r["episode_id"], int(r["step"])) for r in read_all(outs[0.55])]
+    assert child == [k for k in parent if k[0] in ids[0.55]]
+    m = manifest(outs[0.55])
+    assert m["counts"]["episodes"] == len(ids[0.55]) and m["fraction"] == 0.55
+    assert pq.read_table(outs[0.55] / "catalogue.parquet").num_rows == len(ids[0.55])
