@@ -1,0 +1,176 @@
+"""qtopt relabel: the Bellman updater over a real (tiny) export, on real shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from pipelines_testlib import (IN_PROCESS, PYTHON, REPO, corrupt_record, dead_letters,
+                               make_export, manifest, qtopt, read_all, shard_bytes, truncate,
+                               write_episodes)
+
+CHUNK = 16
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("relabel")
+    write_episodes(root / "episodes", files=2, per_file=3, seed=3)
+    ds = root / "transitions"
+    assert qtopt("shard", "-i", f"{root}/episodes/*.gz", "-o", ds, "--num-shards", 2,
+                 *IN_PROCESS) == 0
+    export = make_export(root / "exports", step=100, seed=0)
+    return root, ds, export
+
+
+def relabel(ds, export, out, epoch, *extra):
+    return qtopt("relabel", "-i", ds, "-e", export, "-o", out, "--epoch", epoch,
+                 "--set", f"pipeline.relabel_batch_size={CHUNK}", *extra)
+
+
+@pytest.fixture(scope="module")
+def labelled(data):
+    root, ds, export = data
+    assert relabel(ds, export, root / "labelled", 1, *IN_PROCESS) == 0
+    return root / "labelled" / "epoch-1"
+
+
+def test_every_transition_gains_its_target(data, labelled):
+    from model.export import load_export
+    from model.targets import compute_targets
+    from pipelines.relabel import chunk_seed, stack_inputs
+    from schemas.config import load_config
+
+    _root, ds, export = data
+    cfg = load_config("demo")
+    m = manifest(labelled)
+    assert m["kind"] == "labelled_transition" and m["target_version"] == "export-000000100"
+    assert m["counts"]["dead_lettered"] == 0
+    exp = load_export(export, copies=("polyak", "lagged"))
+    for j, name in enumerate(sorted(shard_bytes(ds))):
+        inputs = read_all_file(ds / name)
+        outputs = read_all_file(labelled / name)
+        assert len(outputs) == len(inputs) > 0
+        for start in range(0, len(inputs), CHUNK):
+            chunk = inputs[start:start + CHUNK]
+            targets, actions = compute_targets(exp, stack_inputs(chunk), cfg.cem, cfg.targets,
+                                               seed=chunk_seed(j, start))
+            for k, (src, out) in enumerate(zip(chunk, outputs[start:start + CHUNK])):
+                for field in src:
+                    if field != "kind":
+                        np.testing.assert_array_equal(out[field], src[field])
+                assert out["kind"] == "labelled_transition"
+                assert out["target_version"] == "export-000000100"
+                np.testing.assert_allclose(out["target"], targets[k], atol=1e-6)
+                np.testing.assert_allclose(out["next_action"], actions[k], atol=1e-6)
+                if src["is_terminal"]:
+                    assert out["target"] == pytest.approx(float(src["reward"]))
+                else:
+                    v = (out["target"] - src["reward"]) / cfg.targets.gamma
+                    assert 0.0 <= v <= 1.0
+
+
+def read_all_file(path):
+    from schemas import tfrecord_io
+
+    return list(tfrecord_io.read_records(str(path)))
+
+
+def test_default_local_runner_gives_the_same_labels(data, labelled, capsys):
+    root, ds, export = data
+    capsys.readouterr()
+    # No runner options at all: the multi-process local default, one worker per core.
+    assert relabel(ds, export, root / "multi", 1) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["metrics"]["records_in"] == summary["metrics"]["labelled"] == \
+        manifest(labelled)["counts"]["transitions"]
+    assert 0.0 < summary["metrics"]["mean_target"] < 1.0
+    assert shard_bytes(root / "multi" / "epoch-1") == shard_bytes(labelled)
+
+
+def test_damaged_shards_are_dead_lettered_and_counted(data, tmp_path, capsys):
+    _root, ds, export = data
+    bad = tmp_path / "bad"
+    shutil.copytree(ds, bad)
+    names = sorted(shard_bytes(ds))
+    offset = corrupt_record(bad / names[0], 1)
+    truncate(bad / names[1], 0.5)
+    capsys.readouterr()
+    assert relabel(bad, export, tmp_path / "out", 0, *IN_PROCESS) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = summary["metrics"]
+    letters = dead_letters(tmp_path / "out" / "epoch-0")
+    assert metrics["records_in"] == metrics["labelled"] + metrics["dead_lettered"]
+    assert metrics["dead_lettered"] == len(letters) == 2
+    assert {"file": str(bad / names[0]), "index": 1, "offset": offset, "stage": "read",
+            "reason": "bad data checksum (corrupted record)"} in letters
+    assert any(d["file"] == str(bad / names[1]) and "truncated" in d["reason"] for d in letters)
+    assert manifest(tmp_path / "out" / "epoch-0")["counts"]["transitions"] == metrics["labelled"]
+
+
+def test_missing_or_incompatible_export_fails_before_work(data, tmp_path, capsys):
+    _root, ds, export = data
+    out = tmp_path / "labelled"
+    assert relabel(ds, tmp_path / "no-exports", out, 1, *IN_PROCESS) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no-exports" in err and len(err.splitlines()) == 1
+    half = tmp_path / "half" / "export-000000005"
+    shutil.copytree(export, half)
+    (half / "manifest.json").unlink()
+    assert relabel(ds, half.parent, out, 1, *IN_PROCESS) == 2
+    assert "no complete export" in capsys.readouterr().err
+    wide = make_export(tmp_path / "wide", image_size=32)
+    assert relabel(ds, wide, out, 1, *IN_PROCESS) == 2
+    err = capsys.readouterr().err
+    assert "32" in err and "16" in err and str(ds) in err
+    assert not out.exists()
+
+
+def test_rerun_replaces_an_epoch_cleanly(data, labelled, tmp_path):
+    root, ds, export = data
+    out = tmp_path / "labelled"
+    assert relabel(ds, export, out, 4, *IN_PROCESS) == 0
+    first = shard_bytes(out / "epoch-4")
+    newer = make_export(root / "exports", step=200, seed=1)
+    args = ["relabel", "-i", ds, "-e", newer, "-o", out, "--epoch", 4,
+            "--set", f"pipeline.relabel_batch_size={CHUNK}", *IN_PROCESS]
+    proc = subprocess.Popen([PYTHON, "-m", "pipelines.cli", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "epoch-4" / "_staging").rglob("label/*")):
+        assert proc.poll() is None, "the job finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Killed mid-run: the published epoch is the old one, whole.
+    assert shard_bytes(out / "epoch-4") == first
+    assert manifest(out / "epoch-4")["target_version"] == "export-000000100"
+    assert qtopt(*args) == 0
+    m = manifest(out / "epoch-4")
+    assert m["target_version"] == "export-000000200" and m["export_step"] == 200
+    recs = read_all(out / "epoch-4")
+    assert len(recs) == m["counts"]["transitions"] == len(read_all(ds))
+    assert {r["target_version"] for r in recs} == {"export-000000200"}
+    assert len({(r["episode_id"], int(r["step"])) for r in recs}) == len(recs)
+    assert sorted(p.name for p in (out / "epoch-4").iterdir()) == \
+        ["dead-letter.jsonl", "manifest.json"] + sorted(first)
+    from pipelines.relabel import latest_epoch
+    assert latest_epoch(str(out)) == 4
+
+
+def test_relabel_refuses_labelled_or_incomplete_input(labelled, data, tmp_path, capsys):
+    _root, _ds, export = data
+    assert relabel(labelled, export, tmp_path / "x", 1) == 2
+    assert "relabel reads transition datasets" in capsys.readouterr().err
+    assert relabel(tmp_path / "nothing", export, tmp_path / "x", 1) == 2
+    assert "does not exist" in capsys.readouterr().err
+
