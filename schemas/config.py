@@ -99,7 +99,15 @@ class RobotConfig(_Section):
                           doc="terminate action of the policy, or algorithm 2's heuristic")
     success_labeller: str = _f("ground_truth", choices=("ground_truth", "image_subtraction"),
                                doc="simulator truth, or the drop test of appendix D.3")
-    action_repeat: int = _f(10, lo=1, hi=1000, doc="physics sub-steps per control step")
+    action_repeat: int = _f(16, lo=1, hi=1000,
+                            doc="physics sub-steps (1/240 s each) per control step")
+    max_translation: float = _f(0.08, lo=0.001, hi=0.5,
+                                doc="largest gripper move per step along each axis, metres")
+    max_rotation: float = _f(0.5, lo=0.0, hi=3.1416,
+                             doc="largest change of the gripper's yaw per step, radians")
+    start_height: float = _f(0.25, lo=0.05, hi=0.35,
+                             doc="gripper height above the tray floor at reset, metres")
+    grip_force: float = _f(40.0, lo=1.0, hi=500.0, doc="finger motor force, newtons")
 
     def check(self):
         if self.min_objects > self.max_objects:

@@ -1,0 +1,389 @@
+"""The simulated grasping cell: a KUKA iiwa with a two-finger gripper over a tray, in pybullet.
+
+What is physics and what is not:
+- The gripper (palm and two prismatic fingers) is a dynamic body. It is moved by a force-limited
+  constraint towards the commanded pose, and its fingers close under a force-limited motor. An
+  object is held only by finger contact and friction: there is no automatic grasp, no attachment
+  constraint and no height hack.
+- The KUKA arm follows the gripper by inverse kinematics at every control step. It is what the
+  camera sees (and what a real driver would command), but it has no collision shapes: simulating
+  its seven links' contacts would cost most of the step time and the workspace bounds keep it
+  clear of the tray anyway.
+
+Every reset rebuilds the world from scratch (``resetSimulation``), so an episode depends on its
+seed only, never on the episodes run before it in the same process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pybullet
+import pybullet_data
+from pybullet_utils.bullet_client import BulletClient
+
+from robot import mdp, objects
+from robot.interface import Outcome, Robot
+from schemas.config import RobotConfig
+from schemas.errors import ConfigError, UserError
+
+DATA = pybullet_data.getDataPath()
+
+# Cell layout, metres, world frame. The arm stands at the origin, the tray in front of it.
+TRAY_CENTRE = np.array([0.6, 0.0])
+TRAY_FLOOR_Z = 0.015                 # top of traybox.urdf's floor box
+WORKSPACE_HALF = 0.17                # gripper x/y stay within the tray's flat floor
+SPAWN_HALF = 0.11                    # objects are dropped into the tray's centre region
+MAX_HEIGHT = 0.35                    # gripper height bounds above the tray floor
+MIN_HEIGHT = 0.003
+
+TIME_STEP = 1.0 / 240.0
+SETTLE_SUBSTEPS = 60                # objects come to rest after being dropped in at reset
+
+# Gripper geometry: the body frame sits at the grasp point, between the fingertips.
+FINGER_HALF = (0.01, 0.006, 0.03)    # half extents x, y (thickness), z (length)
+PALM_HALF = (0.02, 0.065, 0.012)
+FINGER_OPEN = 0.05                   # finger centre offset: an 8.8 cm opening between the pads
+FINGER_CLOSED = FINGER_HALF[1]       # pads meet
+GRIPPER_MAX_FORCE = 200.0            # newtons the pose constraint may apply
+FLANGE_ABOVE_GRASP = 2 * FINGER_HALF[2] + 2 * PALM_HALF[2] + 0.045
+
+CAMERA_EYE = (0.1, 0.5, 0.9)        # over the arm's shoulder, looking down at the tray
+CAMERA_TARGET = (0.62, 0.0, 0.0)
+CAMERA_FOV = 42.0
+# (radius, colour) of the capsule drawn for each iiwa link, base to flange.
+_GREY, _ORANGE = (0.55, 0.57, 0.6, 1.0), (0.95, 0.45, 0.1, 1.0)
+ARM_LINKS = ((0.07, _GREY), (0.065, _ORANGE), (0.065, _GREY), (0.06, _ORANGE), (0.06, _GREY),
+             (0.055, _ORANGE), (0.05, _GREY), (0.04, _GREY))
+OUT_OF_VIEW = (0.25, -0.45, 0.55)    # where the labeller parks the gripper (outside the frustum)
+
+
+class SimCell(Robot):
+    """pybullet implementation of ``Robot``; one instance per process or worker."""
+
+    def __init__(self, config: RobotConfig | None = None, object_pool="train",
+                 robot_id: str = "sim-cell"):
+        self.config = config or RobotConfig()
+        self.pool = objects.resolve(object_pool) if isinstance(object_pool, (str, list, tuple)) \
+            else list(object_pool)
+        if not self.pool:
+            raise ConfigError("objects: no objects to put in the tray")
+        self.robot_id = robot_id
+        self._p = BulletClient(connection_mode=pybullet.DIRECT)
+        self._p.setAdditionalSearchPath(DATA)
+        size = self.config.image_size
+        self._view = self._p.computeViewMatrix(CAMERA_EYE, CAMERA_TARGET, (0, 0, 1))
+        self._proj = self._p.computeProjectionMatrixFOV(CAMERA_FOV, 1.0, 0.05, 3.0)
+        self._size = size
+        self._steps = 0
+        self._done = True
+        self._final_observation = None
+        self._reward = 0.0
+        self._last_action = mdp.zero_action()
+        self._outcome = Outcome()
+        self._object_ids: list[str] = []
+        self._bodies: list[int] = []
+        self._build_world()
+
+    # ---------------------------------------------------------------------------- world set-up
+
+    def _build_world(self) -> None:
+        """Everything but the objects, once per cell; ``reset`` restores this saved state."""
+        p = self._p
+        p.resetSimulation()
+        p.setPhysicsEngineParameter(fixedTimeStep=TIME_STEP, numSolverIterations=20,
+                                    deterministicOverlappingPairs=1)
+        p.setGravity(0, 0, -9.81)
+        p.loadURDF("plane.urdf", (0, 0, 0))
+        self._tray = p.loadURDF("tray/traybox.urdf", (*TRAY_CENTRE, 0.0), useFixedBase=True)
+        # The iiwa model gives the arm's kinematics. Its detailed meshes would triple the
+        # camera's render time, so they are hidden and the camera sees one capsule per link,
+        # placed on the model's link frames after every step.
+        self._arm = p.loadURDF("kuka_iiwa/model.urdf", (0, 0, 0), useFixedBase=True)
+        self._arm_joints = list(range(p.getNumJoints(self._arm)))
+        for link in [-1] + self._arm_joints:
+            p.setCollisionFilterGroupMask(self._arm, link, 0, 0)
+            p.changeVisualShape(self._arm, link, rgbaColor=(1, 1, 1, 0))
+        points = self._arm_points((0.0, 0.0, 1.2))
+        self._arm_segments = []
+        for (radius, colour), a, b in zip(ARM_LINKS, points[:-1], points[1:]):
+            length = max(float(np.linalg.norm(b - a)) - radius, 0.01)
+            shape = p.createVisualShape(p.GEOM_CAPSULE, radius=radius, length=length,
+                                        rgbaColor=colour)
+            self._arm_segments.append(p.createMultiBody(0, -1, shape))
+        self._gripper = self._make_gripper()
+        self._saved_state = p.saveState()
+
+    def _make_gripper(self) -> int:
+        p = self._p
+        palm_z = 2 * FINGER_HALF[2] + PALM_HALF[2]
+        palm_col = p.createCollisionShape(p.GEOM_BOX, halfExtents=PALM_HALF,
+                                          collisionFramePosition=(0, 0, palm_z))
+        palm_vis = p.createVisualShape(p.GEOM_BOX, halfExtents=PALM_HALF,
+                                       visualFramePosition=(0, 0, palm_z),
+                                       rgbaColor=(0.35, 0.35, 0.38, 1))
+        finger_col = p.createCollisionShape(p.GEOM_BOX, halfExtents=FINGER_HALF)
+        finger_vis = p.createVisualShape(p.GEOM_BOX, halfExtents=FINGER_HALF,
+                                         rgbaColor=(0.12, 0.12, 0.12, 1))
+        body = p.createMultiBody(
+            baseMass=0.4, baseCollisionShapeIndex=palm_col, baseVisualShapeIndex=palm_vis,
+            # The inertial frame stays at the grasp point: pybullet reports and constrains a
+            # base by its inertial frame, and the pose constraint makes the mass layout moot.
+            basePosition=self._start_position(), baseInertialFramePosition=(0, 0, 0),
+            linkMasses=[0.05, 0.05], linkCollisionShapeIndices=[finger_col, finger_col],
+            linkVisualShapeIndices=[finger_vis, finger_vis],
+            linkPositions=[(0, 0, FINGER_HALF[2]), (0, 0, FINGER_HALF[2])],
+            linkOrientations=[(0, 0, 0, 1)] * 2,
+            linkInertialFramePositions=[(0, 0, 0)] * 2,
+            linkInertialFrameOrientations=[(0, 0, 0, 1)] * 2,
+            linkParentIndices=[0, 0],
+            linkJointTypes=[p.JOINT_PRISMATIC] * 2,
+            linkJointAxis=[(0, 1, 0), (0, -1, 0)])
+        for j in (0, 1):
+            p.resetJointState(body, j, FINGER_OPEN)
+            p.changeDynamics(body, j, lateralFriction=1.0, spinningFriction=0.002)
+        p.changeDynamics(body, -1, lateralFriction=0.6)
+        self._pose_constraint = p.createConstraint(
+            body, -1, -1, -1, p.JOINT_FIXED, (0, 0, 0), (0, 0, 0), self._start_position())
+        return body
+
+    def _start_position(self) -> tuple:
+        return (float(TRAY_CENTRE[0]), float(TRAY_CENTRE[1]),
+                TRAY_FLOOR_Z + self.config.start_height)
+
+    def _drop_objects(self, rng: np.random.Generator, placements) -> None:
+        p = self._p
+        self._bodies, self._object_ids = [], []
+        if placements is None:
+            k = int(rng.integers(self.config.min_objects, self.config.max_objects + 1))
+            replace = k > len(self.pool)
+            chosen = rng.choice(len(self.pool), size=k, replace=replace)
+            placements = []
+            for i, index in enumerate(chosen):
+                xy = TRAY_CENTRE + rng.uniform(-SPAWN_HALF, SPAWN_HALF, 2)
+                placements.append((self.pool[int(index)], (float(xy[0]), float(xy[1])),
+                                   float(rng.uniform(-math.pi, math.pi))))
+        for i, (obj, xy, yaw) in enumerate(placements):
+            # Staggered drop heights keep the objects from starting inside one another.
+            pos = (xy[0], xy[1], TRAY_FLOOR_Z + 0.04 + 0.03 * i)
+            orn = p.getQuaternionFromEuler((0.0, 0.0, yaw))
+            try:
+                body = p.loadURDF(obj.path, pos, orn)
+            except pybullet.error:
+                raise UserError(f"object file {obj.path}: pybullet cannot load it") from None
+            # Objects at rest sleep and drop out of the solver until something touches them:
+            # most of the tray is still most of the time.
+            p.changeDynamics(body, -1, activationState=p.ACTIVATION_STATE_ENABLE_SLEEPING)
+            self._bodies.append(body)
+            self._object_ids.append(obj.object_id)
+        for _ in range(SETTLE_SUBSTEPS + 8 * len(placements)):
+            p.stepSimulation()
+
+    # ---------------------------------------------------------------------------- Robot API
+
+    def reset(self, seed: int, placements=None) -> dict:
+        """A new episode. ``placements`` (list of (ObjectFile, (x, y), yaw)) replaces the random
+        choice of objects, for tests and demonstrations; an empty list leaves the tray empty."""
+        rng = np.random.default_rng(seed)
+        for body in self._bodies:
+            self._p.removeBody(body)
+        self._bodies = []
+        self._p.restoreState(self._saved_state)
+        self._set_fingers(False)
+        self._position = np.array(self._start_position(), dtype=np.float64)
+        self._yaw = 0.0
+        self._closed = False
+        self._hold_pose()
+        self._drop_objects(rng, placements)
+        self._steps = 0
+        self._done = False
+        self._final_observation = None
+        self._reward = 0.0
+        self._last_action = mdp.zero_action()
+        self._outcome = Outcome(labeller=self.config.success_labeller)
+        self._update_arm()
+        return self.capture_state()
+
+    def capture_state(self) -> dict:
+        if self._done and self._final_observation is not None:
+            return self._final_observation
+        return {mdp.IMAGE: self.render(),
+                mdp.GRIPPER_CLOSED: np.float32(1.0 if self._closed else 0.0),
+                mdp.HEIGHT: np.float32(self.gripper_height())}
+
+    def execute_command(self, action) -> None:
+        if self._done:
+            raise RuntimeError("execute_command after the episode ended; call reset first")
+        command = mdp.decode_action(action)
+        recorded = mdp.check_action(action).copy()
+        if self.config.termination == "scripted":
+            terminate = mdp.scripted_termination(self._closed, self.gripper_height(),
+                                                 float(command.translation[2]))
+        else:
+            terminate = command.terminate
+        recorded[7] = float(terminate)
+        self._move(command)
+        self._update_arm()
+        self._steps += 1
+        self._last_action = recorded
+        if terminate:
+            self._finish("action" if self.config.termination == "learned" else "scripted")
+        elif self._steps >= self.config.max_steps:
+            self._finish("step_limit")
+        else:
+            self._reward = mdp.step_reward(False, False, self.config.step_reward)
+
+    def receive_reward(self) -> float:
+        return self._reward
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def last_action(self) -> np.ndarray:
+        return self._last_action
+
+    @property
+    def outcome(self) -> Outcome:
+        return self._outcome
+
+    @property
+    def object_ids(self) -> list[str]:
+        return list(self._object_ids)
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.disconnect()
+            self._p = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: pybullet may already be gone
+            pass
+
+    # ---------------------------------------------------------------------------- motion
+
+    def _move(self, command: mdp.Command) -> None:
+        cfg = self.config
+        start = self._position.copy()
+        step = np.clip(command.translation, -cfg.max_translation, cfg.max_translation)
+        target = start + step
+        target[:2] = np.clip(target[:2], TRAY_CENTRE - WORKSPACE_HALF,
+                             TRAY_CENTRE + WORKSPACE_HALF)
+        target[2] = np.clip(target[2], TRAY_FLOOR_Z + MIN_HEIGHT, TRAY_FLOOR_Z + MAX_HEIGHT)
+        yaw0 = self._yaw
+        dyaw = float(np.clip(command.yaw, -cfg.max_rotation, cfg.max_rotation))
+        if command.gripper is not None:
+            self._set_fingers(command.gripper == "close")
+        n = cfg.action_repeat
+        # The pose target moves along a smooth ramp in the first two thirds of the control step
+        # and holds for the rest, so the gripper arrives and settles before the next image.
+        ramp = max(1, (2 * n) // 3)
+        for i in range(n):
+            s = min(1.0, (i + 1) / ramp)
+            s = s * s * (3.0 - 2.0 * s)
+            self._position = start + s * (target - start)
+            self._yaw = yaw0 + s * dyaw
+            self._hold_pose()
+            self._p.stepSimulation()
+        self._yaw = math.remainder(self._yaw, 2 * math.pi)
+        self._position = target
+
+    def _hold_pose(self) -> None:
+        orn = self._p.getQuaternionFromEuler((0.0, 0.0, self._yaw))
+        self._p.changeConstraint(self._pose_constraint, tuple(self._position), orn,
+                                 maxForce=GRIPPER_MAX_FORCE)
+
+    def _set_fingers(self, close: bool) -> None:
+        self._closed = close
+        target = FINGER_CLOSED if close else FINGER_OPEN
+        for j in (0, 1):
+            self._p.setJointMotorControl2(self._gripper, j, pybullet.POSITION_CONTROL,
+                                          targetPosition=target, force=self.config.grip_force,
+                                          maxVelocity=0.3)
+
+    def _update_arm(self) -> None:
+        p = self._p
+        pos, orn = p.getBasePositionAndOrientation(self._gripper)
+        _, _, yaw = p.getEulerFromQuaternion(orn)
+        flange = (pos[0], pos[1], pos[2] + FLANGE_ABOVE_GRASP)
+        down = p.getQuaternionFromEuler((0.0, math.pi, yaw))
+        joints = p.calculateInverseKinematics(self._arm, 6, flange, down, maxNumIterations=20)
+        for j, q in zip(self._arm_joints, joints):
+            p.resetJointState(self._arm, j, q)
+        # Capsule i spans the origins of frames i and i + 1; pybullet capsules lie along z.
+        points = self._arm_points((pos[0], pos[1], pos[2] + 2 * FINGER_HALF[2]
+                                   + 2 * PALM_HALF[2]))
+        for body, a, b in zip(self._arm_segments, points[:-1], points[1:]):
+            p.resetBasePositionAndOrientation(body, tuple((a + b) / 2), _z_to(b - a))
+
+    def _arm_points(self, palm_top) -> list[np.ndarray]:
+        """The arm's base, its seven link frames and the palm it carries, world frame."""
+        states = self._p.getLinkStates(self._arm, self._arm_joints)
+        return [np.zeros(3)] + [np.array(st[4]) for st in states] + [np.array(palm_top)]
+
+    # ---------------------------------------------------------------------------- sensing
+
+    def gripper_height(self) -> float:
+        pos, _ = self._p.getBasePositionAndOrientation(self._gripper)
+        return float(pos[2] - TRAY_FLOOR_Z)
+
+    def gripper_pose(self) -> tuple[np.ndarray, float]:
+        pos, orn = self._p.getBasePositionAndOrientation(self._gripper)
+        return np.array(pos), float(self._p.getEulerFromQuaternion(orn)[2])
+
+    def render(self) -> np.ndarray:
+        _, _, rgba, _, _ = self._p.getCameraImage(
+            self._size, self._size, self._view, self._proj, renderer=pybullet.ER_TINY_RENDERER,
+            flags=pybullet.ER_NO_SEGMENTATION_MASK, shadow=0)
+        return np.asarray(rgba, np.uint8).reshape(self._size, self._size, 4)[:, :, :3].copy()
+
+    def held_objects(self) -> list[int]:
+        """Indices of objects touching the gripper with their centre above the success height."""
+        held = []
+        for i, body in enumerate(self._bodies):
+            pos, _ = self._p.getBasePositionAndOrientation(body)
+            if pos[2] - TRAY_FLOOR_Z <= self.config.success_height:
+                continue
+            if self._p.getClosestPoints(body, self._gripper, 0.004):
+                held.append(i)
+        return held
+
+    def object_positions(self) -> np.ndarray:
+        return np.array([self._p.getBasePositionAndOrientation(b)[0] for b in self._bodies])
+
+    # ---------------------------------------------------------------------------- the end
+
+    def _finish(self, how: str) -> None:
+        truth = bool(self.held_objects())
+        # The episode's last observation is the scene as the policy left it, before the
+        # labeller's drop test moves anything.
+        self._final_observation = self.capture_state()
+        success = truth
+        if self.config.success_labeller == "image_subtraction":
+            from robot.labeller import drop_test
+            success = drop_test(self)
+        self._outcome = Outcome(success=success, ground_truth=truth,
+                                labeller=self.config.success_labeller, terminated_by=how)
+        self._reward = mdp.step_reward(True, success, self.config.step_reward)
+        self._done = True
+
+
+def _z_to(direction: np.ndarray) -> tuple:
+    """Quaternion turning the z axis onto ``direction``."""
+    d = direction / max(np.linalg.norm(direction), 1e-9)
+    axis = np.cross((0.0, 0.0, 1.0), d)
+    sin, cos = np.linalg.norm(axis), d[2]
+    if sin < 1e-9:
+        return (0.0, 0.0, 0.0, 1.0) if cos > 0 else (1.0, 0.0, 0.0, 0.0)
+    angle = math.atan2(sin, cos)
+    axis = axis / sin
+    return (*(axis * math.sin(angle / 2)), math.cos(angle / 2))

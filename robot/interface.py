@@ -1,0 +1,67 @@
+"""The robot as the control loop sees it (paper algorithm 1).
+
+A real-robot driver implements this same interface; the simulated cell is one implementation.
+Algorithm 1 per step: ``s = robot.capture_state()``, ``a = policy(s)``,
+``robot.execute_command(a)``, ``r = robot.receive_reward()``, until ``robot.done``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Outcome:
+    """How an episode ended, as far as the robot knows."""
+
+    success: bool = False           # the verdict the reward used
+    ground_truth: bool | None = None  # the simulator's own verdict, where there is a simulator
+    labeller: str = "ground_truth"
+    terminated_by: str = ""         # "action", "scripted" or "step_limit"
+    info: dict = field(default_factory=dict)
+
+
+class Robot(abc.ABC):
+    """One grasping cell: a tray of objects, an arm with a two-finger gripper, a camera."""
+
+    robot_id: str = "robot"
+
+    @abc.abstractmethod
+    def reset(self, seed: int) -> dict:
+        """Start a new episode (new objects in the tray); returns the first observation."""
+
+    @abc.abstractmethod
+    def capture_state(self) -> dict:
+        """The observation dict: image, gripper closed, height above the tray floor."""
+
+    @abc.abstractmethod
+    def execute_command(self, action) -> None:
+        """Carry out one action (float32[8]); decides whether the episode ends here."""
+
+    @abc.abstractmethod
+    def receive_reward(self) -> float:
+        """Reward for the last executed command."""
+
+    @property
+    @abc.abstractmethod
+    def done(self) -> bool:
+        """The episode has ended (terminate action, scripted termination, or step limit)."""
+
+    @property
+    @abc.abstractmethod
+    def last_action(self):
+        """The last command as executed and recorded (e.g. with a scripted terminate filled in)."""
+
+    @property
+    @abc.abstractmethod
+    def outcome(self) -> Outcome:
+        """How the episode ended; meaningful once ``done``."""
+
+    @property
+    @abc.abstractmethod
+    def object_ids(self) -> list[str]:
+        """Objects in the tray at the last reset."""
+
+    def close(self) -> None:
+        """Release the simulator or hardware."""

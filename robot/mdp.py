@@ -1,0 +1,89 @@
+"""The grasping MDP's rules (paper section 5, appendix D), free of any simulator.
+
+Action layout (appendix D.2): ``(t_x, t_y, t_z, sin, cos, g_close, g_open, e)``. Observations are
+dicts keyed exactly as the episode spec's step fields.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.errors import UserError
+from schemas.specs import ACTION_DIM
+
+IMAGE = "observation/image"
+GRIPPER_CLOSED = "observation/gripper_closed"
+HEIGHT = "observation/height"
+OBSERVATION_KEYS = (IMAGE, GRIPPER_CLOSED, HEIGHT)
+
+# Algorithm 2: the heuristic ends the episode once a closed gripper is above this height (metres
+# above the tray floor) and still being commanded upwards.
+SCRIPTED_TERMINATION_HEIGHT = 0.13
+
+
+@dataclass(frozen=True)
+class Command:
+    """An action decoded into what the cell executes."""
+
+    translation: np.ndarray     # metres, world frame, before workspace clipping
+    yaw: float                  # radians, change of the gripper's vertical rotation
+    gripper: str | None         # "close", "open", or None to leave it as it is
+    terminate: bool
+
+
+def zero_action() -> np.ndarray:
+    return np.zeros(ACTION_DIM, np.float32)
+
+
+def make_action(translation=(0.0, 0.0, 0.0), yaw: float = 0.0, gripper: str | None = None,
+                terminate: bool = False) -> np.ndarray:
+    a = zero_action()
+    a[:3] = translation
+    a[3:5] = (math.sin(yaw), math.cos(yaw))
+    if gripper == "close":
+        a[5] = 1.0
+    elif gripper == "open":
+        a[6] = 1.0
+    elif gripper is not None:
+        raise ValueError(f"gripper must be 'close', 'open' or None, got {gripper!r}")
+    a[7] = float(terminate)
+    return a
+
+
+def check_action(action) -> np.ndarray:
+    """The action as float32[8], or a UserError saying what is wrong with it."""
+    try:
+        a = np.asarray(action, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise UserError(f"action: expected {ACTION_DIM} numbers, got {action!r}") from None
+    if a.shape != (ACTION_DIM,):
+        raise UserError(f"action: expected shape ({ACTION_DIM},), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise UserError(f"action: contains NaN or infinite values: {a.tolist()}")
+    return a
+
+
+def decode_action(action) -> Command:
+    a = check_action(action)
+    sin, cos = float(a[3]), float(a[4])
+    # (0, 0) encodes no rotation, as does the zero action of a record's last step.
+    yaw = math.atan2(sin, cos) if (sin != 0.0 or cos != 0.0) else 0.0
+    gripper = None
+    if a[5] > 0.5 or a[6] > 0.5:
+        gripper = "close" if a[5] >= a[6] else "open"
+    return Command(a[:3].astype(np.float64), yaw, gripper, bool(a[7] > 0.5))
+
+
+def scripted_termination(gripper_closed: bool, height: float, translation_z: float) -> bool:
+    """Algorithm 2: closed, above the termination height, and the next action goes up."""
+    return bool(gripper_closed and height > SCRIPTED_TERMINATION_HEIGHT and translation_z > 0.0)
+
+
+def step_reward(done: bool, success: bool, step_penalty: float) -> float:
+    """-0.05 for every step before the end; 1 or 0 for the last one, by grasp success."""
+    if not done:
+        return float(step_penalty)
+    return 1.0 if success else 0.0

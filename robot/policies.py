@@ -1,0 +1,197 @@
+"""Policies: an object with ``reset()`` and ``sample_action(observation, step) -> float32[8]``.
+
+Policies compose: ``EpsilonGreedy`` wraps any policy with that interface (the scripted one here,
+or the model's greedy CEM policy). A policy that draws random numbers also has ``seed(seed)``,
+which ``robot.episode.run_episode`` calls with the episode's seed so that an episode depends on
+its seed only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from robot import mdp
+from schemas.config import RobotConfig
+
+
+class Policy:
+    """The interface, and a base class for policies with their own random generator."""
+
+    name = "policy"
+
+    def __init__(self, rng: np.random.Generator | int | None = None):
+        self.rng = np.random.default_rng(rng)
+
+    def seed(self, seed: int) -> None:
+        """Restart the policy's random stream, independently of the robot's stream."""
+        self.rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
+
+    def reset(self) -> None:
+        """Forget the last episode."""
+
+    def sample_action(self, observation: dict, step: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RandomPolicy(Policy):
+    """Uniform pose changes within the step limits, random gripper commands, rare termination."""
+
+    name = "random"
+
+    def __init__(self, config: RobotConfig | None = None, terminate_prob: float = 0.05,
+                 rng=None):
+        super().__init__(rng)
+        self.config = config or RobotConfig()
+        self.terminate_prob = terminate_prob
+
+    def sample_action(self, observation: dict, step: int) -> np.ndarray:
+        c, rng = self.config, self.rng
+        translation = rng.uniform(-c.max_translation, c.max_translation, 3)
+        yaw = rng.uniform(-c.max_rotation, c.max_rotation)
+        gripper = (None, None, "close", "open")[int(rng.integers(4))]
+        return mdp.make_action(translation, yaw, gripper, rng.random() < self.terminate_prob)
+
+
+class ScriptedGrasp(Policy):
+    """Appendix B's exploration policy: a random (x, y), a descent in a few random steps, close,
+    ascend back to the starting height, terminate.
+
+    The policy sees what any policy sees (image, gripper state, height). It knows the cell's
+    starting pose is the tray centre, so it reaches its random (x, y) by dead reckoning, and it
+    descends and ascends closed-loop on the observed height. Its randomisation (how far from the
+    centre it aims, how low it closes, how many descent steps) is what sets its success rate.
+    """
+
+    name = "scripted"
+
+    def __init__(self, config: RobotConfig | None = None, target_half: float = 0.1,
+                 close_height: tuple = (0.0, 0.02), descent_steps: tuple = (3, 5),
+                 yaw_range: float = math.pi / 2, rng=None):
+        super().__init__(rng)
+        self.config = config or RobotConfig()
+        self.target_half = target_half
+        self.close_height = close_height
+        self.descent_steps = descent_steps
+        self.yaw_range = yaw_range
+        self.reset()
+
+    def reset(self) -> None:
+        rng, c = self.rng, self.config
+        self._offset = rng.uniform(-self.target_half, self.target_half, 2)
+        self._yaw = float(rng.uniform(-self.yaw_range, self.yaw_range))
+        self._close_at = float(rng.uniform(*self.close_height))
+        self._descents = int(rng.integers(self.descent_steps[0], self.descent_steps[1] + 1))
+        # Random shares of the descent, one per step; a share larger than the step limit just
+        # takes an extra step.
+        self._shares = rng.dirichlet(np.ones(self._descents))
+        self._phase = "move"
+        self._descended = 0
+        self._start_height = None
+        self._drop = None
+        self._closed_steps = 0
+
+    def sample_action(self, observation: dict, step: int) -> np.ndarray:
+        c = self.config
+        height = float(observation[mdp.HEIGHT])
+        if self._start_height is None:
+            self._start_height = height
+        if self._phase == "move":
+            move = np.clip(self._offset, -c.max_translation, c.max_translation)
+            yaw = float(np.clip(self._yaw, -c.max_rotation, c.max_rotation))
+            self._offset = self._offset - move
+            self._yaw -= yaw
+            if np.all(np.abs(self._offset) < 1e-9) and abs(self._yaw) < 1e-9:
+                self._phase = "descend"
+            return mdp.make_action((move[0], move[1], 0.0), yaw, "open")
+        if self._phase == "descend":
+            if self._drop is None:
+                self._drop = max(0.0, height - self._close_at)
+            share = self._shares[min(self._descended, self._descents - 1)]
+            remaining = height - self._close_at
+            self._descended += 1
+            # Stop when low enough, or when the gripper no longer goes down (resting on an
+            # object): the close then happens where it is.
+            if remaining <= 0.004 or self._descended > self._descents + 2:
+                self._phase = "ascend"
+                return mdp.make_action(gripper="close")
+            dz = min(remaining, max(share * self._drop, 0.01))
+            return mdp.make_action((0.0, 0.0, -dz), 0.0, None)
+        # Ascend to the starting height, then end the episode.
+        if height >= self._start_height - 0.01:
+            return mdp.make_action(terminate=True)
+        up = min(c.max_translation, self._start_height - height + 0.005)
+        return mdp.make_action((0.0, 0.0, up))
+
+
+class EpsilonGreedy(Policy):
+    """pi_noisy of appendix B: the greedy action with probability 1 - epsilon, otherwise a random
+    action: a Gaussian pose change (75%), a gripper toggle (17%) or termination (8%)."""
+
+    name = "epsilon_greedy"
+    PROBS = (0.75, 0.17, 0.08)
+
+    def __init__(self, greedy_policy, epsilon: float = 0.2, rng=None,
+                 config: RobotConfig | None = None, translation_sigma: float | None = None,
+                 rotation_sigma: float | None = None):
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        if not (hasattr(greedy_policy, "sample_action") and hasattr(greedy_policy, "reset")):
+            raise TypeError("EpsilonGreedy needs a policy with reset() and sample_action()")
+        super().__init__(rng)
+        self.greedy = greedy_policy
+        self.epsilon = float(epsilon)
+        config = config or RobotConfig()
+        self.translation_sigma = translation_sigma or config.max_translation / 2
+        self.rotation_sigma = rotation_sigma or config.max_rotation / 2
+        self.name = f"epsilon_greedy({getattr(greedy_policy, 'name', 'greedy')})"
+
+    def seed(self, seed: int) -> None:
+        super().seed(seed)
+        if hasattr(self.greedy, "seed"):
+            self.greedy.seed(seed)
+
+    def reset(self) -> None:
+        self.greedy.reset()
+
+    def sample_action(self, observation: dict, step: int) -> np.ndarray:
+        # The greedy policy is asked every step, so a stateful one sees every observation.
+        greedy = self.greedy.sample_action(observation, step)
+        if self.rng.random() >= self.epsilon:
+            return mdp.check_action(greedy)
+        return self.random_action(observation)
+
+    def random_action(self, observation: dict) -> np.ndarray:
+        kind = self.rng.choice(3, p=self.PROBS)
+        if kind == 0:
+            return mdp.make_action(self.rng.normal(0.0, self.translation_sigma, 3),
+                                   float(self.rng.normal(0.0, self.rotation_sigma)))
+        if kind == 1:
+            closed = float(observation[mdp.GRIPPER_CLOSED]) > 0.5
+            return mdp.make_action(gripper="open" if closed else "close")
+        return mdp.make_action(terminate=True)
+
+
+def make_policy(name: str, config: RobotConfig | None = None, epsilon: float = 0.2):
+    """``scripted``, ``random``, or a policy export directory (the model's greedy Q policy,
+    wrapped in epsilon-greedy exploration unless epsilon is 0)."""
+    from schemas.errors import UserError
+
+    config = config or RobotConfig()
+    if name == "scripted":
+        return ScriptedGrasp(config)
+    if name == "random":
+        return RandomPolicy(config)
+    import os
+
+    from schemas import fs
+    if not (fs.is_remote(name) or os.path.isdir(name)):
+        raise UserError(f"policy {name!r}: not scripted, random, or an export directory")
+    try:
+        from model.policy import load_policy
+    except ImportError as exc:
+        raise UserError(f"policy {name}: the greedy Q policy (model.policy.load_policy) is not "
+                        f"available: {exc}") from None
+    greedy = load_policy(name)
+    return EpsilonGreedy(greedy, epsilon, config=config) if epsilon > 0 else greedy
