@@ -297,6 +297,24 @@ class SimCell(Robot):
         self._yaw = math.remainder(self._yaw, 2 * math.pi)
         self._position = target
 
+    def glide(self, position, substeps: int = 40) -> None:
+        """Move the gripper to ``position`` (world frame) outside the MDP: the labeller's
+        moves, which ignore the workspace bounds."""
+        start, target = self._position.copy(), np.asarray(position, np.float64)
+        for i in range(substeps):
+            s = (i + 1) / substeps
+            self._position = start + (s * s * (3.0 - 2.0 * s)) * (target - start)
+            self._hold_pose()
+            self._p.stepSimulation()
+        self._update_arm()
+
+    def wait(self, substeps: int) -> None:
+        for _ in range(substeps):
+            self._p.stepSimulation()
+
+    def open_gripper(self) -> None:
+        self._set_fingers(False)
+
     def _hold_pose(self) -> None:
         orn = self._p.getQuaternionFromEuler((0.0, 0.0, self._yaw))
         self._p.changeConstraint(self._pose_constraint, tuple(self._position), orn,
