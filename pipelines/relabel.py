@@ -326,13 +326,11 @@ def vars_of(section) -> dict:
 
 
 def execute(options, shards, out, handler, chunk_size, version, extra, total=None) -> int:
-    import apache_beam as beam
-
     from pipelines.shard import report
 
     run_id = dataset.new_run_id()
     local = runner.is_local(options)
-    pipeline = beam.Pipeline(options=options)
+    pipeline = runner.new_pipeline(options)
     build(pipeline, shards, out, run_id, handler, chunk_size, version, extra,
           mark_progress=local)
 
@@ -344,4 +342,4 @@ def execute(options, shards, out, handler, chunk_size, version, extra, total=Non
           f"{runner.runner_name(options)})", flush=True)
     with runner.progress("relabel", poll if local else None):
         result = runner.run_pipeline(pipeline)
-    return report(result, options, out, NAMESPACE, "relabel")
+    return report(pipeline, result, out, NAMESPACE, "relabel")

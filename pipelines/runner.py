@@ -175,6 +175,37 @@ def is_local(options) -> bool:
     return runner_name(options) in _DIRECT_ALIASES + ("BundleBasedDirectRunner", "PrismRunner")
 
 
+def new_pipeline(options):
+    """``beam.Pipeline(options)``; Beam's option validation errors become one-line UserErrors."""
+    import apache_beam as beam
+
+    try:
+        return beam.Pipeline(options=options)
+    except ValueError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise UserError("invalid Beam options: " + " ".join(lines[1:] or lines)) from None
+
+
+def describe_dry_run(pipeline, result) -> dict:
+    """What a dry run built: the job's name, its transforms and the files it would stage."""
+    info = {"runner": runner_name(pipeline.options), "submitted": False}
+    job = getattr(result, "job", None)
+    if job is not None:
+        info["job_name"] = job.proto.name
+    proto = getattr(pipeline.runner, "proto_pipeline", None)
+    if proto is not None:
+        info["transforms"] = len(proto.components.transforms)
+        info["steps"] = sorted(t.unique_name for t in proto.components.transforms.values()
+                               if "/" not in t.unique_name and not t.unique_name.startswith("ref_"))
+        staged = set()
+        for env in proto.components.environments.values():
+            for dep in env.dependencies:
+                if dep.role_urn.endswith("staging_to:v1"):
+                    staged.add(dep.role_payload[2:].decode("utf-8", "replace"))
+        info["staged"] = sorted(staged)
+    return info
+
+
 def run_pipeline(pipeline, wait: bool = True):
     """Run a built pipeline; wait for it unless ``wait`` is false (a Dataflow job keeps going)."""
     result = pipeline.run()

@@ -300,12 +300,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def execute(options, files, out, num_shards, seed, manifest_extra) -> int:
-    import apache_beam as beam
-
     runner.quiet_beam_logging()
     run_id = dataset.new_run_id()
     local = runner.is_local(options)
-    pipeline = beam.Pipeline(options=options)
+    pipeline = runner.new_pipeline(options)
     build(pipeline, files, out, run_id, num_shards, seed, manifest_extra, mark_progress=local)
 
     def poll():
@@ -318,14 +316,17 @@ def execute(options, files, out, num_shards, seed, manifest_extra) -> int:
           f"runner {runner.runner_name(options)})", flush=True)
     with runner.progress("shard", poll if local else None):
         result = runner.run_pipeline(pipeline)
-    return report(result, options, out, NAMESPACE, "shard")
+    return report(pipeline, result, out, NAMESPACE, "shard")
 
 
-def report(result, options, out: str, namespace: str, label: str) -> int:
+def report(pipeline, result, out: str, namespace: str, label: str) -> int:
+    """Print the job's one-line JSON summary: counts from the manifest, metrics from Beam."""
     import json
 
-    if runner.is_dry_run(options):
-        print(f"{label}: dry run: job built, nothing submitted", flush=True)
+    if runner.is_dry_run(pipeline.options):
+        print(f"{label}: dry run, nothing submitted: "
+              f"{json.dumps(runner.describe_dry_run(pipeline, result), sort_keys=True)}",
+              flush=True)
         return 0
     manifest = dataset.read_manifest(out)
     metrics = runner.counters(result, namespace)

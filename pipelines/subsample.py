@@ -137,8 +137,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import apache_beam as beam
-
     from pipelines.cli import config_from_args
     from pipelines.shard import report
 
@@ -154,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     runner.quiet_beam_logging()
     run_id = dataset.new_run_id()
     local = runner.is_local(options)
-    pipeline = beam.Pipeline(options=options)
+    pipeline = runner.new_pipeline(options)
     build(pipeline, src, manifest_in, out, run_id, args.fraction, seed, mark_progress=local)
     total = len(manifest_in["files"])
 
@@ -165,4 +163,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"subsample: {src} -> {out} ({args.fraction:g} of episodes, salt {seed})", flush=True)
     with runner.progress("subsample", poll if local else None):
         result = runner.run_pipeline(pipeline)
-    return report(result, options, out, NAMESPACE, "subsample")
+    return report(pipeline, result, out, NAMESPACE, "subsample")
