@@ -42,6 +42,14 @@ setup(
             "hypothesis>=6.100",
             "gcp-storage-emulator>=2024.8",
         ],
+        # The reference simulator of benchmarks/sim_throughput.py (pybullet_envs needs old gym).
+        "bench": [
+            "gym==0.23.1",
+        ],
+        # MP4 output of `qtopt render` (GIF needs only Pillow).
+        "render": [
+            "imageio-ffmpeg>=0.5",
+        ],
         "dev": [
             "pytest>=8",
             "hypothesis>=6.100",

@@ -1,0 +1,328 @@
+"""``qtopt collect``: run a policy in simulated cells and write the episodes as TFRecord shards.
+
+    qtopt collect --policy scripted --episodes 500 --objects train --out work/episodes/scripted \\
+                  --seed 0 --workers 2 [--set robot.image_size=64] [Beam options]
+
+Collection is a Beam pipeline whose elements are blocks of episode indices: each worker keeps one
+cell (one robot per core locally, hundreds of workers on Dataflow) and writes one shard per block,
+``episodes-s<seed>-<first>-<end>.tfrecord.gz``, published atomically (a killed writer leaves only
+a temporary name that ``*.tfrecord.gz`` globs do not match). Episode i of a collection has a seed
+and an id that depend only on (--seed, i, --source), so rerunning the same command after a kill
+runs exactly the missing indices and the directory ends up with N episodes, none twice.
+``_collect.json`` records what the directory holds, and a rerun with a different policy, object
+set, seed or robot configuration is refused rather than mixed in. ``_SUCCESS.json`` is written
+when the set is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+
+from schemas import fs
+from schemas.errors import UserError
+from pipelines import runner
+
+NAMESPACE = "qtopt.collect"
+PLAN = "_collect.json"
+DONE = "_SUCCESS.json"
+_SHARD = re.compile(r"^episodes-s(\d+)-(\d{7})-(\d{7})\.tfrecord\.gz$")
+
+
+# -------------------------------------------------------------------------------- naming
+
+def shard_name(seed: int, start: int, end: int) -> str:
+    return f"episodes-s{seed}-{start:07d}-{end:07d}.tfrecord.gz"
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """The reset seed of episode ``index``: independent streams for every (seed, index)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def episode_name(source: str, seed: int, index: int) -> str:
+    return f"{source}-s{seed}-{index:07d}"
+
+
+def existing_blocks(out: str, seed: int) -> list[tuple[int, int, str]]:
+    """(start, end, path) of every published shard of this seed in ``out``."""
+    blocks = []
+    for path in fs.glob(fs.join(out, "episodes-*.tfrecord.gz")):
+        m = _SHARD.match(os.path.basename(path))
+        if m and int(m.group(1)) == seed:
+            blocks.append((int(m.group(2)), int(m.group(3)), path))
+    return sorted(blocks)
+
+
+def missing_blocks(n: int, done: list[tuple[int, int, str]], per_block: int) -> list[tuple]:
+    """Blocks of at most ``per_block`` consecutive indices in [0, n) that no shard covers."""
+    covered = [False] * n
+    for start, end, _ in done:
+        for i in range(max(0, start), min(n, end)):
+            covered[i] = True
+    blocks, i = [], 0
+    while i < n:
+        if covered[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and not covered[j] and j - i < per_block:
+            j += 1
+        blocks.append((i, j))
+        i = j
+    return blocks
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (sound at small n and near 0 or 1)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+# -------------------------------------------------------------------------------- Beam parts
+
+def _collect_fn():
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+
+    class CollectBlock(beam.DoFn):
+        """(start, end) -> one published shard of episodes; one cell per worker."""
+
+        def __init__(self, plan: dict):
+            self.plan = plan
+
+        def setup(self):
+            from robot.cell import SimCell
+            from robot.policies import make_policy
+            from schemas.config import RobotConfig
+
+            plan = self.plan
+            config = RobotConfig(**plan["robot"])
+            self.cell = SimCell(config, plan["objects"], robot_id=f"sim-{os.getpid()}")
+            self.policy = make_policy(plan["policy"], config, plan["epsilon"])
+            self.counts = {name: Metrics.counter(NAMESPACE, name) for name in
+                           ("episodes", "successes", "steps", "labelled", "labeller_agrees")}
+            self.seconds = Metrics.distribution(NAMESPACE, "episode_ms")
+
+        def process(self, block):
+            from robot.episode import run_episode
+            from schemas.tfrecord_io import RecordWriter
+
+            plan, (start, end) = self.plan, block
+            path = fs.join(plan["out"], shard_name(plan["seed"], start, end))
+            if fs.exists(path):  # a retried bundle: the shard is already published
+                return
+            with RecordWriter(path) as writer:
+                for index in range(start, end):
+                    t0 = time.perf_counter()
+                    record = run_episode(
+                        self.cell, self.policy, episode_seed(plan["seed"], index),
+                        source=plan["source"], policy_name=plan["policy_label"],
+                        episode_id_=episode_name(plan["source"], plan["seed"], index))
+                    writer.write_record(record)
+                    outcome = self.cell.outcome
+                    self.counts["episodes"].inc()
+                    self.counts["successes"].inc(int(outcome.success))
+                    self.counts["steps"].inc(int(record["num_steps"]))
+                    if outcome.labeller != "ground_truth":
+                        self.counts["labelled"].inc()
+                        self.counts["labeller_agrees"].inc(
+                            int(outcome.success == outcome.ground_truth))
+                    self.seconds.update(int(1000 * (time.perf_counter() - t0)))
+            yield path
+
+        def teardown(self):
+            if hasattr(self, "cell"):
+                self.cell.close()
+
+    return CollectBlock
+
+
+def build(pipeline, blocks: list[tuple[int, int]], plan: dict):
+    import apache_beam as beam
+
+    return (pipeline
+            | "Blocks" >> beam.Create(blocks)
+            # One block per bundle, so every worker gets blocks to run.
+            | "Spread" >> beam.Reshuffle()
+            | "Collect" >> beam.ParDo(_collect_fn()(plan)))
+
+
+# -------------------------------------------------------------------------------- launcher
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipelines.cli import add_config_arguments
+
+    parser.add_argument("--policy", help="scripted | random | a policy export directory "
+                                         "(default: collect.policy)")
+    parser.add_argument("--episodes", type=int, metavar="N", help="episodes in the set "
+                        "(default: collect.episodes)")
+    parser.add_argument("--objects", help="train | test | comma-separated URDF files "
+                                          "(default: collect.objects)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory, local "
+                        "or gs://")
+    parser.add_argument("--seed", type=int, help="collection seed (default: collect.seed)")
+    parser.add_argument("--workers", type=int, metavar="W", help="local worker processes "
+                        "(default: pipeline.direct_num_workers; 0 = one per core)")
+    parser.add_argument("--episodes-per-block", type=int, metavar="B",
+                        help="episodes per Beam element and shard (default: "
+                             "collect.episodes_per_block)")
+    parser.add_argument("--source", help="dataset name stored in every episode "
+                                         "(default: POLICY-OBJECTS, e.g. scripted-train)")
+    parser.add_argument("--epsilon", type=float, help="exploration of a greedy export policy "
+                        "(default: collect.epsilon)")
+    add_config_arguments(parser)
+    runner.add_beam_arguments(parser)
+
+
+def _overrides(args) -> list[str]:
+    """CLI flags as config overrides, so the config validates them with the same messages."""
+    out = []
+    for flag, key in (("policy", "policy"), ("episodes", "episodes"), ("objects", "objects"),
+                      ("seed", "seed"), ("episodes_per_block", "episodes_per_block"),
+                      ("epsilon", "epsilon")):
+        value = getattr(args, flag)
+        if value is not None:
+            out.append(f"collect.{key}={json.dumps(value)}")
+    return out
+
+
+def make_plan(cfg, out: str, source: str | None) -> dict:
+    from robot import objects
+    from robot.policies import make_policy
+
+    c = cfg.collect
+    pool = objects.resolve(c.objects)  # fails here, naming the file, before any work
+    if c.objects.strip() in objects.SPLITS:
+        object_spec, object_label = c.objects.strip(), c.objects.strip()
+    else:
+        object_spec, object_label = [o.path for o in pool], "custom"
+    policy = c.policy
+    if policy not in ("scripted", "random"):
+        make_policy(policy, cfg.robot, c.epsilon)  # a clear error now if it cannot load
+        policy_label = f"export:{policy.rstrip('/')}"
+        default_source = f"{os.path.basename(policy.rstrip('/'))}-{object_label}"
+    else:
+        policy_label = policy
+        default_source = f"{policy}-{object_label}"
+    source = source or default_source
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", source):
+        raise UserError(f"--source {source!r}: use letters, digits and _ . : - only")
+    return {"out": out, "policy": policy, "policy_label": policy_label, "objects": object_spec,
+            "seed": c.seed, "source": source, "epsilon": c.epsilon,
+            "robot": dataclasses.asdict(cfg.robot)}
+
+
+def _check_plan(out: str, plan: dict) -> None:
+    """Refuse to mix two different collections in one directory."""
+    path = fs.join(out, PLAN)
+    identity = {k: plan[k] for k in ("policy", "objects", "seed", "source", "epsilon", "robot")}
+    if fs.exists(path):
+        try:
+            previous = json.loads(fs.read_text(path))
+        except ValueError:
+            raise UserError(f"{path}: not valid JSON; remove it or use another --out") from None
+        if previous != identity:
+            diff = sorted(k for k in identity if previous.get(k) != identity[k])
+            raise UserError(f"--out {out} holds a different collection (differs in "
+                            f"{', '.join(diff)}); use another directory")
+    else:
+        fs.makedirs(out)
+        fs.write_text(path, json.dumps(identity, indent=1, sort_keys=True))
+
+
+def _bar(done: int, total: int, start: float, new_before: int) -> str:
+    width = 30
+    filled = int(width * done / total) if total else width
+    rate = (done - new_before) / max(time.monotonic() - start, 1e-9)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} episodes, {rate:.2f}/s"
+
+
+def summarise(out: str, seed: int, n: int) -> dict:
+    """Success over the whole set, read back from the published shards' episode contexts."""
+    from schemas import example_proto as pb
+    from schemas.tfrecord_io import iter_raw
+
+    episodes = successes = 0
+    ids = set()
+    for start, end, path in existing_blocks(out, seed):
+        if start >= n:
+            continue
+        for raw in iter_raw(path):
+            context = pb.SequenceExample.FromString(raw.data).context.feature
+            ids.add(bytes(context["episode_id"].bytes_list.value[0]).decode())
+            successes += int(context["success"].int64_list.value[0])
+            episodes += 1
+    return {"episodes": episodes, "unique_ids": len(ids), "successes": successes}
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.cli import config_from_args
+
+    args.overrides = list(args.overrides) + _overrides(args)
+    cfg = config_from_args(args)
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    out = args.out.rstrip("/") or args.out
+    plan = make_plan(cfg, out, args.source)
+    n, per_block = cfg.collect.episodes, cfg.collect.episodes_per_block
+    _check_plan(out, plan)
+    fs.remove_stale_temporaries(out)
+    done = existing_blocks(out, plan["seed"])
+    blocks = missing_blocks(n, done, per_block)
+    have = n - sum(e - s for s, e in blocks)
+    print(f"collect: {plan['policy_label']} on {plan['source']} -> {out}: {have}/{n} episodes "
+          f"present, {len(blocks)} blocks to run", flush=True)
+    t0 = time.monotonic()
+    counts: dict = {}
+    if blocks:
+        runner.quiet_beam_logging()
+        workers = args.workers if args.workers is not None else cfg.pipeline.direct_num_workers
+        options = runner.pipeline_options(args.beam_args, workers, "qtopt-collect")
+        pipeline = runner.new_pipeline(options)
+        build(pipeline, blocks, plan)
+
+        def poll():
+            present = sum(min(e, n) - s for s, e, _ in existing_blocks(out, plan["seed"])
+                          if s < n)
+            return _bar(present, n, t0, have)
+
+        with runner.progress("collect", poll if runner.is_local(options) else None, every=2.0):
+            result = runner.run_pipeline(pipeline)
+        counts = runner.counters(result, NAMESPACE)
+    elapsed = time.monotonic() - t0
+    summary = summarise(out, plan["seed"], n)
+    if summary["episodes"] != n or summary["unique_ids"] != n:
+        raise UserError(f"--out {out}: expected {n} distinct episodes, found "
+                        f"{summary['episodes']} ({summary['unique_ids']} distinct ids)")
+    k = summary["successes"]
+    lo, hi = wilson_interval(k, n)
+    new = int(counts.get("episodes", 0))
+    report = {"episodes": n, "new_episodes": new, "successes": k, "success_rate": k / n,
+              "success_95ci": [round(lo, 4), round(hi, 4)], "seconds": round(elapsed, 1),
+              "episodes_per_s": round(new / elapsed, 3) if new else 0.0,
+              "steps_per_episode": round(counts["steps"] / new, 2) if new else None,
+              "policy": plan["policy_label"], "source": plan["source"], "seed": plan["seed"]}
+    if counts.get("labelled"):
+        report["labeller_agreement"] = round(counts["labeller_agrees"] / counts["labelled"], 4)
+        report["labeller_checked"] = int(counts["labelled"])
+    fs.write_text(fs.join(out, DONE), json.dumps(report, indent=1, sort_keys=True))
+    line = (f"collect: {n} episodes in {out} ({new} new in {elapsed:.1f} s, "
+            f"{report['episodes_per_s']:.2f} episodes/s); success {k}/{n} = {100 * k / n:.1f}% "
+            f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}%)")
+    if "labeller_agreement" in report:
+        line += (f"; drop-test labeller agrees with ground truth on "
+                 f"{100 * report['labeller_agreement']:.1f}% of {report['labeller_checked']}")
+    print(line, flush=True)
+    return 0
