@@ -85,12 +85,13 @@ class SimCell(Robot):
         self._outcome = Outcome()
         self._object_ids: list[str] = []
         self._bodies: list[int] = []
-        self._build_world()
 
     # ---------------------------------------------------------------------------- world set-up
 
     def _build_world(self) -> None:
-        """Everything but the objects, once per cell; ``reset`` restores this saved state."""
+        """Everything but the objects, from scratch. Saved and restored states were tried: the
+        broadphase and contact caches they leave behind make an episode depend on the ones
+        before it, so every reset rebuilds the world (about 20 ms)."""
         p = self._p
         p.resetSimulation()
         p.setPhysicsEngineParameter(fixedTimeStep=TIME_STEP, numSolverIterations=20,
@@ -114,7 +115,6 @@ class SimCell(Robot):
                                         rgbaColor=colour)
             self._arm_segments.append(p.createMultiBody(0, -1, shape))
         self._gripper = self._make_gripper()
-        self._saved_state = p.saveState()
 
     def _make_gripper(self) -> int:
         p = self._p
@@ -187,10 +187,7 @@ class SimCell(Robot):
         """A new episode. ``placements`` (list of (ObjectFile, (x, y), yaw)) replaces the random
         choice of objects, for tests and demonstrations; an empty list leaves the tray empty."""
         rng = np.random.default_rng(seed)
-        for body in self._bodies:
-            self._p.removeBody(body)
-        self._bodies = []
-        self._p.restoreState(self._saved_state)
+        self._build_world()
         self._set_fingers(False)
         self._position = np.array(self._start_position(), dtype=np.float64)
         self._yaw = 0.0

@@ -60,25 +60,31 @@ class ScriptedGrasp(Policy):
 
     The policy sees what any policy sees (image, gripper state, height). It knows the cell's
     starting pose is the tray centre, so it reaches its random (x, y) by dead reckoning, and it
-    descends and ascends closed-loop on the observed height. Its randomisation (how far from the
-    centre it aims, how low it closes, how many descent steps) is what sets its success rate.
+    descends and ascends closed-loop on the observed height. When the descent stalls above the
+    floor (fingers resting on an object) it backs off and retries a little to the side, at most
+    ``retries`` times, then closes where it is. Its randomisation (how far from the centre it
+    aims, its yaw, how low it closes, how many descent steps, the retry shift) is what sets its
+    success rate: about 16% on train objects, within the paper's 15-30% band.
     """
 
     name = "scripted"
 
     def __init__(self, config: RobotConfig | None = None, target_half: float = 0.1,
                  close_height: tuple = (0.0, 0.02), descent_steps: tuple = (3, 5),
-                 yaw_range: float = math.pi / 2, rng=None):
+                 yaw_range: float = math.pi / 2, retries: int = 2, retry_shift: float = 0.03,
+                 rng=None):
         super().__init__(rng)
         self.config = config or RobotConfig()
         self.target_half = target_half
         self.close_height = close_height
         self.descent_steps = descent_steps
         self.yaw_range = yaw_range
+        self.retries = retries
+        self.retry_shift = retry_shift
         self.reset()
 
     def reset(self) -> None:
-        rng, c = self.rng, self.config
+        rng = self.rng
         self._offset = rng.uniform(-self.target_half, self.target_half, 2)
         self._yaw = float(rng.uniform(-self.yaw_range, self.yaw_range))
         self._close_at = float(rng.uniform(*self.close_height))
@@ -90,7 +96,8 @@ class ScriptedGrasp(Policy):
         self._descended = 0
         self._start_height = None
         self._drop = None
-        self._closed_steps = 0
+        self._retries_left = self.retries
+        self._last = None   # (height before, commanded drop) of the last descent step
 
     def sample_action(self, observation: dict, step: int) -> np.ndarray:
         c = self.config
@@ -106,17 +113,27 @@ class ScriptedGrasp(Policy):
                 self._phase = "descend"
             return mdp.make_action((move[0], move[1], 0.0), yaw, "open")
         if self._phase == "descend":
-            if self._drop is None:
-                self._drop = max(0.0, height - self._close_at)
-            share = self._shares[min(self._descended, self._descents - 1)]
             remaining = height - self._close_at
+            blocked = (self._last is not None and remaining > 0.015
+                       and self._last[0] - height < 0.3 * self._last[1])
+            if blocked and self._retries_left > 0:
+                # Landed on an object: back off and try again a little to the side.
+                self._retries_left -= 1
+                self._last, self._drop, self._descended = None, None, 0
+                shift = np.clip(self.rng.normal(0.0, self.retry_shift, 2), -c.max_translation,
+                                c.max_translation)
+                return mdp.make_action((shift[0], shift[1], 0.04), 0.0, None)
+            if self._drop is None:
+                self._drop = max(0.0, remaining)
+            share = self._shares[min(self._descended, self._descents - 1)]
             self._descended += 1
             # Stop when low enough, or when the gripper no longer goes down (resting on an
             # object): the close then happens where it is.
-            if remaining <= 0.004 or self._descended > self._descents + 2:
+            if remaining <= 0.004 or blocked or self._descended > self._descents + 2:
                 self._phase = "ascend"
                 return mdp.make_action(gripper="close")
-            dz = min(remaining, max(share * self._drop, 0.01))
+            dz = min(remaining, max(share * self._drop, 0.01), c.max_translation)
+            self._last = (height, dz)
             return mdp.make_action((0.0, 0.0, -dz), 0.0, None)
         # Ascend to the starting height, then end the episode.
         if height >= self._start_height - 0.01:

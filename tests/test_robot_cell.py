@@ -1,0 +1,245 @@
+"""The simulated cell with real pybullet physics: determinism, objects, grasps, MDP rules."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from robot import mdp, objects
+from robot.cell import SimCell, TRAY_CENTRE, TRAY_FLOOR_Z, WORKSPACE_HALF
+from robot.episode import run_episode
+from robot.policies import RandomPolicy, ScriptedGrasp
+from schemas.config import RobotConfig
+from schemas.errors import ConfigError, UserError
+
+SMALL = dict(image_size=32)
+# Train objects a centred vertical grasp holds (checked once by hand, kept as a fixture list).
+GRASPABLE = ("023", "037", "054")
+
+
+def _cell(**overrides) -> SimCell:
+    return SimCell(RobotConfig(**{**SMALL, **overrides}), "train")
+
+
+def _train_object(object_id: str) -> objects.ObjectFile:
+    return next(o for o in objects.random_urdfs("train") if o.object_id == object_id)
+
+
+def _centred_grasp_policy(config: RobotConfig) -> ScriptedGrasp:
+    """The scripted policy with its randomisation switched off: straight down, close, up."""
+    return ScriptedGrasp(config, target_half=0.0, close_height=(0.005, 0.005),
+                         descent_steps=(3, 3), yaw_range=0.0, retries=0)
+
+
+# ------------------------------------------------------------------------------ determinism
+
+def test_reset_is_deterministic_from_the_seed_whatever_ran_before():
+    fresh = _cell()
+    a = run_episode(fresh, RandomPolicy(fresh.config), 7)
+    used = _cell()
+    for seed in (100, 101):
+        run_episode(used, RandomPolicy(used.config), seed)
+    b = run_episode(used, RandomPolicy(used.config), 7)
+    assert a["object_ids"] == b["object_ids"]
+    assert a["num_steps"] == b["num_steps"]
+    for key in ("observation/image", "observation/height", "observation/gripper_closed",
+                "action", "reward"):
+        assert all(np.array_equal(x, y) for x, y in zip(a[key], b[key])), key
+
+
+def test_different_seeds_give_different_trays():
+    cell = _cell()
+    first = cell.reset(1)
+    ids1 = cell.object_ids
+    second = cell.reset(2)
+    assert ids1 != cell.object_ids
+    assert not np.array_equal(first[mdp.IMAGE], second[mdp.IMAGE])
+    assert 5 <= len(ids1) <= 10
+
+
+def test_objects_are_resampled_within_the_configured_count():
+    cell = _cell(min_objects=2, max_objects=3)
+    counts = set()
+    for seed in range(6):
+        cell.reset(seed)
+        counts.add(len(cell.object_ids))
+    assert counts <= {2, 3} and counts
+
+
+# ------------------------------------------------------------------------------ objects
+
+def test_object_split_is_disjoint_complete_and_by_parsed_id():
+    train = objects.random_urdfs("train")
+    test = objects.random_urdfs("test")
+    train_ids = {o.object_id for o in train}
+    test_ids = {o.object_id for o in test}
+    assert not train_ids & test_ids
+    assert len(train_ids) == 900 and len(test_ids) == 100
+    assert all(int(i) % 10 == 0 for i in test_ids)
+    assert all(int(i) % 10 != 0 for i in train_ids)
+    # ids like 100 and 010 end in 0 as numbers: test objects, whatever a glob would say.
+    assert {"000", "010", "100", "990"} <= test_ids
+    on_disk = {n for n in os.listdir(objects.RANDOM_URDFS) if n.isdigit()}
+    assert train_ids | test_ids == on_disk
+    assert all(os.path.isfile(o.path) for o in train + test)
+
+
+def test_test_cell_only_draws_test_objects():
+    cell = SimCell(RobotConfig(**SMALL), "test")
+    for seed in range(3):
+        cell.reset(seed)
+        assert all(int(i) % 10 == 0 for i in cell.object_ids)
+
+
+def test_user_urdf_files_are_accepted(tmp_path):
+    path = _train_object("023").path
+    cell = SimCell(RobotConfig(**SMALL, min_objects=2, max_objects=2), [path])
+    cell.reset(0)
+    assert cell.object_ids == ["023", "023"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("<robot><link", "not valid XML"),
+    ("<sdf><model/></sdf>", "not a URDF"),
+    ('<robot name="x"><link name="a"><visual><geometry><mesh filename="gone.obj"/>'
+     '</geometry></visual></link></robot>', "mesh gone.obj not found"),
+])
+def test_bad_object_files_are_named(tmp_path, content, message):
+    path = tmp_path / "thing.urdf"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError) as err:
+        objects.resolve(str(path))
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_unknown_split_and_wrong_suffix_are_refused(tmp_path):
+    other = tmp_path / "thing.obj"
+    other.write_text("v 0 0 0\n")
+    with pytest.raises(UserError, match="expected a .urdf file"):
+        objects.resolve(str(other))
+    with pytest.raises(UserError, match="the list of URDF files is empty"):
+        objects.resolve(" , ")
+
+
+# ------------------------------------------------------------------------------ grasping
+
+@pytest.mark.parametrize("object_id", GRASPABLE)
+def test_scripted_grasp_of_an_object_under_the_gripper_succeeds(object_id):
+    cell = _cell()
+    placement = [(_train_object(object_id), tuple(TRAY_CENTRE), 0.0)]
+    record = run_episode(cell, _centred_grasp_policy(cell.config), 0, placements=placement)
+    assert record["success"] is True
+    assert cell.outcome.ground_truth is True and cell.outcome.terminated_by == "action"
+    rewards = np.asarray(record["reward"])
+    assert rewards[-2] == 1.0 and np.allclose(rewards[:-2], -0.05) and rewards[-1] == 0.0
+    held = cell.object_positions()[0]
+    assert held[2] - TRAY_FLOOR_Z > cell.config.success_height  # really up in the air
+
+
+def test_an_empty_close_fails():
+    cell = _cell()
+    record = run_episode(cell, _centred_grasp_policy(cell.config), 0, placements=[])
+    assert record["success"] is False
+    assert np.asarray(record["reward"])[-2] == 0.0
+    assert record["observation/gripper_closed"][-1] == 1.0  # it did close
+
+
+def test_closing_next_to_an_object_does_not_lift_it():
+    cell = _cell()
+    beside = (float(TRAY_CENTRE[0]), float(TRAY_CENTRE[1]) + 0.12)
+    record = run_episode(cell, _centred_grasp_policy(cell.config), 0,
+                         placements=[(_train_object("023"), beside, 0.0)])
+    assert record["success"] is False
+    assert cell.object_positions()[0][2] - TRAY_FLOOR_Z < 0.05
+
+
+# ------------------------------------------------------------------------------ MDP rules
+
+def test_step_limit_ends_and_scores_the_episode():
+    cell = _cell(max_steps=3)
+    cell.reset(0, placements=[])
+    rewards = []
+    for _ in range(3):
+        assert not cell.done
+        cell.execute_command(mdp.make_action((0.0, 0.0, 0.01)))
+        rewards.append(cell.receive_reward())
+    assert cell.done and cell.outcome.terminated_by == "step_limit"
+    assert rewards == [-0.05, -0.05, 0.0]
+    with pytest.raises(RuntimeError, match="call reset"):
+        cell.execute_command(mdp.zero_action())
+
+
+def test_learned_termination_ends_on_the_terminate_action():
+    cell = _cell(termination="learned")
+    cell.reset(0, placements=[])
+    cell.execute_command(mdp.make_action((0.0, 0.0, 0.02)))
+    assert not cell.done and cell.receive_reward() == -0.05
+    cell.execute_command(mdp.make_action(terminate=True))
+    assert cell.done and cell.outcome.terminated_by == "action"
+    assert cell.receive_reward() == 0.0 and cell.steps == 2
+
+
+def test_scripted_termination_follows_algorithm_2():
+    cell = _cell(termination="scripted")
+    cell.reset(0, placements=[])
+    # The terminate action means nothing under the scripted rule.
+    cell.execute_command(mdp.make_action(terminate=True))
+    assert not cell.done and cell.last_action[7] == 0.0
+    # Closed, above 0.13 m but moving down: keep going.
+    cell.execute_command(mdp.make_action((0.0, 0.0, -0.02), gripper="close"))
+    assert not cell.done
+    assert cell.gripper_height() > mdp.SCRIPTED_TERMINATION_HEIGHT
+    # Closed, above 0.13 m and commanded up: the episode ends, and the record says so.
+    cell.execute_command(mdp.make_action((0.0, 0.0, 0.02)))
+    assert cell.done and cell.outcome.terminated_by == "scripted"
+    assert cell.last_action[7] == 1.0
+
+
+def test_scripted_termination_rule():
+    rule = mdp.scripted_termination
+    assert rule(True, 0.2, 0.01)
+    assert not rule(False, 0.2, 0.01)
+    assert not rule(True, 0.1, 0.01)
+    assert not rule(True, 0.2, 0.0)
+
+
+def test_observation_layout_and_workspace_bounds():
+    cell = _cell()
+    obs = cell.reset(3)
+    assert set(obs) == set(mdp.OBSERVATION_KEYS)
+    assert obs[mdp.IMAGE].shape == (32, 32, 3) and obs[mdp.IMAGE].dtype == np.uint8
+    assert obs[mdp.GRIPPER_CLOSED] == 0.0
+    assert abs(obs[mdp.HEIGHT] - cell.config.start_height) < 0.005
+    for _ in range(6):
+        cell.execute_command(mdp.make_action((1.0, -1.0, 1.0)))  # far beyond every bound
+    pos, _ = cell.gripper_pose()
+    assert abs(pos[0] - TRAY_CENTRE[0]) <= WORKSPACE_HALF + 0.01
+    assert abs(pos[1] - TRAY_CENTRE[1]) <= WORKSPACE_HALF + 0.01
+    assert cell.gripper_height() <= 0.36
+
+
+@pytest.mark.parametrize("action, message", [
+    ([0.0] * 7, "shape"),
+    ([0.0] * 7 + [float("nan")], "NaN"),
+    (["a"] * 8, "expected 8 numbers"),
+])
+def test_bad_actions_are_named(action, message):
+    cell = _cell()
+    cell.reset(0, placements=[])
+    with pytest.raises(UserError, match=message):
+        cell.execute_command(action)
+
+
+@pytest.mark.parametrize("overrides, option", [
+    (dict(min_objects=0), "robot.min_objects"),
+    (dict(max_steps=-1), "robot.max_steps"),
+    (dict(min_objects=6, max_objects=5), "robot.min_objects"),
+    (dict(image_size=1000), "robot.image_size"),
+])
+def test_impossible_configs_are_named(overrides, option):
+    with pytest.raises(ConfigError, match=option):
+        RobotConfig(**overrides)
