@@ -30,9 +30,6 @@ from schemas.errors import UserError
 from schemas.specs import ACTION_DIM
 from schemas.tf_codec import keras_inputs
 
-# Keras wants dict keys to equal input names, which cannot hold the spec's "/"; the keys are right.
-warnings.filterwarnings("ignore", message="When providing `inputs` as a dict")
-
 IMAGE = "observation/image"
 ACTION = "action"
 STATE_FIELDS = {
@@ -171,7 +168,10 @@ class QNetwork:
         merged = self.head([self.tower(inputs[IMAGE]),
                             _action_state(inputs[ACTION],
                                           [inputs[f] for f in spec.state_fields])])
-        self.model = keras.Model(inputs, merged, name=name)
+        with warnings.catch_warnings():
+            # Keras wants dict keys equal to input names, which cannot hold the spec's "/".
+            warnings.filterwarnings("ignore", message="When providing `inputs` as a dict")
+            self.model = keras.Model(inputs, merged, name=name)
 
     # -- weights
 
