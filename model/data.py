@@ -61,9 +61,10 @@ def check_shards(paths, image_shape) -> None:
         if record["kind"] != KIND:
             raise UserError(f"{path}: holds {record['kind']} records, expected {KIND} "
                             "(run relabel first?)")
-        if tuple(record["image_shape"]) != tuple(image_shape):
-            raise UserError(f"{path}: images are {tuple(record['image_shape'])} but the model "
-                            f"expects {tuple(image_shape)}")
+        shape = tuple(int(d) for d in record["image_shape"])
+        if shape != tuple(image_shape):
+            raise UserError(f"{path}: images are {shape} but the model expects "
+                            f"{tuple(image_shape)} (robot.image_size)")
 
 
 def _records(files: list[str], seed: int, training: bool) -> tf.data.Dataset:

@@ -23,6 +23,7 @@ COMMANDS = {
     "shard": ("pipelines.shard", "episodes to shuffled transition shards, catalogue, manifest"),
     "subsample": ("pipelines.subsample", "a stable, nested fraction of a dataset's episodes"),
     "relabel": ("pipelines.relabel", "Bellman targets for transitions from a target export"),
+    "train": ("model.train_cmd", "train the Q-function on labelled shards; checkpoints, exports"),
 }
 
 

@@ -1,0 +1,55 @@
+"""``qtopt train``: fit the Q-function to labelled shards, checkpoint, export.
+
+    qtopt train --data work/labelled/epoch-0 --workdir work/train --until-step 1000
+    qtopt train --data 'offline/*.tfrecord.gz@0.9' --data 'online/*.tfrecord.gz@0.1' ...
+
+Rerunning the same command after a kill resumes from the newest checkpoint in ``--workdir``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pipelines.cli import add_config_arguments, config_from_args
+from schemas.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--data", action="append", required=True, metavar="GLOB[@WEIGHT]",
+                        help="labelled shards (a glob or a directory); repeat to mix datasets, "
+                             "each drawn with probability proportional to its weight (default 1)")
+    parser.add_argument("--workdir", required=True,
+                        help="checkpoints/, exports/ and logs/ go here (local or gs://)")
+    parser.add_argument("--until-step", type=int, default=None, metavar="N",
+                        help="train until the global step reaches N (default: train.steps)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(parser)
+
+
+def parse_data(values) -> list[tuple[str, float]]:
+    out = []
+    for value in values:
+        pattern, sep, weight = value.rpartition("@")
+        if not sep:
+            out.append((value, 1.0))
+            continue
+        try:
+            out.append((pattern, float(weight)))
+        except ValueError:
+            raise UserError(f"--data {value}: weight {weight!r} is not a number") from None
+    return out
+
+
+def run(args) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    config = config_from_args(args)
+    datasets = parse_data(args.data)
+    from model.train import Trainer
+
+    result = Trainer(config, datasets, args.workdir).run(args.until_step,
+                                                         progress=not args.no_progress)
+    if result.start_step:
+        print(f"resumed at step {result.start_step}")
+    print(f"step {result.step}: loss {result.loss:.4f}, {result.steps_per_s:.1f} steps/s, "
+          f"export {result.export_path}")
+    return 0
