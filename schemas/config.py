@@ -203,6 +203,39 @@ class PipelineConfig(_Section):
 
 
 @dataclass(frozen=True)
+class FinetuneConfig(_Section):
+    """Joint finetuning (appendix F.3): rounds of collect, shard, relabel, train."""
+
+    SECTION = "finetune"
+    rounds: int = _f(3, lo=1, doc="collect-shard-relabel-train rounds")
+    episodes_per_round: int = _f(50, lo=1, doc="on-policy episodes collected per round")
+    epsilon: float = _f(0.2, lo=0.0, hi=1.0, doc="epsilon-greedy exploration while collecting")
+    ramp_start: float = _f(0.01, lo=0.0, hi=1.0, doc="on-policy share of a batch at the start")
+    ramp_end: float = _f(0.5, lo=0.0, hi=1.0, doc="on-policy share after the ramp")
+    ramp_steps: int = _f(2000, lo=1, doc="finetuning steps over which the share ramps up")
+    ramp_chunk: int = _f(100, lo=1, doc="steps trained at one share before it is updated")
+    steps_per_transition: float = _f(6.0, lo=0.01, hi=1000.0,
+                                     doc="balancer: gradient steps per new on-policy transition")
+    seed: int = _f(1000, lo=0, doc="seed of the first round's collection")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(_Section):
+    """Evaluation protocols (section 6.1)."""
+
+    SECTION = "evaluate"
+    robots: int = _f(4, lo=1, doc="grasping with replacement: robots (cells)")
+    attempts: int = _f(50, lo=1, doc="grasping with replacement: attempts per robot")
+    objects_per_robot: int = _f(5, lo=1, hi=50,
+                                doc="objects in each robot's tray (grasped ones are put back)")
+    bin_objects: int = _f(28, lo=1, hi=60, doc="bin emptying: objects in the tray")
+    bin_attempts: int = _f(30, lo=1, doc="bin emptying: attempts per trial")
+    bin_trials: int = _f(5, lo=0, doc="bin emptying: trials (0 skips the protocol)")
+    gifs: int = _f(0, lo=0, doc="episodes to render as GIFs")
+    seed: int = _f(7, lo=0)
+
+
+@dataclass(frozen=True)
 class Config(_Section):
     """Every section of a run."""
 
@@ -213,6 +246,8 @@ class Config(_Section):
     targets: TargetConfig = field(default_factory=TargetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
