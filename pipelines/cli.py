@@ -58,6 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def invoke(argv: list[str]) -> int:
+    """Run one command as the CLI would, but let a UserError propagate to the caller.
+
+    Jobs that chain other jobs (finetune, study, demo) call this, so each step is exactly the
+    command a user could run by hand, with the same checks and outputs.
+    """
+    name = argv[0]
+    if name not in COMMANDS:
+        raise UserError(f"unknown command {name!r}")
+    module = importlib.import_module(COMMANDS[name][0])
+    cmd_parser = _Parser(prog=f"qtopt {name}", description=COMMANDS[name][1])
+    module.add_arguments(cmd_parser)
+    try:
+        args = cmd_parser.parse_args([str(a) for a in argv[1:]])
+    except SystemExit as exc:
+        raise UserError(f"qtopt {' '.join(map(str, argv))}: invalid arguments") from exc
+    status = int(module.run(args) or 0)
+    if status:
+        raise UserError(f"qtopt {name} exited with status {status}")
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
