@@ -85,7 +85,15 @@ def make_dataset(datasets, spec, batch_size: int, *, training: bool = True, seed
     ``datasets``: ``[(glob, weight), ...]``; each batch draws from dataset i with probability
     proportional to its weight. Training input repeats forever; evaluation input is one pass.
     """
-    expanded = expand(datasets)
+    return from_files(expand(datasets), spec, batch_size, training=training, seed=seed,
+                      shuffle_buffer=shuffle_buffer, augment=augment, crop_pad=crop_pad,
+                      check=check)
+
+
+def from_files(expanded, spec, batch_size: int, *, training: bool = True, seed: int = 0,
+               shuffle_buffer: int = 1000, augment: bool = True, crop_pad: int = 4,
+               check: bool = True) -> tf.data.Dataset:
+    """``make_dataset`` over ``expand``'s output: ``[(files, weight), ...]``."""
     image_shape = (spec.image_size, spec.image_size, 3)
     if check:
         for files, _ in expanded:
@@ -121,28 +129,42 @@ def make_dataset(datasets, spec, batch_size: int, *, training: bool = True, seed
 
 def augment_images(images: tf.Tensor, seed: tf.Tensor, crop_pad: int) -> tf.Tensor:
     """Random crop and colour jitter of a uint8 batch [B, H, W, 3]; same shape and dtype out."""
+    crop_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    return colour_jitter(random_crop(images, crop_seed, crop_pad), colour_seed)
+
+
+def random_crop(images: tf.Tensor, seed: tf.Tensor, pad: int) -> tf.Tensor:
+    """Pad each side by ``pad`` pixels (mirrored) and cut a window of the original size."""
+    if pad == 0:
+        return images
     b = tf.shape(images)[0]
     h, w = images.shape[1], images.shape[2]
-    seeds = tf.random.experimental.stateless_split(seed, 5)
-    x = tf.cast(images, tf.float32) / 255.0
-    if crop_pad > 0:
-        padded = tf.pad(x, [[0, 0], [crop_pad, crop_pad], [crop_pad, crop_pad], [0, 0]],
-                        mode="SYMMETRIC")
-        offsets = tf.random.stateless_uniform((b, 2), seeds[0], 0, 2 * crop_pad + 1, tf.int32)
-        oy, ox = [tf.cast(offsets[:, i], tf.float32) for i in (0, 1)]
-        ph, pw = float(h + 2 * crop_pad - 1), float(w + 2 * crop_pad - 1)
-        # Boxes on pixel centres: bilinear sampling at whole pixels is an exact crop.
-        boxes = tf.stack([oy / ph, ox / pw, (oy + h - 1) / ph, (ox + w - 1) / pw], 1)
-        x = tf.image.crop_and_resize(padded, boxes, tf.range(b), (h, w))
+    padded = tf.pad(tf.cast(images, tf.float32), [[0, 0], [pad, pad], [pad, pad], [0, 0]],
+                    mode="SYMMETRIC")
+    offsets = tf.cast(tf.random.stateless_uniform((b, 2), seed, 0, 2 * pad + 1, tf.int32),
+                      tf.float32)
+    oy, ox = offsets[:, 0], offsets[:, 1]
+    ph, pw = float(h + 2 * pad - 1), float(w + 2 * pad - 1)
+    # Boxes on pixel centres: bilinear sampling at whole pixels is an exact crop, batched.
+    boxes = tf.stack([oy / ph, ox / pw, (oy + h - 1) / ph, (ox + w - 1) / pw], 1)
+    crops = tf.image.crop_and_resize(padded, boxes, tf.range(b), (h, w))
+    return tf.cast(tf.round(crops), images.dtype)
+
+
+def colour_jitter(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Brightness, contrast, saturation (appendix D.1 ranges), drawn per image."""
+    b = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
 
     def per_image(s, lo, hi):
         return tf.random.stateless_uniform((b, 1, 1, 1), s, lo, hi)
 
-    x = x + per_image(seeds[1], -0.125, 0.125)
+    x = tf.cast(images, tf.float32) / 255.0
+    x = x + per_image(seeds[0], -0.125, 0.125)
     mean = tf.reduce_mean(x, axis=(1, 2), keepdims=True)
-    x = (x - mean) * per_image(seeds[2], 0.5, 1.5) + mean
+    x = (x - mean) * per_image(seeds[1], 0.5, 1.5) + mean
     gray = tf.reduce_sum(x * tf.constant([0.299, 0.587, 0.114]), -1, keepdims=True)
-    x = (x - gray) * per_image(seeds[3], 0.5, 1.5) + gray
+    x = (x - gray) * per_image(seeds[2], 0.5, 1.5) + gray
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
 
 

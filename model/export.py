@@ -155,15 +155,21 @@ def read_manifest(path: str) -> dict:
 
 
 def load_export(path: str, copies=COPIES) -> Export:
-    """Load an export (cached per process by resolved path and copies)."""
-    return _load(resolve(path), tuple(copies))
+    """Load an export; cached per process by path, manifest and copies.
+
+    The manifest is reread on every call (one small file), so an export rewritten in place is
+    loaded afresh while repeated calls on an unchanged export cost nothing.
+    """
+    path = resolve(path)
+    manifest = read_manifest(path)
+    return _load(path, json.dumps(manifest, sort_keys=True), tuple(copies))
 
 
 @functools.lru_cache(maxsize=8)
-def _load(path: str, copies: tuple) -> Export:
+def _load(path: str, manifest_text: str, copies: tuple) -> Export:
     from model.network import InputSpec, QNetwork
 
-    manifest = read_manifest(path)
+    manifest = json.loads(manifest_text)
     spec = InputSpec.from_dict(manifest["input_spec"])
     networks = {}
     for name in copies:

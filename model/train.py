@@ -15,6 +15,8 @@ nothing is saved after it, so the last good checkpoint stays the newest.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 
@@ -84,22 +86,31 @@ class Trainer:
         self.loss = loss_fn(cfg.loss)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
 
+        input_key = "in-memory"
         if input_dataset is None:
-            input_dataset = data.make_dataset(
-                datasets, self.spec, cfg.batch_size, training=True, seed=cfg.seed,
+            expanded = data.expand(datasets)
+            input_key = _fingerprint(expanded, cfg)
+            input_dataset = data.from_files(
+                expanded, self.spec, cfg.batch_size, training=True, seed=cfg.seed,
                 shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad)
         self.iterator = iter(input_dataset)
 
-        tracked = dict(step=self.step, online=self.online.model, polyak=self.polyak.model,
-                       lagged=self.lagged.model, snapshot=self.copies.snapshot,
-                       optimizer=self.optimizer)
-        if cfg.checkpoint_input:
-            tracked["input"] = self.iterator
-        self.checkpoint = tf.train.Checkpoint(**tracked)
+        self.checkpoint = tf.train.Checkpoint(
+            step=self.step, online=self.online.model, polyak=self.polyak.model,
+            lagged=self.lagged.model, snapshot=self.copies.snapshot, optimizer=self.optimizer)
         self.checkpoint_dir = fs.join(self.workdir, "checkpoints")
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
                                                   max_to_keep=cfg.keep_checkpoints,
                                                   checkpoint_name="ckpt")
+        # The input position is only meaningful for the same shards and input settings, so it is
+        # kept apart, under a name derived from them: a new epoch's data starts from its beginning
+        # while a killed run over the same data resumes at the very batch it stopped at.
+        self.input_manager = None
+        if cfg.checkpoint_input:
+            self.input_manager = tf.train.CheckpointManager(
+                tf.train.Checkpoint(input=self.iterator),
+                fs.join(self.checkpoint_dir, f"input-{input_key}"),
+                max_to_keep=cfg.keep_checkpoints, checkpoint_name="input")
         self.train_step = tf.function(self._train_step)
 
     # -- one gradient step
@@ -138,15 +149,27 @@ class Trainer:
         if missing or not fs.glob(latest + ".data-*"):
             raise UserError(f"{latest}: checkpoint is missing or half-written (no "
                             f"{'.index' if missing else '.data-*'} file)")
+        self._restore(self.checkpoint, latest)
+        step = int(self.step.numpy())
+        if self.input_manager is not None:
+            input_ckpt = fs.join(self.input_manager.directory, f"input-{step}")
+            if fs.exists(input_ckpt + ".index"):
+                self._restore(self.input_manager.checkpoint, input_ckpt)
+        return step
+
+    @staticmethod
+    def _restore(checkpoint, path: str) -> None:
         try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        except (tf.errors.OpError, AssertionError, ValueError) as exc:
+            checkpoint.restore(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError, IndexError) as exc:
             reason = str(exc).strip().splitlines()[0][:300]
-            raise UserError(f"{latest}: cannot restore checkpoint ({reason})") from None
-        return int(self.step.numpy())
+            raise UserError(f"{path}: cannot restore checkpoint ({reason})") from None
 
     def save(self) -> str:
-        return self.manager.save(checkpoint_number=int(self.step.numpy()))
+        step = int(self.step.numpy())
+        if self.input_manager is not None:  # first: the main checkpoint's index commits both
+            self.input_manager.save(checkpoint_number=step)
+        return self.manager.save(checkpoint_number=step)
 
     def export(self) -> str:
         return write_export(fs.join(self.workdir, "exports"), int(self.step.numpy()),
@@ -208,6 +231,13 @@ class Trainer:
                            (step - start) / elapsed if step > start else 0.0)
 
 
+def _fingerprint(expanded, cfg) -> str:
+    """Short hash of the shards and the input settings that shape the batch sequence."""
+    key = json.dumps([expanded, cfg.batch_size, cfg.shuffle_buffer, cfg.seed, cfg.augment,
+                      cfg.crop_pad])
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 def _scalar(name: str, value) -> None:
     """A TensorBoard scalar without the tensorboard package (tf.summary.scalar needs it)."""
     from tensorflow.core.framework import summary_pb2
@@ -219,6 +249,8 @@ def _scalar(name: str, value) -> None:
 
 def _op_message(exc: tf.errors.OpError) -> str:
     text = exc.message if hasattr(exc, "message") else str(exc)
+    if "assertion failed:" in text:  # our own in-graph checks: keep their message only
+        text = text.split("assertion failed:", 1)[1].replace("] [", " ").strip(" []")
     lines = [line for line in text.splitlines() if line.strip()]
     return " ".join(lines[:2])[:400]
 

@@ -1,0 +1,184 @@
+"""The trainer on real labelled shards: it learns, stops on NaN without touching the last good
+checkpoint, refuses bad shards and checkpoints by name, and the Polyak/lag copies are exact."""
+
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import schemas  # noqa: F401
+
+tf = pytest.importorskip("tensorflow")
+
+from model_testlib import SIZE, ordering_records, write_raw, write_shards  # noqa: E402
+
+from model import data  # noqa: E402
+from model.copies import TargetCopies  # noqa: E402
+from model.export import load_export  # noqa: E402
+from model.network import InputSpec, QNetwork  # noqa: E402
+from model.train import NonFiniteLoss, Trainer, train  # noqa: E402
+from schemas.config import load_config  # noqa: E402
+from schemas.errors import RecordError, UserError  # noqa: E402
+
+
+def _config(*overrides):
+    return load_config("demo", overrides=[
+        "model.preset=tiny", f"robot.image_size={SIZE}", "train.batch_size=32",
+        "train.shuffle_buffer=128", "train.checkpoint_every=10", "train.log_every=10",
+        "train.optimizer=adam", "train.learning_rate=0.01", "targets.lag_steps=20",
+        *overrides])
+
+
+def _q(net, image_value, close):
+    n = 8
+    action = np.zeros((n, 8), np.float32)
+    action[:, 5:7] = (1.0, 0.0) if close else (0.0, 1.0)
+    rng = np.random.default_rng(0)
+    return float(np.mean(net.q({
+        "observation/image": np.clip(image_value + rng.integers(-10, 10, (n, SIZE, SIZE, 3)),
+                                     0, 255).astype(np.uint8),
+        "observation/gripper_closed": np.zeros(n, np.float32),
+        "observation/height": np.full(n, 0.1, np.float32), "action": action}).numpy()))
+
+
+def test_tiny_offline_training_learns_the_ordering_of_q(tmp_path):
+    pattern = write_shards(tmp_path / "labelled", 64, 4)
+    result = train(_config(), [(pattern, 1.0)], str(tmp_path / "work"), until_step=300,
+                   progress=False)
+    assert result.step == 300 and result.start_step == 0
+    export = load_export(str(tmp_path / "work" / "exports"))
+    assert export.step == 300
+    # The Polyak copy (rate 0.99) trails the online weights, so it is held to a looser margin.
+    for net, margin in ((export.online, 0.3), (export.polyak, 0.15)):
+        good = _q(net, 200, close=True)
+        assert good > _q(net, 200, close=False) + margin
+        assert good > _q(net, 40, close=True) + margin
+    assert os.listdir(tmp_path / "work" / "logs")       # TensorBoard events were written
+
+
+def test_polyak_and_lag_updates_are_exact():
+    spec = InputSpec(SIZE)
+    online, polyak, lagged = (QNetwork(spec, "tiny", n) for n in ("online", "polyak", "lagged"))
+    rate, lag = 0.7, 3
+    copies = TargetCopies(online, polyak, lagged, rate, lag)
+    copies.reset()
+    rng = np.random.default_rng(0)
+    history = [[v.numpy() for v in online.variables]]        # theta_1 after step 0
+    expected = history[0]
+    for step in range(1, 12):
+        for v in online.variables:
+            v.assign(rng.normal(0, 1, v.shape).astype(np.float32))
+        copies.polyak_update()
+        copies.after_step(step)
+        expected = [rate * e + (1 - rate) * v.numpy() for e, v in zip(expected, online.variables)]
+        history.append(expected)
+        for got, want in zip(polyak.variables, expected):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+        lag_from = max(0, lag * (step // lag - 1))
+        for got, want in zip(lagged.variables, history[lag_from]):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path):
+    good = write_shards(tmp_path / "good", 32, 2)
+    work = str(tmp_path / "work")
+    train(_config(), [(good, 1.0)], work, until_step=20, progress=False)
+    ckpt_dir = os.path.join(work, "checkpoints")
+    before = {n: os.path.getmtime(os.path.join(ckpt_dir, n)) for n in os.listdir(ckpt_dir)}
+
+    def nan_target(i, example):
+        if i > 0:  # the first record is checked before training starts; the rest are not
+            example.features.feature["target"].float_list.value[:] = [math.nan]
+
+    write_raw(tmp_path / "bad" / "shard-00000.tfrecord.gz", ordering_records(64, 9), nan_target)
+    with pytest.raises(NonFiniteLoss, match="non-finite loss at step 21.*ckpt-20"):
+        train(_config(), [(str(tmp_path / "bad" / "*.gz"), 1.0)], work, until_step=40,
+              progress=False)
+    after = {n: os.path.getmtime(os.path.join(ckpt_dir, n)) for n in os.listdir(ckpt_dir)}
+    assert after == before
+    assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-20")
+    assert sorted(os.listdir(os.path.join(work, "exports"))) == ["export-000000020"]
+
+
+def test_missing_or_half_written_checkpoint_names_the_file(tmp_path):
+    pattern = write_shards(tmp_path / "labelled", 32, 2)
+    work = str(tmp_path / "work")
+    train(_config(), [(pattern, 1.0)], work, until_step=20, progress=False)
+    ckpt = os.path.join(work, "checkpoints", "ckpt-20")
+    shutil.move(ckpt + ".index", str(tmp_path / "index"))
+    with pytest.raises(UserError, match=r"ckpt-20: checkpoint is missing or half-written"):
+        train(_config(), [(pattern, 1.0)], work, until_step=30, progress=False)
+    shutil.move(str(tmp_path / "index"), ckpt + ".index")
+    data_file = ckpt + ".data-00000-of-00001"
+    with open(data_file, "r+b") as f:
+        f.truncate(os.path.getsize(data_file) // 2)
+    with pytest.raises(UserError, match=r"ckpt-20: cannot restore checkpoint"):
+        train(_config(), [(pattern, 1.0)], work, until_step=30, progress=False)
+
+
+def _version(bad_indices):
+    def edit(i, example):
+        if i in bad_indices:
+            example.features.feature["schema_version"].int64_list.value[:] = [99]
+    return edit
+
+
+def test_shards_of_an_unknown_schema_version_name_the_file(tmp_path):
+    first_bad = tmp_path / "a" / "shard-00000.tfrecord.gz"
+    write_raw(first_bad, ordering_records(8, 0), _version({0}))
+    with pytest.raises(RecordError, match=r"shard-00000.tfrecord.gz, record 0: schema version 99"):
+        data.make_dataset([(str(first_bad), 1.0)], InputSpec(SIZE), 4)
+
+    later_bad = tmp_path / "b" / "shard-00007.tfrecord.gz"
+    write_raw(later_bad, ordering_records(64, 0), _version(set(range(1, 64))))
+    with pytest.raises(UserError, match=r"training input at step 1: .*schema version.*"
+                                        r"shard-00007.tfrecord.gz"):
+        train(_config("train.batch_size=8"), [(str(later_bad), 1.0)], str(tmp_path / "w"),
+              until_step=5, progress=False)
+
+
+def test_transitions_without_targets_are_refused(tmp_path):
+    from schemas.fake import fake_records
+    from schemas.tfrecord_io import write_records
+
+    path = tmp_path / "shard-00000.tfrecord.gz"
+    write_records(str(path), fake_records("transition", 4, image_size=SIZE))
+    with pytest.raises(UserError, match=r"shard-00000.tfrecord.gz: holds transition records"):
+        Trainer(_config(), [(str(path), 1.0)], str(tmp_path / "w"))
+
+
+def test_weighted_mixing_and_training_only_augmentation(tmp_path):
+    rng = np.random.default_rng(0)
+    from model_testlib import labelled
+
+    for name, target in (("zeros", 0.0), ("ones", 1.0)):
+        write_raw(tmp_path / name / "shard-00000.tfrecord.gz",
+                  [labelled(rng, 120, True, target) for _ in range(64)])
+    mix = [(str(tmp_path / "zeros" / "*.gz"), 3.0), (str(tmp_path / "ones" / "*.gz"), 1.0)]
+    ds = data.make_dataset(mix, InputSpec(SIZE), 64, seed=1, augment=False)
+    targets = np.concatenate([t.numpy() for _, t in ds.take(20)])
+    assert abs(targets.mean() - 0.25) < 0.05
+
+    plain = data.make_dataset([mix[1]], InputSpec(SIZE), 64, training=False)
+    images, _ = next(iter(plain))
+    jittered = data.augment_images(images["observation/image"], tf.constant([0, 1], tf.int64),
+                                   crop_pad=2)
+    assert jittered.dtype == tf.uint8 and jittered.shape == images["observation/image"].shape
+    assert not np.array_equal(jittered.numpy(), images["observation/image"].numpy())
+    # Evaluation input is the records' own pixels: no augmentation outside training.
+    from schemas.tfrecord_io import read_records
+    first = next(read_records(str(tmp_path / "ones" / "shard-00000.tfrecord.gz")))
+    np.testing.assert_array_equal(images["observation/image"].numpy()[0],
+                                  first["observation/image"])
+
+
+def test_random_crop_is_an_exact_shift():
+    image = np.arange(6 * 6 * 3, dtype=np.uint8).reshape(1, 6, 6, 3)
+    padded = np.pad(image[0], ((2, 2), (2, 2), (0, 0)), mode="symmetric")
+    windows = {padded[y:y + 6, x:x + 6].tobytes() for y in range(5) for x in range(5)}
+    crops = data.random_crop(tf.constant(np.repeat(image, 16, 0)), tf.constant([3, 4], tf.int64),
+                             2).numpy()
+    assert all(c.tobytes() in windows for c in crops)
+    assert len({c.tobytes() for c in crops}) > 1
