@@ -98,9 +98,12 @@ def _move(src: str, dst: str) -> None:
     if not fs.is_remote(src):
         os.replace(src, dst)
         return
+    # A server-side copy (GCS rewrite) and a delete. gcsfs's mv tries the newer moveTo API
+    # first and retries it for minutes where a store does not offer it (the GCS emulator).
     filesystem, s = fs.filesystem(src)
     _, d = fs.filesystem(dst)
-    filesystem.mv(s, d)
+    filesystem.copy(s, d)
+    filesystem.rm(s)
 
 
 def commit(out: str, run_id: str, names: list[str], manifest: dict) -> dict:
