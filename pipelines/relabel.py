@@ -272,7 +272,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", "-e", required=True, metavar="PATH",
                         help="an export-* directory, or an exports/ directory (its latest "
                              "complete export)")
-    parser.add_argument("--output", "-o", required=True, metavar="DIR",
+    parser.add_argument("--output", "--out", "-o", required=True, metavar="DIR",
                         help="labelled root: the job writes DIR/epoch-K")
     parser.add_argument("--epoch", type=int, required=True, metavar="K",
                         help="epoch number; rerunning an epoch replaces it")

@@ -273,7 +273,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--input", "-i", action="append", required=True, metavar="[SOURCE=]GLOB",
                         help="episode files (local or gs://); repeat for several sources")
-    parser.add_argument("--output", "-o", required=True, metavar="DIR",
+    parser.add_argument("--output", "--out", "-o", required=True, metavar="DIR",
                         help="dataset directory, e.g. work/transitions/demo")
     parser.add_argument("--num-shards", type=int, default=None,
                         help="override pipeline.num_shards")

@@ -128,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a complete dataset (from qtopt shard, relabel or subsample)")
     parser.add_argument("--fraction", type=float, required=True,
                         help="share of episodes to keep, in (0, 1]")
-    parser.add_argument("--output", "-o", required=True, metavar="DIR")
+    parser.add_argument("--output", "--out", "-o", required=True, metavar="DIR")
     parser.add_argument("--seed", type=int, default=None,
                         help="salt of the hash (default pipeline.shuffle_seed); the same salt "
                              "nests the subsets")
