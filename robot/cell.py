@@ -143,7 +143,11 @@ class SimCell(Robot):
             linkJointAxis=[(0, 1, 0), (0, -1, 0)])
         for j in (0, 1):
             p.resetJointState(body, j, FINGER_OPEN)
-            p.changeDynamics(body, j, lateralFriction=1.0, spinningFriction=0.002)
+            # Hard travel limits: an object wider than the opening cannot spread the fingers and
+            # wedge itself between them; the gripper lands on it instead.
+            p.changeDynamics(body, j, lateralFriction=1.0, spinningFriction=0.002,
+                             jointLowerLimit=FINGER_CLOSED, jointUpperLimit=FINGER_OPEN,
+                             jointLimitForce=500.0)
         p.changeDynamics(body, -1, lateralFriction=0.6)
         self._pose_constraint = p.createConstraint(
             body, -1, -1, -1, p.JOINT_FIXED, (0, 0, 0), (0, 0, 0), self._start_position())
@@ -294,10 +298,12 @@ class SimCell(Robot):
         self._yaw = math.remainder(self._yaw, 2 * math.pi)
         self._position = target
 
-    def glide(self, position, substeps: int = 40) -> None:
-        """Move the gripper to ``position`` (world frame) outside the MDP: the labeller's
-        moves, which ignore the workspace bounds."""
+    def glide(self, position, speed: float = 0.6) -> None:
+        """Move the gripper to ``position`` (world frame) at about ``speed`` m/s, outside the
+        MDP: the labeller's moves, which ignore the workspace bounds. Slow enough that a held
+        object stays held."""
         start, target = self._position.copy(), np.asarray(position, np.float64)
+        substeps = max(20, int(np.linalg.norm(target - start) / (speed * TIME_STEP)))
         for i in range(substeps):
             s = (i + 1) / substeps
             self._position = start + (s * s * (3.0 - 2.0 * s)) * (target - start)
