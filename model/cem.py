@@ -3,8 +3,9 @@
 Every state in the batch runs its own CEM, side by side in the same tensors: sample N actions per
 state, score them, keep the M best (elites), refit the sampling distribution to the elites, repeat.
 The continuous dimensions (translation, sin/cos) are drawn from a diagonal Gaussian; the gripper
-pair from a two-way categorical (close or open, one-hot) and the terminate bit from a Bernoulli,
-each refit to the elites' frequencies. Samples are clipped to the action bounds.
+pair from a categorical over close (1, 0), open (0, 1) and, with ``gripper_noop``, no command
+(0, 0); the terminate bit from a Bernoulli. The discrete distributions are refit to the elites'
+frequencies, as the Gaussian is to their mean and spread. Samples are clipped to the bounds.
 
 The function is pure TensorFlow with stateless random numbers, so the same seed gives the same
 actions, and it runs inside a ``tf.function``. ``score_fn`` decides how actions are scored; the
@@ -28,7 +29,8 @@ MIN_STD_FRACTION = 1e-3
 
 def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
                  samples: int = 64, elites: int = 6, iterations: int = 2,
-                 low: np.ndarray = ACTION_LOW, high: np.ndarray = ACTION_HIGH):
+                 low: np.ndarray = ACTION_LOW, high: np.ndarray = ACTION_HIGH,
+                 gripper_noop: bool = True):
     """Best action per state and its score: ([B, 8], [B]).
 
     ``score_fn`` maps actions [B, N, 8] to scores [B, N]. ``seed`` is a shape-[2] integer tensor
@@ -43,7 +45,9 @@ def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
     mean = tf.tile(((c_low + c_high) / 2)[None], (b, 1))
     std = tf.tile(((c_high - c_low) / 2)[None], (b, 1))
     min_std = (c_high - c_low) * MIN_STD_FRACTION
-    p_close = tf.fill((b,), 0.5)
+    # Gripper probabilities (close, open, none) per state.
+    modes = 3 if gripper_noop else 2
+    p_gripper = tf.concat([tf.fill((b, modes), 1.0 / modes), tf.zeros((b, 3 - modes))], 1)
     p_terminate = tf.fill((b,), 0.5)
 
     best_action = tf.zeros((b, low.shape[0]), tf.float32)
@@ -52,11 +56,13 @@ def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
     for it in range(iterations):
         noise = tf.random.stateless_normal((b, samples, len(cont)), seeds[3 * it])
         continuous = tf.clip_by_value(mean[:, None] + std[:, None] * noise, c_low, c_high)
-        close = tf.cast(tf.random.stateless_uniform((b, samples), seeds[3 * it + 1])
-                        < p_close[:, None], tf.float32)
+        u = tf.random.stateless_uniform((b, samples), seeds[3 * it + 1])
+        close = tf.cast(u < p_gripper[:, :1], tf.float32)
+        open_ = tf.cast(u >= p_gripper[:, :1], tf.float32) * tf.cast(
+            u < p_gripper[:, :1] + p_gripper[:, 1:2], tf.float32)
         terminate = tf.cast(tf.random.stateless_uniform((b, samples), seeds[3 * it + 2])
                             < p_terminate[:, None], tf.float32)
-        actions = _assemble(continuous, close, terminate)
+        actions = _assemble(continuous, close, open_, terminate)
 
         scores = score_fn(actions)
         top = tf.math.top_k(scores, k=elites)
@@ -65,7 +71,9 @@ def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
         elite_cont = tf.gather(elite, cont, axis=-1)
         mean = tf.reduce_mean(elite_cont, 1)
         std = tf.maximum(tf.math.reduce_std(elite_cont, 1), min_std)
-        p_close = tf.reduce_mean(elite[:, :, GRIPPER[0]], 1)
+        close_e, open_e = elite[:, :, GRIPPER[0]], elite[:, :, GRIPPER[1]]
+        p_gripper = tf.stack([tf.reduce_mean(close_e, 1), tf.reduce_mean(open_e, 1),
+                              tf.reduce_mean((1.0 - close_e) * (1.0 - open_e), 1)], 1)
         p_terminate = tf.reduce_mean(elite[:, :, TERMINATE], 1)
 
         better = top.values[:, 0] > best_score
@@ -74,11 +82,10 @@ def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
     return best_action, best_score
 
 
-def _assemble(continuous, close, terminate):
-    """[t_x, t_y, t_z, sin, cos] + one-hot (close, open) + terminate, in the spec's layout."""
+def _assemble(continuous, close, open_, terminate):
+    """[t_x, t_y, t_z, sin, cos] + (close, open) + terminate, in the spec's layout."""
     assert list(CONTINUOUS) == [0, 1, 2, 3, 4] and GRIPPER == (5, 6) and TERMINATE == 7
-    return tf.concat([continuous, close[..., None], 1.0 - close[..., None], terminate[..., None]],
-                     -1)
+    return tf.concat([continuous, close[..., None], open_[..., None], terminate[..., None]], -1)
 
 
 def seed_tensor(seed: int, counter: int = 0) -> tf.Tensor:

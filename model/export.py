@@ -9,7 +9,8 @@ Layout, on a local path or ``gs://``::
         manifest.json           written last: an export without it is incomplete and ignored
 
 ``manifest.json`` records the format version, the training step, the network preset, the input
-spec (image size, state inputs, action dimension) and a SHA-256 per weights file. The weights are
+spec (image size, state inputs, action dimension), the action bounds CEM must use with these
+weights (from the robot's per-step limits) and a SHA-256 per weights file. The weights are
 plain ``.npz`` arrays keyed ``NNNN:<variable path>``, so any numpy can read them; loading rebuilds
 the network from the preset and checks every name and shape.
 
@@ -61,6 +62,16 @@ class Export:
     def lagged(self):
         return self.networks["lagged"]
 
+    @property
+    def bounds(self):
+        """CEM's (low, high) action bounds: those the export was trained with."""
+        from model.action_space import ACTION_HIGH, ACTION_LOW
+
+        b = self.manifest.get("action_bounds")
+        if b is None:
+            return ACTION_LOW, ACTION_HIGH
+        return np.asarray(b["low"], np.float32), np.asarray(b["high"], np.float32)
+
     def check_image_shape(self, image_shape, where: str) -> None:
         self.spec.check_image_shape(image_shape, f"{where} (export {self.path})")
 
@@ -94,11 +105,18 @@ def assign_from_bytes(variables, data: bytes, where: str) -> None:
         var.assign(value)
 
 
-def write_export(exports: str, step: int, networks: dict, extra: dict | None = None) -> str:
+def write_export(exports: str, step: int, networks: dict, extra: dict | None = None,
+                 bounds=None) -> str:
     """Write the networks (``{"online": QNetwork, ...}``) as ``export-<step>``; returns its path.
+
+    ``bounds``: the (low, high) action bounds CEM should use with these weights (default: the
+    RobotConfig defaults).
 
     The manifest goes last, so a reader never sees a half-written export as complete.
     """
+    from model.action_space import ACTION_HIGH, ACTION_LOW
+
+    low, high = (ACTION_LOW, ACTION_HIGH) if bounds is None else bounds
     first = next(iter(networks.values()))
     path = export_dir(exports, step)
     files = {}
@@ -113,6 +131,7 @@ def write_export(exports: str, step: int, networks: dict, extra: dict | None = N
         "step": int(step),
         "preset": first.preset,
         "input_spec": first.spec.to_dict(),
+        "action_bounds": {"low": [float(x) for x in low], "high": [float(x) for x in high]},
         "networks": files,
         "created_unix": time.time(),
         **(extra or {}),

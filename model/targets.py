@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from model.action_space import ACTION_HIGH, ACTION_LOW
 from model.cem import cem_maximize
 from model.network import QNetwork
 
@@ -43,9 +44,11 @@ class TargetComputer:
     Built once per process (per export); ``__call__`` takes any batch size without retracing.
     """
 
-    def __init__(self, polyak: QNetwork, lagged: QNetwork, cem_config, target_config):
+    def __init__(self, polyak: QNetwork, lagged: QNetwork, cem_config, target_config,
+                 bounds=(ACTION_LOW, ACTION_HIGH)):
         self.polyak, self.lagged = polyak, lagged
         self.cem, self.targets = cem_config, target_config
+        self.low, self.high = (np.asarray(b, np.float32) for b in bounds)
         spec = polyak.spec
         size = spec.image_size
         signature = {
@@ -65,7 +68,8 @@ class TargetComputer:
         state = self.polyak.state_vector(batch, "next_observation")
         next_action, q1 = cem_maximize(
             lambda actions: self.polyak.q_samples(features, state, actions), b, seed,
-            self.cem.samples, self.cem.elites, self.cem.iterations)
+            self.cem.samples, self.cem.elites, self.cem.iterations, self.low, self.high,
+            self.cem.gripper_noop)
         kind = self.targets.kind
         if kind == "single_q":
             q2 = q1
@@ -96,7 +100,8 @@ class TargetComputer:
 _COMPUTERS: dict = {}
 
 
-def compute_targets(models_or_export, batch: dict, cem_config, target_config, seed: int = 0):
+def compute_targets(models_or_export, batch: dict, cem_config, target_config, seed: int = 0,
+                    bounds=None):
     """(target float32[B], next_action float32[B, 8]) for a batch of parsed transitions.
 
     ``models_or_export``: an export path (local or ``gs://``, loaded once per process), a loaded
@@ -104,7 +109,9 @@ def compute_targets(models_or_export, batch: dict, cem_config, target_config, se
     arrays or tensors keyed by the transition spec's names: ``next_observation/image`` (uint8
     [B, H, W, 3]), ``next_observation/gripper_closed``, ``next_observation/height``, ``reward``,
     ``is_terminal``; other keys are ignored. ``seed`` makes CEM's samples reproducible; give each
-    batch its own (e.g. a hash of shard and batch index).
+    batch its own (e.g. a hash of shard and batch index). ``bounds``: CEM's (low, high) action
+    bounds; by default the export's own (those it was trained with), else the RobotConfig
+    defaults (``model.action_space``).
 
     Raises ``UserError`` naming the export when its image size does not match the batch.
     """
@@ -112,16 +119,21 @@ def compute_targets(models_or_export, batch: dict, cem_config, target_config, se
 
     if isinstance(models_or_export, (str, bytes)) or hasattr(models_or_export, "__fspath__"):
         models_or_export = load_export(str(models_or_export))
+    image_shape = np.shape(batch["next_observation/image"])[1:]
     if isinstance(models_or_export, Export):
-        models_or_export.check_image_shape(np.shape(batch["next_observation/image"])[1:],
-                                           "transitions")
+        models_or_export.check_image_shape(image_shape, "transitions")
         nets = (models_or_export.polyak, models_or_export.lagged)
+        bounds = models_or_export.bounds if bounds is None else bounds
     else:
         nets = tuple(models_or_export)
-        nets[0].spec.check_image_shape(np.shape(batch["next_observation/image"])[1:],
-                                       "transitions")
-    key = (id(nets[0]), id(nets[1]), cem_config, target_config)
+        nets[0].spec.check_image_shape(image_shape, "transitions")
+    bounds = (ACTION_LOW, ACTION_HIGH) if bounds is None else bounds
+    key = (id(nets[0]), id(nets[1]), cem_config, target_config,
+           tuple(np.asarray(bounds, np.float32).ravel().tolist()))
     computer = _COMPUTERS.get(key)
     if computer is None:
-        computer = _COMPUTERS[key] = TargetComputer(nets[0], nets[1], cem_config, target_config)
+        if len(_COMPUTERS) >= 16:   # a long-lived worker that loads export after export
+            _COMPUTERS.clear()
+        computer = _COMPUTERS[key] = TargetComputer(nets[0], nets[1], cem_config, target_config,
+                                                    bounds)
     return computer(batch, seed)

@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from model import data
+from model.action_space import bounds_from_config
 from model.copies import TargetCopies
 from model.export import write_export
 from model.network import InputSpec, QNetwork
@@ -175,7 +176,8 @@ class Trainer:
         return write_export(fs.join(self.workdir, "exports"), int(self.step.numpy()),
                             {"online": self.online, "polyak": self.polyak,
                              "lagged": self.lagged},
-                            extra={"config": self.config.to_dict()})
+                            extra={"config": self.config.to_dict()},
+                            bounds=bounds_from_config(self.config.robot))
 
     # -- the loop
 

@@ -148,6 +148,8 @@ class CEMConfig(_Section):
     samples: int = _f(64, lo=2, doc="N, samples per iteration")
     elites: int = _f(6, lo=1, doc="M, elites refit per iteration")
     iterations: int = _f(2, lo=1, doc="CEM iterations")
+    gripper_noop: bool = _f(True, doc="sample 'no gripper command' (both gripper bits 0) "
+                            "besides close and open, as robot/ policies send it")
 
     def check(self):
         if self.elites > self.samples:

@@ -1,0 +1,98 @@
+"""pi_eval (appendix B): the greedy CEM policy over an export, for robot/'s policy interface.
+
+    policy = GreedyCEMPolicy.from_export("work/train/exports")       # Polyak weights theta_1
+    policy.reset()
+    action = policy.sample_action(observation, step)                 # float32[8]
+
+``observation`` holds ``observation/image`` (uint8 HxWx3), ``observation/gripper_closed`` and
+``observation/height``. Exploration wraps this policy: ``robot.policies.EpsilonGreedy``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from model.cem import cem_maximize
+from model.export import load_export
+from model.network import IMAGE, QNetwork
+from schemas.config import CEMConfig
+from schemas.errors import UserError
+
+
+class GreedyCEMPolicy:
+    """argmax_a Q(s, a) by CEM, one state at a time (or a batch with ``sample_actions``)."""
+
+    name = "greedy_cem"
+
+    def __init__(self, network: QNetwork, cem_config: CEMConfig | None = None, bounds=None,
+                 seed: int = 0, where: str = "policy"):
+        from model.action_space import ACTION_HIGH, ACTION_LOW
+
+        self.network = network
+        self.cem = cem_config or CEMConfig()
+        low, high = (ACTION_LOW, ACTION_HIGH) if bounds is None else bounds
+        self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+        self.where = where
+        self._seed, self._calls = int(seed), 0
+        size = network.spec.image_size
+        self._fn = tf.function(self._act, input_signature=[
+            tf.TensorSpec((None, size, size, 3), tf.uint8), tf.TensorSpec((None, None),
+                                                                         tf.float32),
+            tf.TensorSpec((2,), tf.int64)])
+
+    @classmethod
+    def from_export(cls, path: str, copy: str = "polyak", cem_config: CEMConfig | None = None,
+                    seed: int = 0) -> "GreedyCEMPolicy":
+        """The policy over one copy of an export (``export-*`` or ``exports/`` directory)."""
+        export = load_export(path, copies=(copy,))
+        policy = cls(export.networks[copy], cem_config, export.bounds, seed,
+                     where=f"export {export.path}")
+        policy.name = f"greedy_cem({export.path.rstrip('/').rsplit('/', 1)[-1]}/{copy})"
+        return policy
+
+    def seed(self, seed: int) -> None:
+        """Restart the CEM sample stream (robot's run_episode calls this per episode)."""
+        self._seed, self._calls = int(seed), 0
+
+    def reset(self) -> None:
+        """Nothing carries over between steps: the policy is a function of the observation."""
+
+    def _act(self, image, state, seed):
+        features = self.network.features(image)
+        action, _ = cem_maximize(
+            lambda actions: self.network.q_samples(features, state, actions), tf.shape(image)[0],
+            seed, self.cem.samples, self.cem.elites, self.cem.iterations, self.low, self.high,
+            self.cem.gripper_noop)
+        return action
+
+    def sample_actions(self, observations: dict) -> np.ndarray:
+        """Greedy actions float32[B, 8] for a batch of observations (keys as one observation)."""
+        spec = self.network.spec
+        if IMAGE not in observations:
+            raise UserError(f"{self.where}: observation has no {IMAGE!r}")
+        image = np.asarray(observations[IMAGE])
+        if image.dtype != np.uint8:
+            raise UserError(f"{self.where}: {IMAGE} must be uint8, got {image.dtype}")
+        spec.check_image_shape(image.shape[1:], f"observation for {self.where}")
+        cols = []
+        for name in spec.state_fields:
+            if name not in observations:
+                raise UserError(f"{self.where}: observation has no {name!r} (state inputs "
+                                f"{spec.state_inputs})")
+            cols.append(np.asarray(observations[name], np.float32).reshape(-1))
+        state = np.stack(cols, 1) if cols else np.zeros((len(image), 0), np.float32)
+        seed = tf.constant([self._seed, self._calls], tf.int64)
+        self._calls += 1
+        return self._fn(tf.constant(image), tf.constant(state), seed).numpy()
+
+    def sample_action(self, observation: dict, step: int) -> np.ndarray:
+        batch = {k: np.asarray(v)[None] for k, v in observation.items()
+                 if k == IMAGE or k in self.network.spec.state_fields}
+        return self.sample_actions(batch)[0]
+
+
+def load_policy(path: str, copy: str = "polyak", cem_config: CEMConfig | None = None,
+                seed: int = 0) -> GreedyCEMPolicy:
+    """What ``robot.policies.make_policy`` calls for an export directory."""
+    return GreedyCEMPolicy.from_export(path, copy, cem_config, seed)
