@@ -157,28 +157,51 @@ def test_bad_arguments_fail_before_work(episodes, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_killed_job_leaves_old_output_and_rerun_is_complete(episodes, sharded, tmp_path):
-    out = tmp_path / "ds"
-    args = ["shard", "-i", f"{episodes}/a/*.gz", "-i", f"online={episodes}/b/*.gz", "-o", out,
-            "--num-shards", 3]
-    # A first, different publication that the killed run must not damage.
-    assert qtopt(*args[:-2], "--num-shards", 2, *IN_PROCESS) == 0
+def test_killed_job_leaves_old_output_and_rerun_is_complete(tmp_path):
+    # Enough episodes that the job is still reading when the first file's marker appears.
+    write_episodes(tmp_path / "big", files=6, per_file=60, seed=9, steps=10)
+    out, clean = tmp_path / "ds", tmp_path / "clean"
+    args = ["shard", "-i", f"{tmp_path}/big/*.gz", "--num-shards", 3, *IN_PROCESS]
+    assert qtopt(*args, "-o", clean) == 0
+    # A first, different publication that the killed run must leave whole.
+    assert qtopt(*args[:-4], "--num-shards", 2, *IN_PROCESS, "-o", out) == 0
     before = shard_bytes(out)
-    proc = subprocess.Popen([PYTHON, "-m", "pipelines.cli", *map(str, args), *IN_PROCESS],
+    proc = subprocess.Popen([PYTHON, "-m", "pipelines.cli", *map(str, args), "-o", str(out)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 120
-    while not any((out / "_staging").rglob("shard-*")) and time.monotonic() < deadline:
+    while not list((out / "_staging").rglob("read/*")):
         assert proc.poll() is None, "the job finished before it could be killed"
-        time.sleep(0.05)
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert manifest(out)["num_shards"] == 2 and shard_bytes(out) == before
-    assert qtopt(*args, *IN_PROCESS) == 0
-    assert shard_bytes(out) == shard_bytes(sharded)
+    assert qtopt(*args, "-o", out) == 0
+    assert shard_bytes(out) == shard_bytes(clean)
     names = sorted(p.name for p in out.iterdir())
     assert names == ["catalogue.parquet", "dead-letter.jsonl", "manifest.json"] + \
         [f"shard-0000{i}-of-00003.tfrecord.gz" for i in range(3)]
+
+
+def test_interrupted_commit_is_repaired_by_a_rerun(episodes, sharded, tmp_path):
+    from pipelines import dataset
+
+    out = tmp_path / "ds"
+    args = ["shard", "-i", f"{episodes}/a/*.gz", "-i", f"online={episodes}/b/*.gz", "-o", out,
+            "--num-shards", 3, *IN_PROCESS]
+    assert qtopt(*args) == 0
+    # The state a kill between "manifest removed" and "manifest written" leaves: some shards
+    # of a newer run moved in, the rest old, no manifest.
+    (out / "manifest.json").unlink()
+    (out / "shard-00001-of-00003.tfrecord.gz").write_bytes(b"from another run")
+    (out / "_staging" / "x").mkdir(parents=True)
+    (out / "_staging" / "x" / "shard-00000-of-00003.tfrecord.gz").write_bytes(b"partial")
+    with pytest.raises(dataset.UserError, match="incomplete"):
+        dataset.read_manifest(str(out))
+    assert qtopt(*args) == 0
+    assert shard_bytes(out) == shard_bytes(sharded)
+    assert not (out / "_staging").exists()
 
 
 def test_incomplete_dataset_is_refused(sharded, tmp_path, capsys):
