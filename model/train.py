@@ -94,6 +94,7 @@ class Trainer:
             input_dataset = data.from_files(
                 expanded, self.spec, cfg.batch_size, training=True, seed=cfg.seed,
                 shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad)
+        self.input_dataset = input_dataset
         self.iterator = iter(input_dataset)
 
         self.checkpoint = tf.train.Checkpoint(
