@@ -35,6 +35,7 @@ setup(
         "gymnasium>=1.0,<2",
         "pyyaml>=6",
         "pillow>=10",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": [

@@ -23,6 +23,10 @@ COMMANDS = {
     "shard": ("pipelines.shard", "episodes to shuffled transition shards, catalogue, manifest"),
     "subsample": ("pipelines.subsample", "a stable, nested fraction of a dataset's episodes"),
     "relabel": ("pipelines.relabel", "Bellman targets for transitions from a target export"),
+    "evaluate": ("pipelines.evaluate", "a policy under the grasping-with-replacement and "
+                                       "bin-emptying protocols; result, report, plots"),
+    "finetune": ("pipelines.finetune", "joint finetuning: rounds of on-policy collect, shard, "
+                                       "relabel, train"),
     "train": ("model.train_cmd", "train the Q-function on labelled shards; checkpoints, exports"),
 }
 

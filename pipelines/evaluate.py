@@ -1,0 +1,273 @@
+"""``qtopt evaluate``: a policy under the paper's two protocols (section 6.1), as a Beam job.
+
+    qtopt evaluate --policy runs/demo/train/exports --objects test --out runs/demo/eval/offline
+
+Grasping with replacement runs ``evaluate.robots`` robots of ``evaluate.attempts`` attempts each;
+bin emptying runs ``evaluate.bin_trials`` trials of ``evaluate.bin_attempts`` attempts at
+``evaluate.bin_objects`` objects (0 trials skips it). Each robot or trial is one Beam element,
+so robots run in parallel, one cell per worker. Each element publishes its attempts as
+``attempts/<protocol>-<n>.json`` (atomically), and a rerun after a kill runs only the missing
+ones. The launcher then writes, in ``--out``:
+
+    result.json      success rates with 95% Wilson intervals, per protocol, and first 10/20/30
+    report.md        the same as a Markdown report
+    success.png      the rates with their intervals (matplotlib)
+    gifs/*.gif       the first ``evaluate.gifs`` episodes of robot 0, if asked for
+
+A greedy policy is the export's Polyak network, maximised by CEM, with no exploration
+(``pi_eval``). An export whose image size or action bounds do not match the cell's configuration
+is refused before any robot runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from pipelines import runner
+from schemas import fs
+from schemas.errors import UserError
+
+NAMESPACE = "qtopt.evaluate"
+
+
+def _evaluate_fn():
+    import apache_beam as beam
+
+    class EvaluateGroup(beam.DoFn):
+        """(protocol, group) -> that robot's or trial's attempts, published as JSON."""
+
+        def __init__(self, plan: dict):
+            self.plan = plan
+
+        def setup(self):
+            from robot.cell import SimCell
+            from robot.policies import make_policy
+            from schemas.config import RobotConfig
+
+            config = RobotConfig(**self.plan["robot"])
+            self.cell = SimCell(config, self.plan["objects"], robot_id="sim-eval")
+            self.pool = self.cell.pool
+            self.policy = make_policy(self.plan["policy"], config, epsilon=0.0)
+
+        def process(self, element):
+            from robot import protocols
+            from schemas.tfrecord_io import write_records
+
+            protocol, group = element
+            plan, ev = self.plan, self.plan["evaluate"]
+            path = fs.join(plan["out"], "attempts", f"{protocol}-{group:03d}.json")
+            if fs.exists(path):
+                return
+            keep = ev["gifs"] if group == 0 else 0
+            if protocol == "replacement":
+                rows, kept = protocols.with_replacement(
+                    self.cell, self.policy, group, ev["attempts"], ev["objects_per_robot"],
+                    self.pool, ev["seed"], plan["policy_label"], keep)
+            else:
+                rows, kept = protocols.bin_emptying(
+                    self.cell, self.policy, group, ev["bin_objects"], ev["bin_attempts"],
+                    self.pool, ev["seed"], plan["policy_label"], keep)
+            if kept:
+                write_records(fs.join(plan["out"], "episodes", f"{protocol}-{group:03d}"
+                                      ".tfrecord.gz"), kept)
+            fs.write_text(path, json.dumps([r.row() for r in rows]))
+            yield path
+
+        def teardown(self):
+            if hasattr(self, "cell"):
+                self.cell.close()
+
+    return EvaluateGroup
+
+
+def elements(ev) -> list[tuple[str, int]]:
+    return ([("replacement", r) for r in range(ev.robots)] +
+            [("bin_emptying", t) for t in range(ev.bin_trials)])
+
+
+def build(pipeline, todo: list, plan: dict):
+    import apache_beam as beam
+
+    return (pipeline
+            | "Groups" >> beam.Create(todo)
+            | "Spread" >> beam.Reshuffle()
+            | "Evaluate" >> beam.ParDo(_evaluate_fn()(plan)))
+
+
+def check_policy(policy: str, robot_config) -> str:
+    """A label for the policy; refuses an export that does not fit the cell, before any work."""
+    if policy in ("scripted", "random"):
+        return policy
+    from robot.policies import make_policy
+
+    make_policy(policy, robot_config, epsilon=0.0)  # loads and checks the export's input spec
+    return f"export:{policy.rstrip('/')}"
+
+
+def aggregate(out: str, ev) -> dict:
+    from robot import protocols
+
+    rows = []
+    for protocol, group in elements(ev):
+        path = fs.join(out, "attempts", f"{protocol}-{group:03d}.json")
+        if not fs.exists(path):
+            raise UserError(f"{path}: missing after the job ran (rerun to complete it)")
+        rows.extend(json.loads(fs.read_text(path)))
+    result: dict = {}
+    rep = [r for r in rows if r["protocol"] == "replacement"]
+    if rep:
+        result["replacement"] = protocols.summarise([r["success"] for r in rep])
+        result["replacement"]["per_robot"] = [
+            protocols.summarise([r["success"] for r in rep if r["group"] == g])["rate"]
+            for g in range(ev.robots)]
+        result["replacement"]["mean_steps"] = sum(r["steps"] for r in rep) / len(rep)
+    bins = [r for r in rows if r["protocol"] == "bin_emptying"]
+    if bins:
+        trials = [[r["success"] for r in sorted(bins, key=lambda r: r["attempt"])
+                   if r["group"] == t] for t in range(ev.bin_trials)]
+        result["bin_emptying"] = {"trials": len(trials), "first_k": protocols.first_k(trials)}
+    return result
+
+
+def write_report(out: str, result: dict) -> None:
+    lines = [f"# Evaluation: {result['policy']}", "",
+             f"Objects: {result['objects']}. Seed {result['evaluate']['seed']}. "
+             f"{result['seconds']:.0f} s.", ""]
+    if "replacement" in result:
+        r = result["replacement"]
+        lines += ["## Grasping with replacement", "",
+                  f"{result['evaluate']['robots']} robots x {result['evaluate']['attempts']} "
+                  f"attempts, {result['evaluate']['objects_per_robot']} objects per tray.", "",
+                  "| attempts | successes | success rate | 95% interval |", "|---|---|---|---|",
+                  f"| {r['attempts']} | {r['successes']} | {100 * r['rate']:.1f}% | "
+                  f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}% |", ""]
+    if "bin_emptying" in result:
+        b = result["bin_emptying"]
+        lines += ["## Bin emptying", "",
+                  f"{b['trials']} trials, {result['evaluate']['bin_objects']} objects, "
+                  f"{result['evaluate']['bin_attempts']} attempts each.", "",
+                  "| first | success rate | 95% interval |", "|---|---|---|"]
+        for k, s in b["first_k"].items():
+            lines.append(f"| {k} | {100 * s['rate']:.1f}% | "
+                         f"{100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f}% |")
+        lines.append("")
+    fs.write_text(fs.join(out, "report.md"), "\n".join(lines))
+
+
+def plot(out: str, result: dict) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = []
+    if "replacement" in result:
+        bars.append(("with replacement", result["replacement"]))
+    for k, s in result.get("bin_emptying", {}).get("first_k", {}).items():
+        bars.append((f"bin, first {k}", s))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(bars), 3.2))
+    rates = [100 * s["rate"] for _, s in bars]
+    err = [[100 * (s["rate"] - s["ci95"][0]) for _, s in bars],
+           [100 * (s["ci95"][1] - s["rate"]) for _, s in bars]]
+    ax.bar(range(len(bars)), rates, yerr=err, capsize=4, color="#4477aa")
+    ax.set_xticks(range(len(bars)), [name for name, _ in bars], fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("grasp success, % (95% CI)")
+    ax.set_title(result["policy"][-40:], fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    fs.write_bytes(fs.join(out, "success.png"), buf.getvalue())
+
+
+def render_gifs(out: str) -> list[str]:
+    from pipelines.render_cmd import frames, write_movie
+    from schemas.tfrecord_io import read_records
+
+    written = []
+    for path in fs.glob(fs.join(out, "episodes", "*.tfrecord.gz")):
+        for episode in read_records(path):
+            gif = fs.join(out, "gifs", f"{episode['episode_id']}.gif")
+            if not fs.exists(gif):
+                write_movie(gif, frames(episode, 4), 4.0)
+            written.append(gif)
+    return written
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipelines.cli import add_config_arguments
+
+    parser.add_argument("--policy", required=True,
+                        help="scripted | random | an export directory (or an exports/ directory: "
+                             "its newest export)")
+    parser.add_argument("--objects", default="test", help="train | test | comma-separated URDF "
+                                                          "files (default: test)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="result directory")
+    parser.add_argument("--workers", type=int, metavar="W",
+                        help="local worker processes (default: pipeline.direct_num_workers)")
+    add_config_arguments(parser)
+    runner.add_beam_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pipelines.cli import config_from_args
+    from robot import objects
+
+    cfg = config_from_args(args)
+    ev = cfg.evaluate
+    objects.resolve(args.objects)  # unknown or malformed object files fail here, named
+    label = check_policy(args.policy, cfg.robot)
+    out = args.out.rstrip("/")
+    fs.makedirs(out)
+    plan = {"out": out, "policy": args.policy, "policy_label": label, "objects": args.objects,
+            "robot": dataclasses.asdict(cfg.robot), "evaluate": dataclasses.asdict(ev)}
+    identity = fs.join(out, "plan.json")
+    if fs.exists(identity) and json.loads(fs.read_text(identity)) != plan:
+        raise UserError(f"--out {out} holds an evaluation with other settings; use another "
+                        "directory")
+    fs.write_text(identity, json.dumps(plan, indent=1, sort_keys=True))
+    todo = [e for e in elements(ev)
+            if not fs.exists(fs.join(out, "attempts", f"{e[0]}-{e[1]:03d}.json"))]
+    total = len(elements(ev))
+    print(f"evaluate: {label} on {args.objects} objects -> {out}: {total - len(todo)}/{total} "
+          f"robots and trials done", flush=True)
+    t0 = time.monotonic()
+    if todo:
+        runner.quiet_beam_logging()
+        workers = args.workers if args.workers is not None else cfg.pipeline.direct_num_workers
+        options = runner.pipeline_options(args.beam_args, workers, "qtopt-evaluate")
+        pipeline = runner.new_pipeline(options)
+        build(pipeline, todo, plan)
+
+        def poll():
+            done = len(fs.glob(fs.join(out, "attempts", "*.json")))
+            return f"{done}/{total} robots and trials done"
+
+        with runner.progress("evaluate", poll if runner.is_local(options) else None, every=5.0):
+            runner.run_pipeline(pipeline)
+    result = {"policy": label, "objects": args.objects, "evaluate": dataclasses.asdict(ev),
+              "robot": dataclasses.asdict(cfg.robot), "seconds": time.monotonic() - t0,
+              **aggregate(out, ev)}
+    if ev.gifs:
+        result["gifs"] = render_gifs(out)
+    fs.write_text(fs.join(out, "result.json"), json.dumps(result, indent=1, sort_keys=True))
+    write_report(out, result)
+    plot(out, result)
+    line = f"evaluate: {label}"
+    if "replacement" in result:
+        r = result["replacement"]
+        line += (f"; with replacement {r['successes']}/{r['attempts']} = {100 * r['rate']:.1f}% "
+                 f"(95% CI {100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}%)")
+    if "bin_emptying" in result:
+        fk = result["bin_emptying"]["first_k"]
+        line += "; bin emptying first 10/20/30: " + "/".join(
+            f"{100 * s['rate']:.0f}%" for s in fk.values())
+    print(line, flush=True)
+    return 0

@@ -1,0 +1,235 @@
+"""``qtopt finetune``: joint finetuning with on-policy data (appendix F.3), round by round.
+
+    qtopt finetune --run runs/demo --offline runs/demo/transitions/scripted \\
+                   --init runs/demo/train
+
+Each round is four jobs, each the command a user could run by hand:
+
+1. collect  ``finetune/episodes/round-R``: on-policy episodes with the newest export's Polyak
+            weights and epsilon-greedy exploration (``qtopt collect --policy EXPORT``);
+2. shard    ``finetune/transitions/round-R``: those episodes as transitions;
+3. relabel  ``finetune/labelled/{offline,online}/epoch-R``: the offline data and every round's
+            on-policy data so far, with targets from the newest export;
+4. train    ``finetune/train``: the balancer gives the steps this round may train (gradient steps
+            per new on-policy transition); they run in chunks, each at the ramp's on-policy share
+            for the step where the chunk starts.
+
+``finetune/state.json`` records the phases done (written atomically after each one). Every job
+is idempotent (collect completes its set, shard and relabel republish, train resumes from its
+checkpoint), so a finetune killed in any phase resumes where it stopped, and no round's data is
+lost or duplicated. Training starts from a copy of ``--init``'s newest checkpoint; the offline
+run is never modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from model.finetune_schedule import Balancer, online_share
+from pipelines import dataset
+from pipelines.cli import add_config_arguments, config_from_args, invoke
+from schemas import fs
+from schemas.errors import UserError
+
+PHASES = ("collect", "shard", "relabel", "train")
+STATE = "state.json"
+
+
+def paths(run: str) -> dict:
+    root = fs.join(run, "finetune")
+    return {"root": root, "state": fs.join(root, STATE), "train": fs.join(root, "train"),
+            "episodes": fs.join(root, "episodes"), "transitions": fs.join(root, "transitions"),
+            "labelled_offline": fs.join(root, "labelled", "offline"),
+            "labelled_online": fs.join(root, "labelled", "online")}
+
+
+def round_name(r: int) -> str:
+    return f"round-{r:03d}"
+
+
+def read_state(path: str) -> dict:
+    if not fs.exists(path):
+        return {"round": 0, "done": [], "online_transitions": 0, "steps_done": 0,
+                "start_step": None, "rounds": []}
+    try:
+        return json.loads(fs.read_text(path))
+    except ValueError:
+        raise UserError(f"{path}: not valid JSON (remove it to restart finetuning)") from None
+
+
+def write_state(path: str, state: dict) -> None:
+    fs.write_text(path, json.dumps(state, indent=1, sort_keys=True))
+
+
+def seed_checkpoint(init: str, train_dir: str) -> int:
+    """Copy ``init``'s newest checkpoint into the finetune workdir, once; returns its step."""
+    dst = fs.join(train_dir, "checkpoints")
+    if fs.exists(fs.join(dst, "checkpoint")):
+        return -1
+    src = fs.join(init, "checkpoints")
+    index = fs.join(src, "checkpoint")
+    if not fs.exists(index):
+        raise UserError(f"--init {init}: no checkpoints/checkpoint index (train it first)")
+    text = fs.read_text(index)
+    first = text.splitlines()[0]
+    name = first.split('"')[1].rsplit("/", 1)[-1]
+    files = [p for p in fs.glob(fs.join(src, name + ".*"))]
+    if not files:
+        raise UserError(f"{src}: checkpoint {name} named in the index has no files")
+    for path in files:
+        fs.write_bytes(fs.join(dst, path.rsplit("/", 1)[-1]), fs.read_bytes(path))
+    # The index is written last, so a copy cut short is not taken for a checkpoint.
+    fs.write_text(fs.join(dst, "checkpoint"),
+                  f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
+    return int(name.rsplit("-", 1)[-1])
+
+
+def _counts(directory: str) -> int:
+    return int(dataset.read_manifest(directory)["counts"]["transitions"])
+
+
+def run_round(cfg, args, state: dict, p: dict, config_args: list[str]) -> None:
+    from model import export as exports
+
+    ft = cfg.finetune
+    r = state["round"]
+    name = round_name(r)
+    episodes_dir = fs.join(p["episodes"], name)
+    transitions_dir = fs.join(p["transitions"], name)
+    off_dir = fs.join(p["labelled_offline"], f"epoch-{r}")
+    on_dir = fs.join(p["labelled_online"], f"epoch-{r}")
+    latest = exports.latest_export(fs.join(p["train"], "exports"))
+    if latest is None:
+        raise UserError(f"{p['train']}/exports: no export to collect with")
+
+    def done(phase: str, **extra) -> None:
+        state["done"].append(phase)
+        state.update(extra)
+        write_state(p["state"], state)
+        print(f"finetune: round {r} {phase} done", flush=True)
+
+    if "collect" not in state["done"]:
+        invoke(["collect", "--policy", latest, "--epsilon", ft.epsilon,
+                "--episodes", ft.episodes_per_round, "--objects", args.objects,
+                "--seed", ft.seed + r, "--source", f"online-{name}", "--out", episodes_dir,
+                *config_args])
+        done("collect")
+    if "shard" not in state["done"]:
+        invoke(["shard", "--input", fs.join(episodes_dir, "*.tfrecord.gz"),
+                "--output", transitions_dir, "--num-shards", max(1, cfg.pipeline.num_shards // 2),
+                "--seed", cfg.pipeline.shuffle_seed + r, *config_args])
+        done("shard", online_transitions=state["online_transitions"] + _counts(transitions_dir))
+    if "relabel" not in state["done"]:
+        invoke(["relabel", "--input", args.offline, "--export", latest,
+                "--output", p["labelled_offline"], "--epoch", r, *config_args])
+        online_inputs = []
+        for k in range(r + 1):
+            online_inputs += ["--input", fs.join(p["transitions"], round_name(k))]
+        invoke(["relabel", *online_inputs, "--export", latest,
+                "--output", p["labelled_online"], "--epoch", r, *config_args])
+        done("relabel")
+    if "train" not in state["done"]:
+        train_round(cfg, state, p, off_dir, on_dir)
+        # Older epochs' labels are superseded; the episodes and transitions stay on disk.
+        for root in (p["labelled_offline"], p["labelled_online"]):
+            if r > 0:
+                fs.remove(fs.join(root, f"epoch-{r - 1}"), recursive=True)
+        state["rounds"].append({"round": r, "online_transitions": state["online_transitions"],
+                                "steps_done": state["steps_done"],
+                                "export": exports.latest_export(fs.join(p["train"], "exports"))})
+        done("train")
+    state["round"], state["done"] = r + 1, []
+    state.pop("train_until", None)
+    write_state(p["state"], state)
+
+
+def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
+    import dataclasses
+
+    from model.train import train
+
+    ft = cfg.finetune
+    balancer = Balancer(ft.steps_per_transition)
+    if "train_until" not in state:
+        steps = balancer.steps_for_round(state["online_transitions"], state["steps_done"])
+        state["train_until"] = state["start_step"] + state["steps_done"] + steps
+        write_state(p["state"], state)
+    until = state["train_until"]
+    # The input pipeline changes every chunk (new shares, new epochs): never restore it.
+    train_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                  checkpoint_input=False))
+    step = state["start_step"] + state["steps_done"]
+    print(f"finetune: round {state['round']} trains {until - step} steps "
+          f"({ft.steps_per_transition:g} per on-policy transition, "
+          f"{state['online_transitions']} so far)", flush=True)
+    while step < until:
+        share = online_share(step - state["start_step"], ft.ramp_start, ft.ramp_end,
+                             ft.ramp_steps)
+        chunk_end = min(until, step + ft.ramp_chunk)
+        result = train(train_cfg, [(off_dir, 1.0 - share), (on_dir, share)], p["train"],
+                       until_step=chunk_end, progress=False)
+        print(f"finetune: step {result.step}/{until}, on-policy share {share:.3f}, "
+              f"loss {result.loss:.4f}", flush=True)
+        step = result.step
+        state["steps_done"] = step - state["start_step"]
+        write_state(p["state"], state)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, metavar="DIR",
+                        help="run directory; finetuning writes RUN/finetune/")
+    parser.add_argument("--offline", required=True, metavar="DIR",
+                        help="offline transition dataset (from qtopt shard)")
+    parser.add_argument("--init", required=True, metavar="WORKDIR",
+                        help="offline training workdir whose newest checkpoint starts finetuning")
+    parser.add_argument("--objects", default="train", help="objects to collect on (train)")
+    parser.add_argument("--rounds", type=int, help="override finetune.rounds")
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.rounds is not None:
+        args.overrides = list(args.overrides) + [f"finetune.rounds={args.rounds}"]
+    cfg = config_from_args(args)
+    p = paths(args.run)
+    dataset.read_manifest(args.offline)  # a clear error now if the offline data is incomplete
+    fs.makedirs(p["root"])
+    state = read_state(p["state"])
+    if state["start_step"] is None:
+        start = seed_checkpoint(args.init, p["train"])
+        if start < 0:
+            raise UserError(f"{p['train']} already has checkpoints but {p['state']} has no "
+                            "start step; remove RUN/finetune to restart")
+        from model.export import latest_export
+
+        if latest_export(fs.join(p["train"], "exports")) is None:
+            _export_checkpoint(cfg, p["train"])
+        state["start_step"] = start
+        write_state(p["state"], state)
+    config_args = ["--preset", args.preset]
+    for path in args.config:
+        config_args += ["--config", path]
+    for item in args.overrides:
+        config_args += ["--set", item]
+    t0 = time.monotonic()
+    while state["round"] < cfg.finetune.rounds:
+        run_round(cfg, args, state, p, config_args)
+    print(json.dumps({"finetune_rounds": state["round"],
+                      "online_transitions": state["online_transitions"],
+                      "finetune_steps": state["steps_done"], "seconds": round(
+                          time.monotonic() - t0, 1)}), flush=True)
+    return 0
+
+
+def _export_checkpoint(cfg, train_dir: str) -> None:
+    """An export of the copied checkpoint, so the first round collects with it."""
+    import dataclasses
+
+    from model.train import Trainer
+
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_input=False))
+    trainer = Trainer(cfg, [], train_dir, input_dataset=iter(()))
+    trainer.restore()
+    trainer.export()

@@ -1,0 +1,99 @@
+"""Evaluation protocols: bookkeeping of bin emptying and first-k rates, and the qtopt evaluate
+job end to end with real physics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.cli import invoke
+from robot import protocols
+from robot.cell import SimCell
+from robot.policies import make_policy
+from schemas.config import RobotConfig
+from schemas.errors import UserError
+
+
+def test_first_k_uses_the_first_attempts_of_every_trial():
+    t1 = [True] * 5 + [False] * 25           # 5 early successes
+    t2 = [False] * 10 + [True] * 10 + [False] * 10
+    fk = protocols.first_k([t1, t2], (10, 20, 30))
+    assert fk["10"]["attempts"] == 20 and fk["10"]["successes"] == 5
+    assert fk["20"]["attempts"] == 40 and fk["20"]["successes"] == 15
+    assert fk["30"]["attempts"] == 60 and fk["30"]["successes"] == 15
+    lo, hi = fk["10"]["ci95"]
+    assert lo < 0.25 < hi
+
+
+def test_wilson_interval_is_sane():
+    assert protocols.wilson_interval(0, 10)[0] == 0.0
+    lo, hi = protocols.wilson_interval(50, 100)
+    assert lo == pytest.approx(0.404, abs=1e-3) and hi == pytest.approx(0.596, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def cell():
+    c = SimCell(RobotConfig(), "test")
+    yield c
+    c.close()
+
+
+def test_bin_emptying_removes_grasped_objects(cell):
+    policy = make_policy("scripted", cell.config)
+    rows, _ = protocols.bin_emptying(cell, policy, trial=0, num_objects=12, attempts=10,
+                                     pool=cell.pool, seed=7)
+    assert len(rows) == 10 and any(r.success for r in rows)
+    before = rows[0].objects_before
+    assert before == 12
+    for prev, row in zip(rows, rows[1:]):
+        # A success takes exactly one object out of the tray; a failure takes none.
+        assert row.objects_before == prev.objects_before - int(prev.success)
+    grasped = [r.grasped for r in rows if r.success]
+    assert all(grasped) and len(set(grasped)) == len(grasped)
+    assert [r.attempt for r in rows] == list(range(10))
+    # The cell now holds what is left (plus the last attempt's object, if it succeeded).
+    left = len(cell.tray_objects())
+    assert left == before - sum(r.success for r in rows[:-1])
+
+
+def test_with_replacement_puts_the_same_objects_back(cell):
+    policy = make_policy("scripted", cell.config)
+    rows, kept = protocols.with_replacement(cell, policy, robot=1, attempts=3,
+                                            objects_per_robot=4, pool=cell.pool, seed=3,
+                                            keep_episodes=2)
+    assert [r.objects_before for r in rows] == [4, 4, 4]
+    assert len(kept) == 2
+    assert sorted(kept[0]["object_ids"]) == sorted(kept[1]["object_ids"])
+
+
+def test_evaluate_job_writes_result_report_and_plot(tmp_path):
+    out = tmp_path / "eval"
+    sets = ["--set", "evaluate.robots=2", "--set", "evaluate.attempts=3",
+            "--set", "evaluate.bin_trials=1", "--set", "evaluate.bin_objects=6",
+            "--set", "evaluate.bin_attempts=4", "--set", "evaluate.gifs=1"]
+    invoke(["evaluate", "--policy", "scripted", "--objects", "test", "--out", str(out),
+            "--workers", "2", *sets])
+    result = json.loads((out / "result.json").read_text())
+    assert result["replacement"]["attempts"] == 6
+    assert result["bin_emptying"]["trials"] == 1
+    assert result["bin_emptying"]["first_k"]["10"]["attempts"] == 4
+    assert (out / "report.md").read_text().startswith("# Evaluation: scripted")
+    assert (out / "success.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((out / "gifs").glob("*.gif"))) == 2
+    # A rerun has nothing left to run and gives the same numbers.
+    invoke(["evaluate", "--policy", "scripted", "--objects", "test", "--out", str(out), *sets])
+    again = json.loads((out / "result.json").read_text())
+    assert again["replacement"] == result["replacement"]
+    # Other settings in the same directory are refused.
+    with pytest.raises(UserError, match="other settings"):
+        invoke(["evaluate", "--policy", "scripted", "--objects", "test", "--out", str(out)])
+
+
+def test_evaluate_refuses_bad_objects_and_policies(tmp_path):
+    with pytest.raises(UserError, match="nope.urdf"):
+        invoke(["evaluate", "--policy", "scripted", "--objects", str(tmp_path / "nope.urdf"),
+                "--out", str(tmp_path / "e")])
+    with pytest.raises(UserError, match="policy"):
+        invoke(["evaluate", "--policy", str(tmp_path / "missing-export"), "--out",
+                str(tmp_path / "e2")])
