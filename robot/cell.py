@@ -40,7 +40,7 @@ MAX_HEIGHT = 0.35                    # gripper height bounds above the tray floo
 MIN_HEIGHT = 0.003
 
 TIME_STEP = 1.0 / 240.0
-SETTLE_SUBSTEPS = 60                # objects come to rest after being dropped in at reset
+SETTLE_SUBSTEPS = 50                # objects come to rest after being dropped in at reset
 
 # Gripper geometry: the body frame sits at the grasp point, between the fingertips.
 FINGER_HALF = (0.01, 0.006, 0.03)    # half extents x, y (thickness), z (length)
@@ -57,6 +57,8 @@ CAMERA_FOV = 42.0
 _GREY, _ORANGE = (0.55, 0.57, 0.6, 1.0), (0.95, 0.45, 0.1, 1.0)
 ARM_LINKS = ((0.07, _GREY), (0.065, _ORANGE), (0.065, _GREY), (0.06, _ORANGE), (0.06, _GREY),
              (0.055, _ORANGE), (0.05, _GREY), (0.04, _GREY))
+ARM_REST = (0.0, 0.6, 0.0, -1.4, 0.0, 1.1, 0.0)   # elbow up, wrist down: where IK starts
+CACHED = pybullet.URDF_ENABLE_CACHED_GRAPHICS_SHAPES
 OUT_OF_VIEW = (0.25, -0.45, 0.55)    # where the labeller parks the gripper (outside the frustum)
 
 
@@ -73,6 +75,12 @@ class SimCell(Robot):
         self.robot_id = robot_id
         self._p = BulletClient(connection_mode=pybullet.DIRECT)
         self._p.setAdditionalSearchPath(DATA)
+        # The iiwa model gives the arm's kinematics, in a client of its own that is never reset:
+        # loading its meshes at every reset would cost more than the rest of the world.
+        self._ik = BulletClient(connection_mode=pybullet.DIRECT)
+        self._arm = self._ik.loadURDF(os.path.join(DATA, "kuka_iiwa/model.urdf"), (0, 0, 0),
+                                      useFixedBase=True)
+        self._arm_joints = list(range(self._ik.getNumJoints(self._arm)))
         size = self.config.image_size
         self._view = self._p.computeViewMatrix(CAMERA_EYE, CAMERA_TARGET, (0, 0, 1))
         self._proj = self._p.computeProjectionMatrixFOV(CAMERA_FOV, 1.0, 0.05, 3.0)
@@ -97,20 +105,17 @@ class SimCell(Robot):
         p.setPhysicsEngineParameter(fixedTimeStep=TIME_STEP, numSolverIterations=20,
                                     deterministicOverlappingPairs=1)
         p.setGravity(0, 0, -9.81)
-        p.loadURDF("plane.urdf", (0, 0, 0))
-        self._tray = p.loadURDF("tray/traybox.urdf", (*TRAY_CENTRE, 0.0), useFixedBase=True)
-        # The iiwa model gives the arm's kinematics. Its detailed meshes would triple the
-        # camera's render time, so they are hidden and the camera sees one capsule per link,
-        # placed on the model's link frames after every step.
-        self._arm = p.loadURDF("kuka_iiwa/model.urdf", (0, 0, 0), useFixedBase=True)
-        self._arm_joints = list(range(p.getNumJoints(self._arm)))
-        for link in [-1] + self._arm_joints:
-            p.setCollisionFilterGroupMask(self._arm, link, 0, 0)
-            p.changeVisualShape(self._arm, link, rgbaColor=(1, 1, 1, 0))
+        p.loadURDF("plane.urdf", (0, 0, 0), flags=CACHED)
+        self._tray = p.loadURDF("tray/traybox.urdf", (*TRAY_CENTRE, 0.0), useFixedBase=True,
+                                flags=CACHED)
+        # The iiwa's detailed meshes would triple the camera's render time: the camera sees one
+        # capsule per link, placed on the kinematic model's link frames after every step.
+        for j, q in zip(self._arm_joints, ARM_REST):
+            self._ik.resetJointState(self._arm, j, q)
         points = self._arm_points((0.0, 0.0, 1.2))
         self._arm_segments = []
         for (radius, colour), a, b in zip(ARM_LINKS, points[:-1], points[1:]):
-            length = max(float(np.linalg.norm(b - a)) - radius, 0.01)
+            length = max(math.dist(a, b) - radius, 0.01)
             shape = p.createVisualShape(p.GEOM_CAPSULE, radius=radius, length=length,
                                         rgbaColor=colour)
             self._arm_segments.append(p.createMultiBody(0, -1, shape))
@@ -171,10 +176,10 @@ class SimCell(Robot):
                                    float(rng.uniform(-math.pi, math.pi))))
         for i, (obj, xy, yaw) in enumerate(placements):
             # Staggered drop heights keep the objects from starting inside one another.
-            pos = (xy[0], xy[1], TRAY_FLOOR_Z + 0.04 + 0.03 * i)
+            pos = (xy[0], xy[1], TRAY_FLOOR_Z + 0.04 + 0.025 * i)
             orn = p.getQuaternionFromEuler((0.0, 0.0, yaw))
             try:
-                body = p.loadURDF(obj.path, pos, orn)
+                body = p.loadURDF(obj.path, pos, orn, flags=CACHED)
             except pybullet.error:
                 raise UserError(f"object file {obj.path}: pybullet cannot load it") from None
             # Objects at rest sleep and drop out of the solver until something touches them:
@@ -182,7 +187,7 @@ class SimCell(Robot):
             p.changeDynamics(body, -1, activationState=p.ACTIVATION_STATE_ENABLE_SLEEPING)
             self._bodies.append(body)
             self._object_ids.append(obj.object_id)
-        for _ in range(SETTLE_SUBSTEPS + 8 * len(placements)):
+        for _ in range(SETTLE_SUBSTEPS + 6 * len(placements)):
             p.stepSimulation()
 
     # ---------------------------------------------------------------------------- Robot API
@@ -262,6 +267,7 @@ class SimCell(Robot):
     def close(self) -> None:
         if self._p is not None:
             self._p.disconnect()
+            self._ik.disconnect()
             self._p = None
 
     def __del__(self):
@@ -332,24 +338,28 @@ class SimCell(Robot):
                                           maxVelocity=0.3)
 
     def _update_arm(self) -> None:
-        p = self._p
+        p, ik = self._p, self._ik
         pos, orn = p.getBasePositionAndOrientation(self._gripper)
         _, _, yaw = p.getEulerFromQuaternion(orn)
         flange = (pos[0], pos[1], pos[2] + FLANGE_ABOVE_GRASP)
         down = p.getQuaternionFromEuler((0.0, math.pi, yaw))
-        joints = p.calculateInverseKinematics(self._arm, 6, flange, down, maxNumIterations=20)
+        # IK starts from the kinematic model's current joints, which only this episode's steps
+        # (from the rest pose set at reset) have moved: the arm's pose is deterministic too.
+        joints = ik.calculateInverseKinematics(self._arm, 6, flange, down, maxNumIterations=20)
         for j, q in zip(self._arm_joints, joints):
-            p.resetJointState(self._arm, j, q)
+            ik.resetJointState(self._arm, j, q)
         # Capsule i spans the origins of frames i and i + 1; pybullet capsules lie along z.
         points = self._arm_points((pos[0], pos[1], pos[2] + 2 * FINGER_HALF[2]
                                    + 2 * PALM_HALF[2]))
         for body, a, b in zip(self._arm_segments, points[:-1], points[1:]):
-            p.resetBasePositionAndOrientation(body, tuple((a + b) / 2), _z_to(b - a))
+            mid = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, (a[2] + b[2]) / 2)
+            p.resetBasePositionAndOrientation(body, mid, _z_to(b[0] - a[0], b[1] - a[1],
+                                                               b[2] - a[2]))
 
     def _arm_points(self, palm_top) -> list[np.ndarray]:
         """The arm's base, its seven link frames and the palm it carries, world frame."""
-        states = self._p.getLinkStates(self._arm, self._arm_joints)
-        return [np.zeros(3)] + [np.array(st[4]) for st in states] + [np.array(palm_top)]
+        states = self._ik.getLinkStates(self._arm, self._arm_joints)
+        return [(0.0, 0.0, 0.0)] + [st[4] for st in states] + [tuple(palm_top)]
 
     # ---------------------------------------------------------------------------- sensing
 
@@ -378,6 +388,18 @@ class SimCell(Robot):
                 held.append(i)
         return held
 
+    def tray_objects(self) -> list[tuple]:
+        """(ObjectFile, (x, y), yaw, held) of every object now in the cell, in load order: what
+        the bin-emptying protocol needs to put the remaining objects back for the next attempt."""
+        by_id = {o.object_id: o for o in self.pool}
+        held = set(self.held_objects())
+        out = []
+        for i, (body, object_id) in enumerate(zip(self._bodies, self._object_ids)):
+            pos, orn = self._p.getBasePositionAndOrientation(body)
+            yaw = float(self._p.getEulerFromQuaternion(orn)[2])
+            out.append((by_id[object_id], (float(pos[0]), float(pos[1])), yaw, i in held))
+        return out
+
     def object_positions(self) -> np.ndarray:
         return np.array([self._p.getBasePositionAndOrientation(b)[0] for b in self._bodies])
 
@@ -398,13 +420,13 @@ class SimCell(Robot):
         self._done = True
 
 
-def _z_to(direction: np.ndarray) -> tuple:
-    """Quaternion turning the z axis onto ``direction``."""
-    d = direction / max(np.linalg.norm(direction), 1e-9)
-    axis = np.cross((0.0, 0.0, 1.0), d)
-    sin, cos = np.linalg.norm(axis), d[2]
+def _z_to(dx: float, dy: float, dz: float) -> tuple:
+    """Quaternion turning the z axis onto the direction (dx, dy, dz)."""
+    norm = math.sqrt(dx * dx + dy * dy + dz * dz) or 1e-9
+    dx, dy, dz = dx / norm, dy / norm, dz / norm
+    sin = math.hypot(dx, dy)      # |z x d|, the axis being (-dy, dx, 0) / sin
     if sin < 1e-9:
-        return (0.0, 0.0, 0.0, 1.0) if cos > 0 else (1.0, 0.0, 0.0, 0.0)
-    angle = math.atan2(sin, cos)
-    axis = axis / sin
-    return (*(axis * math.sin(angle / 2)), math.cos(angle / 2))
+        return (0.0, 0.0, 0.0, 1.0) if dz > 0 else (1.0, 0.0, 0.0, 0.0)
+    half = math.atan2(sin, dz) / 2
+    k = math.sin(half) / sin
+    return (-dy * k, dx * k, 0.0, math.cos(half))
