@@ -23,10 +23,16 @@ from schemas.errors import RecordError, UserError
 from schemas.tf_codec import parse_batch
 
 KIND = "labelled_transition"
+# Every job publishes a dataset directory by writing this file last (DESIGN.md).
+DATASET_MANIFEST = "manifest.json"
 
 
 def expand(datasets) -> list[tuple[list[str], float]]:
-    """``[(glob or list of globs, weight), ...]`` -> ``[(sorted files, weight), ...]``."""
+    """``[(glob or list of globs, weight), ...]`` -> ``[(sorted files, weight), ...]``.
+
+    A directory stands for its ``*.tfrecord*`` shards and must hold the ``manifest.json`` its
+    writer publishes last, so that a half-written dataset is never trained on.
+    """
     out = []
     for patterns, weight in datasets:
         if isinstance(patterns, str):
@@ -34,9 +40,11 @@ def expand(datasets) -> list[tuple[list[str], float]]:
         files = []
         for pattern in patterns:
             matched = fs.glob(pattern)
-            if not matched and fs.exists(pattern):  # a directory of shards
-                matched = fs.glob(fs.join(pattern, "*.tfrecord*")) or fs.glob(
-                    fs.join(pattern, "shard-*"))
+            if not matched and fs.exists(pattern):  # a dataset directory
+                if not fs.exists(fs.join(pattern, DATASET_MANIFEST)):
+                    raise UserError(f"{pattern}: no {DATASET_MANIFEST} (the job that writes this "
+                                    "dataset has not finished; or pass a glob of its shards)")
+                matched = fs.glob(fs.join(pattern, "*.tfrecord*"))
             if not matched:
                 raise UserError(f"{pattern}: no labelled shards match")
             files.extend(matched)

@@ -19,7 +19,7 @@ from model_testlib import SIZE, write_shards  # noqa: E402
 
 from model.export import load_export  # noqa: E402
 
-UNTIL = 200
+UNTIL = 120
 ARGS = ["--set", "model.preset=tiny", "--set", f"robot.image_size={SIZE}",
         "--set", "train.batch_size=16", "--set", "train.shuffle_buffer=64",
         "--set", "train.checkpoint_every=10", "--set", "train.log_every=10",

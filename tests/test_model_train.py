@@ -182,3 +182,16 @@ def test_random_crop_is_an_exact_shift():
                              2).numpy()
     assert all(c.tobytes() in windows for c in crops)
     assert len({c.tobytes() for c in crops}) > 1
+
+
+def test_dataset_directories_must_be_complete(tmp_path):
+    directory = tmp_path / "epoch-0"
+    write_shards(directory, 8, 2)
+    with pytest.raises(UserError, match=r"epoch-0: no manifest.json"):
+        data.expand([(str(directory), 1.0)])
+    (directory / "manifest.json").write_text("{}")
+    files, weight = data.expand([(str(directory), 2.0)])[0]
+    assert [os.path.basename(f) for f in files] == ["shard-00000.tfrecord.gz",
+                                                    "shard-00001.tfrecord.gz"] and weight == 2.0
+    with pytest.raises(UserError, match=r"nothing\*: no labelled shards match"):
+        data.expand([(str(tmp_path / "nothing*"), 1.0)])
