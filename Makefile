@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test install clean
+.PHONY: test demo install clean
 
 $(STAMP): setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The whole system end to end on local defaults; rerun after a kill to go on where it stopped.
+demo: $(STAMP)
+	$(BIN)/qtopt demo --run runs/demo
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

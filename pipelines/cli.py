@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# TensorFlow's C++ start-up chatter, in this process and the Beam workers it starts.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import schemas  # noqa: F401  (installs the tfrecord/tensorflow import hook first)
 from schemas.errors import UserError
@@ -27,6 +31,7 @@ COMMANDS = {
                                        "bin-emptying protocols; result, report, plots"),
     "finetune": ("pipelines.finetune", "joint finetuning: rounds of on-policy collect, shard, "
                                        "relabel, train"),
+    "demo": ("pipelines.demo", "the whole system end to end on local defaults (make demo)"),
     "train": ("model.train_cmd", "train the Q-function on labelled shards; checkpoints, exports"),
 }
 
