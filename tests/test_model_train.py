@@ -55,7 +55,11 @@ def test_tiny_offline_training_learns_the_ordering_of_q(tmp_path):
         good = _q(net, 200, close=True)
         assert good > _q(net, 200, close=False) + margin
         assert good > _q(net, 40, close=True) + margin
-    assert os.listdir(tmp_path / "work" / "logs")       # TensorBoard events were written
+    tags = set()
+    for events in (tmp_path / "work" / "logs").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            tags.update(v.tag for v in event.summary.value)
+    assert {"loss", "mean_q", "mean_target", "steps_per_s"} <= tags
 
 
 def test_polyak_and_lag_updates_are_exact():
@@ -195,3 +199,27 @@ def test_dataset_directories_must_be_complete(tmp_path):
                                                     "shard-00001.tfrecord.gz"] and weight == 2.0
     with pytest.raises(UserError, match=r"nothing\*: no labelled shards match"):
         data.expand([(str(tmp_path / "nothing*"), 1.0)])
+
+
+def test_losses():
+    from model.train import loss_fn
+
+    logits = tf.constant([-2.0, 0.0, 3.0])
+    target = tf.constant([0.1, 0.5, -0.05])
+    q = tf.sigmoid(logits).numpy()
+    t = target.numpy()
+    expected_ce = np.mean(-t * np.log(q) - (1 - t) * np.log(1 - q))
+    np.testing.assert_allclose(loss_fn("cross_entropy")(logits, target).numpy(), expected_ce,
+                               rtol=1e-5)
+    np.testing.assert_allclose(loss_fn("squared_error")(logits, target).numpy(),
+                               np.mean((q - t) ** 2), rtol=1e-5)
+
+
+def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
+    from pipelines.cli import main
+
+    status = main(["train", "--data", str(tmp_path / "none*"), "--workdir", str(tmp_path / "w"),
+                   "--set", "model.preset=tiny"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert err[-1].startswith("qtopt train: error: ") and "none*: no labelled shards" in err[-1]
