@@ -110,7 +110,10 @@ def _collect_fn():
             plan = self.plan
             config = RobotConfig(**plan["robot"])
             self.cell = SimCell(config, plan["objects"], robot_id=f"sim-{os.getpid()}")
-            self.policy = make_policy(plan["policy"], config, plan["epsilon"])
+            from schemas.config import CEMConfig
+
+            self.policy = make_policy(plan["policy"], config, plan["epsilon"],
+                                      CEMConfig(**plan["cem"]))
             self.counts = {name: Metrics.counter(NAMESPACE, name) for name in
                            ("episodes", "successes", "steps", "labelled", "labeller_agrees")}
             self.seconds = Metrics.distribution(NAMESPACE, "episode_ms")
@@ -210,7 +213,7 @@ def make_plan(cfg, out: str, source: str | None) -> dict:
         object_spec, object_label = [o.path for o in pool], "custom"
     policy = c.policy
     if policy not in ("scripted", "random"):
-        make_policy(policy, cfg.robot, c.epsilon)  # a clear error now if it cannot load
+        make_policy(policy, cfg.robot, c.epsilon, cfg.cem)  # a clear error now if it cannot load
         policy_label = f"export:{policy.rstrip('/')}"
         default_source = f"{os.path.basename(policy.rstrip('/'))}-{object_label}"
     else:
@@ -221,7 +224,7 @@ def make_plan(cfg, out: str, source: str | None) -> dict:
         raise UserError(f"--source {source!r}: use letters, digits and _ . : - only")
     return {"out": out, "policy": policy, "policy_label": policy_label, "objects": object_spec,
             "seed": c.seed, "source": source, "epsilon": c.epsilon,
-            "robot": dataclasses.asdict(cfg.robot)}
+            "robot": dataclasses.asdict(cfg.robot), "cem": dataclasses.asdict(cfg.cem)}
 
 
 def _check_plan(out: str, plan: dict) -> None:

@@ -190,9 +190,11 @@ class EpsilonGreedy(Policy):
         return mdp.make_action(terminate=True)
 
 
-def make_policy(name: str, config: RobotConfig | None = None, epsilon: float = 0.2):
-    """``scripted``, ``random``, or a policy export directory (the model's greedy Q policy,
-    wrapped in epsilon-greedy exploration unless epsilon is 0)."""
+def make_policy(name: str, config: RobotConfig | None = None, epsilon: float = 0.2,
+                cem_config=None):
+    """``scripted``, ``random``, or a policy export directory (the model's greedy CEM policy over
+    the export's Polyak copy, ``model.policy.load_policy``, wrapped in epsilon-greedy exploration
+    unless epsilon is 0). TensorFlow is imported only in that last case."""
     from schemas.errors import UserError
 
     config = config or RobotConfig()
@@ -210,5 +212,5 @@ def make_policy(name: str, config: RobotConfig | None = None, epsilon: float = 0
     except ImportError as exc:
         raise UserError(f"policy {name}: the greedy Q policy (model.policy.load_policy) is not "
                         f"available: {exc}") from None
-    greedy = load_policy(name)
+    greedy = load_policy(name, cem_config=cem_config)
     return EpsilonGreedy(greedy, epsilon, config=config) if epsilon > 0 else greedy
