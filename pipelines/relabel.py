@@ -11,10 +11,12 @@ continuously with whatever target network each last loaded, here every transitio
 labelled with the same export, so the target lag is one epoch, known and recorded.
 
 The maths is ``model.targets.compute_targets``; this module only moves records to it in batches.
-``TargetModelHandler`` is a Beam ``ModelHandler``: ``RunInference`` loads the export once per
-worker process and hands it fixed chunks of ``pipeline.relabel_batch_size`` transitions. Chunks
-are cut in reading order and each gets its own CEM seed from its position, so a rerun gives the
-same labels whatever the runner.
+Each worker process loads the export once (``TargetModel`` held in a ``shared.Shared``) and
+relabels whole shards: it reads a shard, labels it in fixed chunks of
+``pipeline.relabel_batch_size`` transitions and writes the labelled shard, so no record crosses
+processes (at paper scale the labelled data never goes through a shuffle). Chunks are cut in
+reading order and each gets its own CEM seed from its position, so a rerun gives the same labels
+whatever the runner. Parallelism is per shard: give the job at least as many shards as workers.
 
 Input shard j (inputs in the order given) becomes output shard j, in the same order, so the
 shuffle of ``qtopt shard`` carries over. Damaged records go to ``dead-letter.jsonl`` with their
@@ -27,10 +29,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-from typing import Any, Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from schemas import fs
 from schemas.errors import RecordError, UserError
@@ -66,54 +67,36 @@ def stack_inputs(records_: Sequence[dict]) -> dict:
     return {name: np.stack([np.asarray(r[name]) for r in records_]) for name in MODEL_INPUTS}
 
 
-class TargetModelHandler(ModelHandler):
-    """RunInference's view of a target export: load it once, label a chunk per call.
+class TargetModel:
+    """The labeller a worker process holds: an export's target copies and the settings for them.
 
-    Elements are pre-batched chunks: lists of ``((shard, record index), transition dict)``.
-    The inference of each element is ``(target, next_action)``, or the ``UserError`` that made
-    its chunk unlabellable, which the next step dead-letters record by record.
+    Built once per process (``shared.Shared`` in ``RelabelShard.setup``); ``label`` turns a chunk
+    of decoded transitions into (targets, next actions) with ``model.targets.compute_targets``.
     """
 
-    def __init__(self, export_path: str, cem_config, target_config):
-        super().__init__()
-        self.export_path = export_path
-        self.cem_config = cem_config
-        self.target_config = target_config
-        self.progress: Optional[tuple[str, str]] = None  # (output, run id) for markers
+    def __init__(self, export, cem_config, target_config):
+        self.export, self.cem_config, self.target_config = export, cem_config, target_config
 
-    def should_skip_batching(self) -> bool:
-        # Elements arrive as fixed chunks: a chunk's seed then depends only on its position.
-        return True
+    @classmethod
+    def load(cls, export_path: str, cem_config, target_config,
+             intra_op_threads: Optional[int] = None) -> "TargetModel":
+        import tensorflow as tf
 
-    def load_model(self):
+        if intra_op_threads:
+            try:  # only possible before TensorFlow's runtime starts in this process
+                tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+            except RuntimeError:
+                pass
         from model.export import load_export
 
-        return load_export(self.export_path, copies=("polyak", "lagged"))
+        return cls(load_export(export_path, copies=("polyak", "lagged")), cem_config,
+                   target_config)
 
-    def run_inference(self, batch: Sequence[Any], model, inference_args=None
-                      ) -> Iterable[PredictionResult]:
+    def label(self, chunk: Sequence[dict], seed: int):
         from model.targets import compute_targets
 
-        chunk = list(batch)
-        if not chunk:
-            return []
-        (shard, first), _ = chunk[0]
-        try:
-            targets, actions = compute_targets(model, stack_inputs([r for _, r in chunk]),
-                                               self.cem_config, self.target_config,
-                                               seed=chunk_seed(shard, first))
-        except UserError as exc:
-            return [PredictionResult(item, exc) for item in chunk]
-        if self.progress:
-            dataset.mark_progress(*self.progress, "label", f"{shard}-{first}", len(chunk))
-        return [PredictionResult(item, (float(t), np.asarray(a, np.float32)))
-                for item, t, a in zip(chunk, targets, actions)]
-
-    def get_metrics_namespace(self) -> str:
-        return f"{NAMESPACE}.inference"
-
-    def share_model_across_processes(self) -> bool:
-        return False
+        return compute_targets(self.export, stack_inputs(chunk), self.cem_config,
+                               self.target_config, seed=seed)
 
 
 def check_export(export_path: str, manifests: Sequence[tuple[str, dict]]):
@@ -131,119 +114,121 @@ def target_version(export) -> str:
     return export.path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _beam_parts(out: str, run_id: str, chunk_size: int, version: str):
+def _relabel_dofn():
     import apache_beam as beam
     from apache_beam.metrics import Metrics
+    from apache_beam.utils import shared
 
-    class ReadChunks(beam.DoFn):
-        """(shard, file) -> chunks of decoded transitions; damaged records dead-lettered."""
+    class RelabelShard(beam.DoFn):
+        """(j, input shard) -> labelled shard j in staging, read and written chunk by chunk.
 
-        def __init__(self):
+        A shard never leaves the worker that reads it: only file names and dead letters cross
+        processes. Chunks of ``chunk_size`` records are cut in reading order, so chunk k of shard
+        j has the same records and the same CEM seed on any runner.
+        """
+
+        def __init__(self, export_path, cem_config, target_config, out, run_id, count,
+                     chunk_size, version, intra_op_threads=None, mark_progress=False):
+            self.export_path, self.cem_config, self.target_config = (export_path, cem_config,
+                                                                     target_config)
+            self.out, self.run_id, self.count = out, run_id, count
+            self.chunk_size, self.version = chunk_size, version
+            self.intra_op_threads, self.mark_progress = intra_op_threads, mark_progress
+            self._shared = shared.Shared()
             self.records_in = Metrics.counter(NAMESPACE, "records_in")
-            self.dead = Metrics.counter(NAMESPACE, "dead_lettered")
-
-        def process(self, item):
-            shard, path = item
-            chunk = []
-            for raw in records.read_file(path):
-                self.records_in.inc()
-                if isinstance(raw, dict):
-                    self.dead.inc()
-                    yield beam.pvalue.TaggedOutput("dead", raw)
-                    continue
-                try:
-                    rec = records.decode_as(raw, ("transition",))
-                except RecordError as exc:
-                    self.dead.inc()
-                    yield beam.pvalue.TaggedOutput("dead", records.letter_from_error(exc, "decode"))
-                    continue
-                rec["_where"] = (raw.path, raw.index, raw.offset)
-                chunk.append(((shard, raw.index), rec))
-                if len(chunk) == chunk_size:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
-
-    class Label(beam.DoFn):
-        """PredictionResult -> (shard, (index, labelled record bytes)), or a dead letter."""
-
-        def __init__(self):
             self.labelled = Metrics.counter(NAMESPACE, "labelled")
             self.dead = Metrics.counter(NAMESPACE, "dead_lettered")
             self.target = Metrics.distribution(NAMESPACE, "target_x1e6")
 
-        def process(self, result):
-            (shard, index), rec = result.example
-            path, rec_index, offset = rec.pop("_where")
-            if isinstance(result.inference, Exception):
-                self.dead.inc()
-                yield beam.pvalue.TaggedOutput("dead", records.dead_letter(
-                    path, rec_index, offset, str(result.inference), "label"))
-                return
-            target, next_action = result.inference
-            rec.update(kind="labelled_transition", target=np.float32(target),
-                       next_action=next_action, target_version=version)
-            try:
-                data = records.encode(rec)
-            except RecordError as exc:  # a non-finite target, say: the record, not the job
-                self.dead.inc()
-                yield beam.pvalue.TaggedOutput("dead", records.letter_from_error(
-                    exc, "label", path, rec_index, offset))
-                return
-            self.labelled.inc()
-            self.target.update(int(round(float(target) * TARGET_SCALE)))
-            yield shard, (index, data)
-
-    class WriteShard(beam.DoFn):
-        def __init__(self, count):
-            self.count = count
+        def setup(self):
+            self.model = self._shared.acquire(
+                lambda: TargetModel.load(self.export_path, self.cem_config, self.target_config,
+                                         self.intra_op_threads),
+                tag=self.export_path)
 
         def process(self, item):
             from schemas.tfrecord_io import RecordWriter
 
-            shard, values = item
-            rows = sorted(v for v in values if v is not None)
+            shard, path = item
             name = dataset.shard_name(shard, self.count)
-            path = fs.join(dataset.staging_dir(out, run_id), name)
-            with RecordWriter(path) as w:
-                for _index, data in rows:
-                    w.write(data)
-            yield {"name": name, "records": len(rows), "bytes": fs.size(path)}
+            staged = fs.join(dataset.staging_dir(self.out, self.run_id), name)
+            letters, written = [], 0
+            with RecordWriter(staged) as writer:
+                chunk = []
+                for raw in records.read_file(path):
+                    self.records_in.inc()
+                    if isinstance(raw, dict):
+                        letters.append(raw)
+                        continue
+                    try:
+                        chunk.append((raw, records.decode_as(raw, ("transition",))))
+                    except RecordError as exc:
+                        letters.append(records.letter_from_error(exc, "decode"))
+                        continue
+                    if len(chunk) == self.chunk_size:
+                        written += self._label(shard, chunk, writer, letters)
+                        chunk = []
+                if chunk:
+                    written += self._label(shard, chunk, writer, letters)
+            self.dead.inc(len(letters))
+            for letter in letters:
+                yield beam.pvalue.TaggedOutput("dead", letter)
+            yield {"name": name, "records": written, "bytes": fs.size(staged)}
 
-    return beam, ReadChunks, Label, WriteShard
+        def _label(self, shard, chunk, writer, letters) -> int:
+            first = chunk[0][0].index
+            try:
+                targets, actions = self.model.label([rec for _, rec in chunk],
+                                                    chunk_seed(shard, first))
+            except UserError as exc:  # e.g. an image size the export does not take
+                letters.extend(records.dead_letter(raw.path, raw.index, raw.offset, str(exc),
+                                                   "label") for raw, _ in chunk)
+                return 0
+            n = 0
+            for (raw, rec), target, action in zip(chunk, targets, actions):
+                rec.update(kind="labelled_transition", target=np.float32(target),
+                           next_action=np.asarray(action, np.float32),
+                           target_version=self.version)
+                try:
+                    data = records.encode(rec)
+                except RecordError as exc:  # a non-finite target: this record, not the job
+                    letters.append(records.letter_from_error(exc, "label", raw.path, raw.index,
+                                                             raw.offset))
+                    continue
+                writer.write(data)
+                n += 1
+                self.labelled.inc()
+                self.target.update(int(round(float(target) * TARGET_SCALE)))
+            if self.mark_progress:
+                dataset.mark_progress(self.out, self.run_id, "label", f"{shard}-{first}",
+                                      len(chunk))
+            return n
+
+    return beam, RelabelShard
 
 
-def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, handler,
+def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, labeller: dict,
           chunk_size: int, version: str, manifest_extra: dict, mark_progress: bool = False):
-    """Add the relabel job to ``pipeline``: shards -> labelled shards in staging -> commit."""
-    beam, ReadChunks, Label, WriteShard = _beam_parts(out, run_id, chunk_size, version)
-    if mark_progress:
-        handler.progress = (out, run_id)
-    from apache_beam.ml.inference.base import RunInference
+    """Add the relabel job to ``pipeline``: shards -> labelled shards in staging -> commit.
 
+    ``labeller``: ``export_path``, ``cem_config``, ``target_config`` and optionally
+    ``intra_op_threads`` (TensorFlow threads per worker process).
+    """
+    beam, RelabelShard = _relabel_dofn()
     count = len(shards)
     staging = dataset.staging_dir(out, run_id)
-    read = (pipeline
-            | "Shards" >> beam.Create(shards)
-            | "Spread shards" >> beam.Reshuffle()
-            | "Read chunks" >> beam.ParDo(ReadChunks()).with_outputs("dead", main="chunks"))
-    # Chunks move between workers here so that a few large shards still use every worker.
-    chunks = read.chunks | "Spread chunks" >> beam.Reshuffle()
-    predicted = chunks | "Targets" >> RunInference(handler)
-    labelled = predicted | "Label" >> (beam.ParDo(Label())
-                                       .with_output_types(tuple[int, tuple[int, bytes]])
-                                       .with_outputs("dead", main="records"))
-    every = pipeline | "Shard indices" >> beam.Create([(i, None) for i in range(count)])
-    files = ((labelled.records, every) | "With empty" >> beam.Flatten()
-             | "Group by shard" >> beam.GroupByKey()
-             | "Write shards" >> beam.ParDo(WriteShard(count)))
-    dead = ((read.dead, labelled.dead) | "Dead letters" >> beam.Flatten()
-            | "All dead" >> beam.combiners.ToList())
+    parts = (pipeline
+             | "Shards" >> beam.Create(shards)
+             | "Spread shards" >> beam.Reshuffle()
+             | "Relabel shards" >> beam.ParDo(RelabelShard(
+                 out=out, run_id=run_id, count=count, chunk_size=chunk_size, version=version,
+                 mark_progress=mark_progress, **labeller)).with_outputs("dead", main="files"))
 
     def commit(_, infos, letters):
-        letters = letters[0]
         infos = sorted(infos, key=lambda i: i["name"])
+        if [i["name"] for i in infos] != [dataset.shard_name(j, count) for j in range(count)]:
+            raise RuntimeError(f"relabel job for {out}: shards written do not match its "
+                               f"{count} inputs; not published")
         dataset.write_dead_letters(fs.join(staging, dataset.DEAD_LETTER), letters)
         manifest = {
             **manifest_extra,
@@ -260,8 +245,8 @@ def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, handle
 
     return (pipeline
             | "Commit trigger" >> beam.Create([None])
-            | "Commit" >> beam.Map(commit, beam.pvalue.AsList(files),
-                                   beam.pvalue.AsList(dead)))
+            | "Commit" >> beam.Map(commit, beam.pvalue.AsList(parts.files),
+                                   beam.pvalue.AsList(parts.dead)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -309,13 +294,14 @@ def run(args: argparse.Namespace) -> int:
     version = target_version(export)
     options = runner.pipeline_options(args.beam_args, cfg.pipeline.direct_num_workers,
                                       "qtopt-relabel")
-    handler = TargetModelHandler(export.path, cfg.cem, cfg.targets)
+    labeller = {"export_path": export.path, "cem_config": cfg.cem, "target_config": cfg.targets,
+                "intra_op_threads": runner.threads_per_worker(options)}
     extra = {"created_by": "qtopt relabel", "epoch": args.epoch, "inputs": [s for s, _ in manifests],
              "export": export.path, "export_step": export.step, "cem": vars_of(cfg.cem),
              "targets": vars_of(cfg.targets),
              "image_shapes": sorted({tuple(s) for _, m in manifests
                                      for s in m.get("image_shapes") or []})}
-    return execute(options, shards, out, handler, cfg.pipeline.relabel_batch_size, version, extra,
+    return execute(options, shards, out, labeller, cfg.pipeline.relabel_batch_size, version, extra,
                    sum(m["counts"]["transitions"] for _, m in manifests))
 
 
@@ -325,13 +311,13 @@ def vars_of(section) -> dict:
     return dataclasses.asdict(section)
 
 
-def execute(options, shards, out, handler, chunk_size, version, extra, total=None) -> int:
+def execute(options, shards, out, labeller, chunk_size, version, extra, total=None) -> int:
     from pipelines.shard import report
 
     run_id = dataset.new_run_id()
     local = runner.is_local(options)
     pipeline = runner.new_pipeline(options)
-    build(pipeline, shards, out, run_id, handler, chunk_size, version, extra,
+    build(pipeline, shards, out, run_id, labeller, chunk_size, version, extra,
           mark_progress=local)
 
     def poll():

@@ -206,6 +206,20 @@ def describe_dry_run(pipeline, result) -> dict:
     return info
 
 
+def threads_per_worker(options) -> int | None:
+    """Cores per local worker process (for TensorFlow's thread pools), or None off this machine.
+
+    Local workers share this machine's cores; each TensorFlow runtime would otherwise start a
+    thread per core and the processes would fight over them.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    if runner_name(options) not in _DIRECT_ALIASES:
+        return None
+    workers = options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def run_pipeline(pipeline, wait: bool = True):
     """Run a built pipeline; wait for it unless ``wait`` is false (a Dataflow job keeps going)."""
     result = pipeline.run()

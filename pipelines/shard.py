@@ -241,6 +241,14 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
     def commit(_, infos, cat, n_dead, image_shapes):
         infos = sorted(infos, key=lambda i: i["name"])
         cat = cat[0]
+        # Two branches of the job counted the same episodes; if they disagree, the runner lost
+        # or repeated data and nothing is published.
+        written = sum(i["records"] for i in infos)
+        expected = sum(s["transitions"] for s in cat["by_source"].values())
+        if written != expected or len(infos) != num_shards:
+            raise RuntimeError(f"shard job for {out}: wrote {written} transitions in "
+                               f"{len(infos)} shards, but its episodes hold {expected} in "
+                               f"{num_shards}; not published")
         manifest = {
             **manifest_extra,
             "kind": "transition",
