@@ -132,7 +132,8 @@ class Trainer:
             self.step.assign_add(1)
             return tf.constant(True)
 
-        # A bad step changes nothing, so the weights stay those of the last good step.
+        # A non-finite step applies no update, so weights, optimizer state and target copies stay
+        # those of the last good step (the loop stops right after it and saves nothing).
         tf.cond(finite, apply, lambda: tf.constant(False))
         return {"loss": data_loss, "finite": finite, "mean_q": tf.reduce_mean(tf.sigmoid(logits)),
                 "mean_target": tf.reduce_mean(target)}
