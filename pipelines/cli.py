@@ -31,6 +31,7 @@ COMMANDS = {
                                        "bin-emptying protocols; result, report, plots"),
     "finetune": ("pipelines.finetune", "joint finetuning: rounds of on-policy collect, shard, "
                                        "relabel, train"),
+    "study": ("pipelines.study", "dataset-size study: subsample, train, evaluate each subset"),
     "demo": ("pipelines.demo", "the whole system end to end on local defaults (make demo)"),
     "train": ("model.train_cmd", "train the Q-function on labelled shards; checkpoints, exports"),
 }

@@ -44,6 +44,56 @@ def initial_export(cfg, workdir: str) -> str:
     return Trainer(cfg, [], workdir, input_dataset=iter(())).export()
 
 
+def train_offline(cfg, phase, transitions: str, labelled: str, train_dir: str, epochs: int,
+                  cargs: list) -> None:
+    """Batch epochs of the Bellman updater: relabel with the newest export, then train
+    ``train.steps`` more steps. Each step is a phase, so a killed run resumes at the next one."""
+    exports = fs.join(train_dir, "exports")
+    phase("initial-export", lambda: initial_export(cfg, train_dir))
+    for k in range(epochs):
+        phase(f"relabel-{k}", lambda k=k: invoke([
+            "relabel", "--input", transitions, "--export", exports, "--output", labelled,
+            "--epoch", k, *cargs]))
+        phase(f"train-{k}", lambda k=k: invoke([
+            "train", "--data", fs.join(labelled, f"epoch-{k}"), "--workdir", train_dir,
+            "--until-step", (k + 1) * cfg.train.steps, *cargs]))
+        if k > 0:  # superseded labels; the transitions stay
+            fs.remove(fs.join(labelled, f"epoch-{k - 1}"), recursive=True)
+
+
+def config_args(args) -> list:
+    """The --preset/--config/--set of this command, to pass on to the commands it runs."""
+    out = ["--preset", args.preset]
+    for path in args.config:
+        out += ["--config", path]
+    for item in args.overrides:
+        out += ["--set", item]
+    return out
+
+
+class Phases:
+    """Named steps of a long job, recorded in a JSON state file as each one completes."""
+
+    def __init__(self, path: str, config: dict, label: str):
+        self.path, self.label = path, label
+        self.state = json.loads(fs.read_text(path)) if fs.exists(path) else {"done": []}
+        if self.state.get("config") not in (None, config):
+            raise UserError(f"{path}: this run was made with another configuration; use "
+                            "another run directory or remove it")
+        self.state["config"] = config
+
+    def __call__(self, name: str, fn) -> None:
+        if name in self.state["done"]:
+            print(f"{self.label}: {name} already done", flush=True)
+            return
+        start = time.monotonic()
+        print(f"{self.label}: --- {name} ---", flush=True)
+        fn()
+        self.state["done"].append(name)
+        self.state.setdefault("seconds", {})[name] = round(time.monotonic() - start, 1)
+        fs.write_text(self.path, json.dumps(self.state, indent=1, sort_keys=True))
+
+
 def _grasps(directory: str) -> int:
     """Episodes (grasp attempts) in a transition dataset, from its manifest."""
     return int(dataset.read_manifest(directory)["counts"]["episodes"])
@@ -73,51 +123,21 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     run_dir = args.run.rstrip("/")
     fs.makedirs(run_dir)
-    cargs = ["--preset", args.preset]
-    for path in args.config:
-        cargs += ["--config", path]
-    for item in args.overrides:
-        cargs += ["--set", item]
-    state_path = fs.join(run_dir, STATE)
-    state = json.loads(fs.read_text(state_path)) if fs.exists(state_path) else {"done": []}
-    if state.get("config") not in (None, cfg.to_dict()):
-        raise UserError(f"{run_dir} holds a demo run with another configuration; use another "
-                        "--run or remove it")
-    state["config"] = cfg.to_dict()
+    cargs = config_args(args)
+    phase = Phases(fs.join(run_dir, STATE), {**cfg.to_dict(), "epochs": args.epochs}, "demo")
     t0 = time.monotonic()
-
-    def phase(name: str, fn) -> None:
-        if name in state["done"]:
-            print(f"demo: {name} already done", flush=True)
-            return
-        start = time.monotonic()
-        print(f"demo: --- {name} ---", flush=True)
-        fn()
-        state["done"].append(name)
-        state.setdefault("seconds", {})[name] = round(time.monotonic() - start, 1)
-        fs.write_text(state_path, json.dumps(state, indent=1, sort_keys=True))
 
     episodes = fs.join(run_dir, "episodes", "scripted-train")
     transitions = fs.join(run_dir, "transitions", "scripted")
     labelled = fs.join(run_dir, "labelled")
     train_dir = fs.join(run_dir, "train")
     exports = fs.join(train_dir, "exports")
-    steps = cfg.train.steps
 
     phase("collect", lambda: invoke(["collect", "--policy", "scripted", "--objects", "train",
                                      "--out", episodes, *cargs]))
     phase("shard", lambda: invoke(["shard", "--input", fs.join(episodes, "*.tfrecord.gz"),
                                    "--output", transitions, *cargs]))
-    phase("initial-export", lambda: initial_export(cfg, train_dir))
-    for k in range(args.epochs):
-        phase(f"relabel-{k}", lambda k=k: invoke([
-            "relabel", "--input", transitions, "--export", exports, "--output", labelled,
-            "--epoch", k, *cargs]))
-        phase(f"train-{k}", lambda k=k: invoke([
-            "train", "--data", fs.join(labelled, f"epoch-{k}"), "--workdir", train_dir,
-            "--until-step", (k + 1) * steps, *cargs]))
-        if k > 0:  # superseded labels; the transitions stay
-            fs.remove(fs.join(labelled, f"epoch-{k - 1}"), recursive=True)
+    train_offline(cfg, phase, transitions, labelled, train_dir, args.epochs, cargs)
     phase("finetune", lambda: invoke(["finetune", "--run", run_dir, "--offline", transitions,
                                       "--init", train_dir, *cargs]))
     finetuned = fs.join(run_dir, "finetune", "train", "exports")

@@ -1,0 +1,124 @@
+"""``qtopt study dataset-size``: success against dataset size (the paper's table 6).
+
+    qtopt study dataset-size --transitions runs/demo/transitions/scripted \\
+                             --fractions 0.25,0.55,1.0 --run runs/study
+
+For each fraction: ``qtopt subsample`` keeps that stable share of the episodes (the subsets are
+nested: the 25% set is inside the 55% set), the same offline training as the demo runs on it
+(relabel/train epochs with the same configuration), and ``qtopt evaluate`` scores the result on
+test objects. Writes ``RUN/results.json``, ``RUN/results.md`` (the table) and
+``RUN/success_vs_size.png``. Every step is a recorded phase: rerunning after a kill goes on
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+from pipelines import dataset
+from pipelines.cli import add_config_arguments, config_from_args, invoke
+from pipelines.demo import Phases, config_args, train_offline
+from schemas import fs
+from schemas.errors import UserError
+
+
+def parse_fractions(text: str) -> list[float]:
+    try:
+        values = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise UserError(f"--fractions {text!r}: expected comma-separated numbers") from None
+    if not values or any(not 0.0 < v <= 1.0 for v in values):
+        raise UserError(f"--fractions {text!r}: each must be in (0, 1]")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", choices=["dataset-size"], help="which study")
+    parser.add_argument("--transitions", required=True, metavar="DIR",
+                        help="the full transition dataset (from qtopt shard)")
+    parser.add_argument("--fractions", default="0.25,0.55,1.0",
+                        help="shares of episodes to train on (default 0.25,0.55,1.0)")
+    parser.add_argument("--run", required=True, metavar="DIR", help="study directory")
+    parser.add_argument("--epochs", type=int, default=2, help="relabel/train epochs per subset")
+    parser.add_argument("--objects", default="test", help="objects to evaluate on (test)")
+    add_config_arguments(parser)
+
+
+def _plot(rows: list[dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    x = [r["grasps"] for r in rows]
+    y = [100 * r["rate"] for r in rows]
+    err = [[100 * (r["rate"] - r["ci95"][0]) for r in rows],
+           [100 * (r["ci95"][1] - r["rate"]) for r in rows]]
+    ax.errorbar(x, y, yerr=err, marker="o", capsize=4)
+    ax.set_xlabel("grasps (episodes) trained on")
+    ax.set_ylabel("success on test objects, % (95% CI)")
+    ax.set_ylim(0, 100)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    fractions = parse_fractions(args.fractions)
+    manifest = dataset.read_manifest(args.transitions)
+    if manifest.get("kind") != "transition":
+        raise UserError(f"--transitions {args.transitions}: holds {manifest.get('kind')} "
+                        "records; give a dataset from qtopt shard")
+    run_dir = args.run.rstrip("/")
+    fs.makedirs(run_dir)
+    cargs = config_args(args)
+    phase = Phases(fs.join(run_dir, "study-state.json"),
+                   {**cfg.to_dict(), "transitions": args.transitions, "epochs": args.epochs,
+                    "objects": args.objects}, "study")
+    rows = []
+    for f in fractions:
+        tag = f"fraction-{f:g}"
+        sub = fs.join(run_dir, tag)
+        transitions = fs.join(sub, "transitions")
+        phase(f"{tag}/subsample", lambda f=f, transitions=transitions: invoke([
+            "subsample", "--input", args.transitions, "--fraction", f, "--output", transitions,
+            *cargs]))
+        inner = _Prefixed(phase, tag)
+        train_offline(cfg, inner, transitions, fs.join(sub, "labelled"), fs.join(sub, "train"),
+                      args.epochs, cargs)
+        phase(f"{tag}/evaluate", lambda sub=sub: invoke([
+            "evaluate", "--policy", fs.join(sub, "train", "exports"), "--objects", args.objects,
+            "--out", fs.join(sub, "eval"), *cargs]))
+        result = json.loads(fs.read_text(fs.join(sub, "eval", "result.json")))["replacement"]
+        counts = dataset.read_manifest(transitions)["counts"]
+        rows.append({"fraction": f, "grasps": int(counts["episodes"]),
+                     "transitions": int(counts["transitions"]), "rate": result["rate"],
+                     "ci95": result["ci95"], "attempts": result["attempts"]})
+    lines = ["| share of episodes | grasps | transitions | success on test objects | "
+             "95% interval |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {100 * r['fraction']:.0f}% | {r['grasps']} | {r['transitions']} | "
+                     f"{100 * r['rate']:.1f}% | {100 * r['ci95'][0]:.1f}-"
+                     f"{100 * r['ci95'][1]:.1f}% |")
+    text = "\n".join(lines)
+    fs.write_text(fs.join(run_dir, "results.md"), text + "\n")
+    fs.write_text(fs.join(run_dir, "results.json"), json.dumps(rows, indent=1))
+    fs.write_bytes(fs.join(run_dir, "success_vs_size.png"), _plot(rows))
+    print(text, flush=True)
+    return 0
+
+
+class _Prefixed:
+    """The same phase recorder, with the subset's name in front of every phase."""
+
+    def __init__(self, phase, prefix: str):
+        self.phase, self.prefix = phase, prefix
+
+    def __call__(self, name: str, fn) -> None:
+        self.phase(f"{self.prefix}/{name}", fn)
