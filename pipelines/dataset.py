@@ -137,13 +137,17 @@ def mark_progress(out: str, run_id: str, stage: str, key: str, count: int = 1) -
     fs.write_bytes(fs.join(out, STAGING, run_id, PROGRESS, stage, f"{key}={count}"), b"")
 
 
-def progress_counts(out: str, run_id: str) -> dict:
-    """{stage: (markers, summed counts)} so far."""
+def progress_counts(out: str, run_id: str, seen: dict | None = None) -> dict:
+    """{stage: (markers, summed counts)} so far.
+
+    Pass the same ``seen`` dict on every call to get counts that never go back, as when the
+    staging directory (markers included) is removed on publication.
+    """
     root = fs.join(out, STAGING, run_id, PROGRESS)
-    out_counts = {}
+    out_counts = seen if seen is not None else {}
     for stage_dir in fs.listdir(root):
         stage = stage_dir.rstrip("/").rsplit("/", 1)[-1]
         names = [p.rsplit("/", 1)[-1] for p in fs.listdir(stage_dir)]
         total = sum(int(n.rsplit("=", 1)[1]) for n in names if "=" in n)
-        out_counts[stage] = (len(names), total)
+        out_counts[stage] = max(out_counts.get(stage, (0, 0)), (len(names), total))
     return out_counts

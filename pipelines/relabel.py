@@ -320,8 +320,10 @@ def execute(options, shards, out, labeller, chunk_size, version, extra, total=No
     build(pipeline, shards, out, run_id, labeller, chunk_size, version, extra,
           mark_progress=local)
 
+    seen: dict = {}
+
     def poll():
-        n = dataset.progress_counts(out, run_id).get("label", (0, 0))[1]
+        n = dataset.progress_counts(out, run_id, seen).get("label", (0, 0))[1]
         return f"labelled {n}/{total if total is not None else '?'} transitions"
 
     print(f"relabel: {len(shards)} shards -> {out} (targets from {version}, runner "

@@ -314,8 +314,10 @@ def execute(options, files, out, num_shards, seed, manifest_extra) -> int:
     pipeline = runner.new_pipeline(options)
     build(pipeline, files, out, run_id, num_shards, seed, manifest_extra, mark_progress=local)
 
+    seen: dict = {}
+
     def poll():
-        c = dataset.progress_counts(out, run_id)
+        c = dataset.progress_counts(out, run_id, seen)
         r, w = c.get("read", (0, 0)), c.get("write", (0, 0))
         return (f"read {r[0]}/{len(files)} files ({r[1]} episodes), "
                 f"wrote {w[0]}/{num_shards} shards ({w[1]} transitions)")

@@ -156,8 +156,10 @@ def run(args: argparse.Namespace) -> int:
     build(pipeline, src, manifest_in, out, run_id, args.fraction, seed, mark_progress=local)
     total = len(manifest_in["files"])
 
+    seen: dict = {}
+
     def poll():
-        w = dataset.progress_counts(out, run_id).get("write", (0, 0))
+        w = dataset.progress_counts(out, run_id, seen).get("write", (0, 0))
         return f"wrote {w[0]}/{total} shards ({w[1]} records kept)"
 
     print(f"subsample: {src} -> {out} ({args.fraction:g} of episodes, salt {seed})", flush=True)
