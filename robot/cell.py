@@ -24,7 +24,7 @@ import pybullet
 import pybullet_data
 from pybullet_utils.bullet_client import BulletClient
 
-from robot import mdp, objects
+from robot import camera, mdp, objects
 from robot.interface import Outcome, Robot
 from schemas.config import RobotConfig
 from schemas.errors import ConfigError, UserError
@@ -50,9 +50,6 @@ FINGER_CLOSED = FINGER_HALF[1]       # pads meet
 GRIPPER_MAX_FORCE = 200.0            # newtons the pose constraint may apply
 FLANGE_ABOVE_GRASP = 2 * FINGER_HALF[2] + 2 * PALM_HALF[2] + 0.045
 
-CAMERA_EYE = (0.1, 0.5, 0.9)        # over the arm's shoulder, looking down at the tray
-CAMERA_TARGET = (0.62, 0.0, 0.0)
-CAMERA_FOV = 42.0
 # (radius, colour) of the capsule drawn for each iiwa link, base to flange.
 _GREY, _ORANGE = (0.55, 0.57, 0.6, 1.0), (0.95, 0.45, 0.1, 1.0)
 ARM_LINKS = ((0.07, _GREY), (0.065, _ORANGE), (0.065, _GREY), (0.06, _ORANGE), (0.06, _GREY),
@@ -82,8 +79,9 @@ class SimCell(Robot):
                                       useFixedBase=True)
         self._arm_joints = list(range(self._ik.getNumJoints(self._arm)))
         size = self.config.image_size
-        self._view = self._p.computeViewMatrix(CAMERA_EYE, CAMERA_TARGET, (0, 0, 1))
-        self._proj = self._p.computeProjectionMatrixFOV(CAMERA_FOV, 1.0, 0.05, 3.0)
+        self._view = self._p.computeViewMatrix(camera.EYE, camera.TARGET, camera.UP)
+        self._proj = self._p.computeProjectionMatrixFOV(camera.FOV_DEGREES, 1.0, camera.NEAR,
+                                                        camera.FAR)
         self._size = size
         self._steps = 0
         self._done = True
@@ -182,8 +180,8 @@ class SimCell(Robot):
                 body = p.loadURDF(obj.path, pos, orn, flags=CACHED)
             except pybullet.error:
                 raise UserError(f"object file {obj.path}: pybullet cannot load it") from None
-            # Objects at rest sleep and drop out of the solver until something touches them:
-            # most of the tray is still most of the time.
+            # An object left at rest for a while (bullet's two seconds) sleeps and drops out of
+            # the solver until something touches it: long episodes get cheaper, nothing changes.
             p.changeDynamics(body, -1, activationState=p.ACTIVATION_STATE_ENABLE_SLEEPING)
             self._bodies.append(body)
             self._object_ids.append(obj.object_id)
