@@ -1,0 +1,109 @@
+"""Joint finetuning end to end with real physics, Beam and training: a finetune process group
+killed with SIGKILL in each phase of a round resumes without losing or duplicating data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipelines import dataset
+from pipelines.cli import invoke
+from pipelines.demo import initial_export
+from schemas import fs, tfrecord_io
+from schemas.config import load_config
+
+SETS = ["robot.image_size=32", "model.preset=tiny", "train.batch_size=8", "train.steps=4",
+        "train.shuffle_buffer=16", "collect.episodes_per_block=2", "pipeline.num_shards=2",
+        "pipeline.direct_num_workers=1", "finetune.rounds=2", "finetune.episodes_per_round=4",
+        "finetune.steps_per_transition=0.5", "finetune.ramp_steps=20", "finetune.ramp_chunk=5",
+        "cem.samples=16", "cem.elites=4"]
+ARGS = [a for s in SETS for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory):
+    """A small real offline run: scripted episodes, shard, one relabel and a few train steps."""
+    root = tmp_path_factory.mktemp("offline")
+    cfg = load_config("demo", overrides=SETS)
+    invoke(["collect", "--policy", "scripted", "--episodes", 4, "--out", root / "episodes",
+            *ARGS])
+    invoke(["shard", "--input", root / "episodes" / "*.tfrecord.gz",
+            "--output", root / "transitions", *ARGS])
+    initial_export(cfg, str(root / "train"))
+    invoke(["relabel", "--input", root / "transitions", "--export", root / "train" / "exports",
+            "--output", root / "labelled", "--epoch", 0, *ARGS])
+    invoke(["train", "--data", root / "labelled" / "epoch-0", "--workdir", root / "train",
+            "--until-step", 4, "--no-progress", *ARGS])
+    return root
+
+
+def _finetune_cmd(run, offline):
+    return [sys.executable, "-m", "pipelines.cli", "finetune", "--run", str(run),
+            "--offline", str(offline / "transitions"), "--init", str(offline / "train"), *ARGS]
+
+
+def _run_until(cmd, trigger: str, delay: float, timeout: float = 240) -> bool:
+    """Run cmd; SIGKILL its whole process group ``delay`` s after a line starting with
+    ``trigger`` appears. Returns True if it was killed, False if it finished first."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        for line in proc.stdout:
+            if line.startswith(trigger):
+                time.sleep(delay)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            assert time.monotonic() < deadline, "finetune took too long"
+        assert proc.wait() == 0
+        return False
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_finetune_resumes_after_a_kill_in_every_phase(offline, tmp_path):
+    run = tmp_path / "run"
+    cmd = _finetune_cmd(run, offline)
+    killed = []
+    for trigger, delay in (("collect:", 4.0), ("shard:", 1.0), ("relabel:", 2.0),
+                           ("finetune: round 0 trains", 1.5)):
+        if _run_until(cmd, trigger, delay):
+            killed.append(trigger)
+    assert killed, "no phase was interrupted"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    state = json.loads((run / "finetune" / "state.json").read_text())
+    assert state["round"] == 2 and state["done"] == []
+    online = 0
+    for r in range(2):
+        ids = []
+        steps = 0
+        for path in fs.glob(str(run / "finetune" / "episodes" / f"round-{r:03d}" / "*.gz")):
+            for ep in tfrecord_io.read_records(path):
+                ids.append(ep["episode_id"])
+                steps += int(ep["num_steps"])
+        assert len(ids) == 4 and len(set(ids)) == 4          # nothing lost, nothing twice
+        manifest = dataset.read_manifest(str(run / "finetune" / "transitions" / f"round-{r:03d}"))
+        assert manifest["counts"]["transitions"] == steps
+        online += steps
+    assert state["online_transitions"] == online
+    # The balancer: 0.5 gradient steps per on-policy transition, all rounds together.
+    assert state["steps_done"] == int(0.5 * online)
+    labelled = dataset.read_manifest(str(run / "finetune" / "labelled" / "online" / "epoch-1"))
+    assert labelled["counts"]["transitions"] == online
+    assert not (run / "finetune" / "labelled" / "online" / "epoch-0").exists()
+    # The offline run was not touched.
+    assert json.loads(json.dumps(dataset.read_manifest(str(offline / "transitions"))))
+    ckpts = sorted(p.name for p in (offline / "train" / "checkpoints").glob("ckpt-*"))
+    assert ckpts == ["ckpt-4.data-00000-of-00001", "ckpt-4.index"], ckpts
+    assert '"ckpt-4"' in (offline / "train" / "checkpoints" / "checkpoint").read_text()
