@@ -1,6 +1,6 @@
 """Throughput of the Beam jobs against doing the same work in one process. Prints one JSON line.
 
-    python -m benchmarks.pipelines [--episodes 200] [--image-size 64] [--workdir DIR]
+    python -m benchmarks.pipelines [--episodes 300] [--image-size 64] [--workdir DIR] [Beam options]
 
 Relabel: the transitions of ``--episodes`` demo-size episodes (fake data, 64x64 by default) and
 one export of the demo network (random weights; CEM does the same work whatever the weights).
@@ -123,7 +123,9 @@ def bench_relabel(root: str, image_size: int, workers: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--episodes", type=int, default=300,
+                        help="fake episodes of 10 steps (300: ~3000 transitions, like the demo "
+                             "collection of 200 scripted episodes)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="local Beam workers; 0 = cores")
     parser.add_argument("--workdir", default=None, help="kept if given; else a temporary dir")

@@ -218,8 +218,7 @@ def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, labell
     count = len(shards)
     staging = dataset.staging_dir(out, run_id)
     parts = (pipeline
-             | "Shards" >> beam.Create(shards)
-             | "Spread shards" >> beam.Reshuffle()
+             | "Shards" >> beam.Create(shards)  # Create redistributes its elements itself
              | "Relabel shards" >> beam.ParDo(RelabelShard(
                  out=out, run_id=run_id, count=count, chunk_size=chunk_size, version=version,
                  mark_progress=mark_progress, **labeller)).with_outputs("dead", main="files"))

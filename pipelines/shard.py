@@ -210,8 +210,7 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
 
     staging = dataset.staging_dir(out, run_id)
     read = (pipeline
-            | "Files" >> beam.Create(files)
-            | "Spread files" >> beam.Reshuffle()
+            | "Files" >> beam.Create(files)  # Create redistributes its elements itself
             | "Read episodes" >> beam.ParDo(ReadEpisodes(out, run_id, mark_progress))
             .with_outputs("dead", main="episodes"))
     episodes = read.episodes

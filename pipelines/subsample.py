@@ -76,8 +76,7 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
             yield {"name": name, "records": n, "bytes": fs.size(fs.join(staging, name))}
 
     parts = (pipeline
-             | "Shards" >> beam.Create(shards)
-             | "Spread shards" >> beam.Reshuffle()
+             | "Shards" >> beam.Create(shards)  # Create redistributes its elements itself
              | "Filter shards" >> beam.ParDo(FilterShard()).with_outputs("dead", main="files"))
 
     def commit(_, infos, letters):

@@ -174,3 +174,20 @@ def test_relabel_refuses_labelled_or_incomplete_input(labelled, data, tmp_path, 
     assert relabel(tmp_path / "nothing", export, tmp_path / "x", 1) == 2
     assert "does not exist" in capsys.readouterr().err
 
+
+
+def test_several_inputs_are_labelled_together(data, tmp_path):
+    _root, ds, export = data
+    half = tmp_path / "half"
+    assert qtopt("subsample", "-i", ds, "--fraction", 0.5, "-o", half, *IN_PROCESS) == 0
+    out = tmp_path / "labelled"
+    assert relabel(ds, export, out, 2, "-i", half, *IN_PROCESS) == 0
+    m = manifest(out / "epoch-2")
+    assert m["inputs"] == [str(ds), str(half)] and m["num_shards"] == 4
+    recs = read_all(out / "epoch-2")
+    assert len(recs) == len(read_all(ds)) + len(read_all(half))
+    # Input shard j is output shard j: the subsample's shards come last, in their order.
+    tail = [(r["episode_id"], int(r["step"])) for r in read_all_file(
+        out / "epoch-2" / "shard-00003-of-00004.tfrecord.gz")]
+    assert tail == [(r["episode_id"], int(r["step"])) for r in read_all_file(
+        half / "shard-00001-of-00002.tfrecord.gz")]

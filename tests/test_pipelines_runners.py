@@ -72,10 +72,18 @@ def _dry_run(capsys, *args):
     return json.loads(out.split("nothing submitted: ", 1)[1])
 
 
-@pytest.mark.parametrize("command", ["shard", "subsample", "relabel"])
-def test_every_pipeline_builds_a_dataflow_job(inputs, command, capsys):
+@pytest.mark.parametrize("command", [
+    "shard", "subsample", "relabel",
+    pytest.param("collect", marks=pytest.mark.xfail(
+        strict=True, reason="qtopt collect checks its output after the job, even after a dry "
+                            "run (pipelines/collect.py: skip that when runner.is_dry_run)")),
+])
+def test_every_pipeline_builds_a_dataflow_job(inputs, command, capsys, tmp_path):
     bucket = "gs://qtopt-test-bucket/work"
     args = {
+        # collect reads its output directory on the launcher, so that one stays local here.
+        "collect": ["collect", "--policy", "scripted", "--episodes", 4,
+                    "--out", tmp_path / "episodes"],
         "shard": ["shard", "-i", f"{inputs}/episodes/*.gz", "-o", f"{bucket}/transitions/ds"],
         "subsample": ["subsample", "-i", inputs / "ds", "--fraction", 0.5,
                       "-o", f"{bucket}/transitions/half"],
@@ -86,9 +94,10 @@ def test_every_pipeline_builds_a_dataflow_job(inputs, command, capsys):
     assert info["runner"] == "DataflowRunner" and info["submitted"] is False
     assert info["job_name"].startswith(f"qtopt-{command}-")
     assert "workflow.tar.gz" in info["staged"]  # the project's sdist, for the workers
-    assert "Commit" in info["steps"] and info["transforms"] > 10
-    expected = {"shard": "Read episodes", "subsample": "Filter shards", "relabel": "Targets"}
-    assert expected[command] in info["steps"]
+    assert info["transforms"] > 5
+    expected = {"shard": ["Read episodes", "Commit"], "subsample": ["Filter shards", "Commit"],
+                "relabel": ["Relabel shards", "Commit"], "collect": ["Collect"]}[command]
+    assert set(expected) <= set(info["steps"])
 
 
 @pytest.fixture
