@@ -323,7 +323,9 @@ def execute(options, shards, out, labeller, chunk_size, version, extra, total=No
 
     def poll():
         n = dataset.progress_counts(out, run_id, seen).get("label", (0, 0))[1]
-        return f"labelled {n}/{total if total is not None else '?'} transitions"
+        status = f"labelled {n}/{total if total is not None else '?'} transitions"
+        # The first chunk waits for every worker to import TensorFlow and load the export.
+        return status if n else status + " (workers loading the export)"
 
     print(f"relabel: {len(shards)} shards -> {out} (targets from {version}, runner "
           f"{runner.runner_name(options)})", flush=True)
