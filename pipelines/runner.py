@@ -141,22 +141,23 @@ def pipeline_options(beam_args: Sequence[str] | None = None, num_workers: int = 
 
     args = resolve_args(beam_args, num_workers, job_name)
     options = PipelineOptions(args)
-    unknown = _unknown_options(options, args)
+    unknown = _unknown_options(args)
     if unknown:
         raise UserError(f"unknown option {unknown[0]} (neither a qtopt option nor a Beam "
                         "pipeline option)")
     return options
 
 
-def _unknown_options(options, args: Sequence[str]) -> list[str]:
-    known = set(options.get_all_options(retain_unknown_options=False))
-    out = []
-    for a in args:
-        if a.startswith("--"):
-            name = a[2:].split("=", 1)[0]
-            if name.replace("-", "_") not in known and name not in known:
-                out.append(a.split("=", 1)[0])
-    return out
+def _unknown_options(args: Sequence[str]) -> list[str]:
+    """The ``--flags`` in ``args`` that no Beam options class defines (Beam would drop them)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    classes = {str(c): c for c in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001  (how Beam itself collects its options)
+    _known, unknown = parser.parse_known_args(list(args))
+    return [a.split("=", 1)[0] for a in unknown if a.startswith("--")]
 
 
 def runner_name(options) -> str:

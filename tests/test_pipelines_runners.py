@@ -38,8 +38,9 @@ def test_other_runners_and_options_pass_through():
     assert any(a.startswith("--job_name=qtopt-shard-") for a in dataflow)
     own = runner.resolve_args(DATAFLOW + ["--sdk_container_image=img", "--job_name=mine"])
     assert not any(a.startswith("--setup_file") for a in own) and own[-1] == "--job_name=mine"
-    options = runner.pipeline_options(DATAFLOW + ["--num_workers", "7"])
+    options = runner.pipeline_options(DATAFLOW + ["--num_workers", "7", "--no_use_public_ips"])
     assert options.get_all_options()["num_workers"] == 7
+    assert options.get_all_options()["use_public_ips"] is False  # a flag named unlike its dest
     with pytest.raises(runner.UserError, match="--no_such_option"):
         runner.pipeline_options(["--no_such_option=1"])
 
