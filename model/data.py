@@ -8,12 +8,25 @@ transition of a known schema version with the image shape the model expects, so 
 fails with its name rather than deep inside TensorFlow. Records past the first are still checked
 for their version in the graph, and that error names the file too.
 
+Local shards are read by ``tf.data.TFRecordDataset`` directly. Remote ones (``gs://`` or any fsspec
+URL) are first copied through ``schemas.fs`` into a local cache, because TensorFlow's own GCS client
+cannot be pointed at another endpoint (an emulator, a private one) and a streamed Python generator
+would make the input position impossible to checkpoint; errors still name the remote file.
+
 Augmentation (appendix D.1) is a random crop (pad by ``crop_pad`` pixels, crop back) and brightness
 [-0.125, 0.125], contrast [0.5, 1.5] and saturation [0.5, 1.5], drawn per image from stateless
 seeds indexed by the batch number, so a resumed run sees the same augmentations.
 """
 
 from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +38,9 @@ from schemas.tf_codec import parse_batch
 KIND = "labelled_transition"
 # Every job publishes a dataset directory by writing this file last (DESIGN.md).
 DATASET_MANIFEST = "manifest.json"
+# Cached shards unused for this long are deleted when a run stages its own, so that a finetune's
+# chunks keep reusing the offline data while old epochs do not pile up.
+CACHE_MAX_IDLE_S = 24 * 3600
 
 
 def expand(datasets) -> list[tuple[list[str], float]]:
@@ -56,16 +72,73 @@ def expand(datasets) -> list[tuple[list[str], float]]:
     return out
 
 
-def check_shards(paths, image_shape) -> None:
-    """UserError naming the first file whose first record is not a usable labelled transition."""
-    for path in paths:
+def default_cache_dir() -> str:
+    return os.path.join(os.environ.get("QTOPT_STAGING_DIR")
+                        or os.path.join(tempfile.gettempdir(), "qtopt-staging"), "shards")
+
+
+def stage(files: list[str], cache_dir: str | None = None) -> list[str]:
+    """Local paths for ``files``: local ones as they are, remote ones copied into ``cache_dir``.
+
+    A copy is named after the URL and the object's version (generation or checksum, else size
+    and mtime), so a shard republished under the same name is fetched again, and a finished
+    copy is never rewritten: concurrent runs on one machine can share the cache.
+    """
+    if not any(fs.is_remote(f) for f in files):
+        return list(files)
+    cache_dir = cache_dir or default_cache_dir()
+    os.makedirs(cache_dir, exist_ok=True)
+    now = time.time()
+    for name in os.listdir(cache_dir):
+        path = os.path.join(cache_dir, name)
         try:
-            first = next(tfrecord_io.iter_raw(path), None)
+            if now - os.path.getmtime(path) > CACHE_MAX_IDLE_S:
+                os.remove(path)
+        except OSError:
+            pass
+
+    def fetch(url: str) -> str:
+        filesystem, inner = fs.filesystem(url)
+        info = filesystem.info(inner)
+        version = [str(info.get(k)) for k in ("generation", "md5Hash", "crc32c", "etag",
+                                               "mtime", "LastModified", "size") if info.get(k)]
+        key = hashlib.sha256("\0".join([url] + version).encode()).hexdigest()[:20]
+        local = os.path.join(cache_dir, f"{key}-{os.path.basename(url)}")
+        if os.path.exists(local) and os.path.getsize(local) == int(info["size"]):
+            os.utime(local)
+            return local
+        tmp = f"{local}{fs.TMP_MARKER}{uuid.uuid4().hex[:8]}"
+        try:
+            with fs.open_file(url, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+            if os.path.getsize(tmp) != int(info["size"]):
+                raise UserError(f"{url}: copied {os.path.getsize(tmp)} bytes of "
+                                f"{info['size']} (changed while reading?)")
+            os.replace(tmp, local)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return local
+
+    with ThreadPoolExecutor(max_workers=8) as pool:   # network-bound: overlap the requests
+        return list(pool.map(lambda f: f if not fs.is_remote(f) else fetch(f), files))
+
+
+def check_shards(paths, image_shape, names=None) -> None:
+    """UserError naming the first file whose first record is not a usable labelled transition.
+
+    ``names``: what to call each file in errors (the remote URL of a staged copy).
+    """
+    for i, local in enumerate(paths):
+        path = names[i] if names is not None else local
+        try:
+            first = next(tfrecord_io.iter_raw(local), None)
             if first is None:
                 raise UserError(f"{path}: empty shard")
             record = codec.decode(first.data)
         except RecordError as exc:
-            raise exc.located(path, 0) from None
+            raise type(exc)(exc.reason, path, 0 if exc.index is None else exc.index,
+                            exc.offset) from None
         if record["kind"] != KIND:
             raise UserError(f"{path}: holds {record['kind']} records, expected {KIND} "
                             "(run relabel first?)")
@@ -75,14 +148,18 @@ def check_shards(paths, image_shape) -> None:
                             f"{tuple(image_shape)} (robot.image_size)")
 
 
-def _records(files: list[str], seed: int, training: bool) -> tf.data.Dataset:
-    names = tf.data.Dataset.from_tensor_slices(files)
+def _records(files: list[str], seed: int, training: bool, sources=None) -> tf.data.Dataset:
+    """(record, file name for errors); ``sources`` names staged copies by their URLs."""
+    names = tf.data.Dataset.from_tensor_slices(files if sources is None else (files, sources))
     if training:
         names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
-    return names.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP").map(lambda r: (r, f)),
-        cycle_length=min(len(files), 8), block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def read(f, source=None):
+        return tf.data.TFRecordDataset(f, compression_type="GZIP").map(
+            lambda r: (r, f if source is None else source))
+
+    return names.interleave(read, cycle_length=min(len(files), 8), block_length=1,
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def make_dataset(datasets, spec, batch_size: int, *, training: bool = True, seed: int = 0,
@@ -100,13 +177,19 @@ def make_dataset(datasets, spec, batch_size: int, *, training: bool = True, seed
 
 def from_files(expanded, spec, batch_size: int, *, training: bool = True, seed: int = 0,
                shuffle_buffer: int = 1000, augment: bool = True, crop_pad: int = 4,
-               check: bool = True) -> tf.data.Dataset:
-    """``make_dataset`` over ``expand``'s output: ``[(files, weight), ...]``."""
+               check: bool = True, cache_dir: str | None = None) -> tf.data.Dataset:
+    """``make_dataset`` over ``expand``'s output: ``[(files, weight), ...]``.
+
+    Remote files are staged into ``cache_dir`` first (default: ``default_cache_dir()``).
+    """
     image_shape = (spec.image_size, spec.image_size, 3)
+    local = [stage(files, cache_dir) for files, _ in expanded]
     if check:
-        for files, _ in expanded:
-            check_shards(files, image_shape)
-    streams = [_records(files, seed + i, training) for i, (files, _) in enumerate(expanded)]
+        for (files, _), copies in zip(expanded, local):
+            check_shards(copies, image_shape, names=files)
+    streams = [_records(copies, seed + i, training,
+                        sources=None if copies == files else files)
+               for i, ((files, _), copies) in enumerate(zip(expanded, local))]
     if len(streams) == 1:
         records = streams[0]
     else:

@@ -11,13 +11,25 @@ and keeps the two target copies (``model.copies``) moving, then exports all thre
 from the newest checkpoint in ``workdir``; a killed run rerun with the same arguments continues
 from its last checkpoint. A non-finite loss stops training at once with an error naming the step;
 nothing is saved after it, so the last good checkpoint stays the newest.
+
+A remote ``workdir`` (``gs://`` or any fsspec URL) is reached only through ``schemas.fs``, never
+through TensorFlow's own file systems (its GCS client has no endpoint setting, so it cannot reach
+an emulator). Checkpoints and logs are written to a local staging directory as usual; each
+completed checkpoint is then copied up, its files first and the ``checkpoint`` index last, so the
+remote index only ever names complete checkpoints. A run starts by downloading the checkpoint the
+remote index names. Remote shards are staged by ``model.data``.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 
 import keras
@@ -66,7 +78,11 @@ def make_optimizer(cfg):
 class Trainer:
     """Networks, optimizer, input and checkpoint of one training run; ``run`` trains."""
 
-    def __init__(self, config, datasets, workdir: str, input_dataset=None):
+    def __init__(self, config, datasets, workdir: str, input_dataset=None,
+                 staging_dir: str | None = None):
+        """``staging_dir``: local directory for a remote workdir's checkpoints and logs (default:
+        a fresh one under ``$QTOPT_STAGING_DIR`` or the system temp directory, removed with the
+        trainer)."""
         self.config = config
         cfg = config.train
         if cfg.deterministic:
@@ -100,8 +116,27 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(
             step=self.step, online=self.online.model, polyak=self.polyak.model,
             lagged=self.lagged.model, snapshot=self.copies.snapshot, optimizer=self.optimizer)
+        # checkpoint_dir / logs_dir name the workdir's own (maybe remote) directories in messages;
+        # TensorFlow only ever sees the local ones.
         self.checkpoint_dir = fs.join(self.workdir, "checkpoints")
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
+        self.logs_dir = fs.join(self.workdir, "logs")
+        self.remote = fs.is_remote(self.workdir)
+        if self.remote:
+            if staging_dir is None:
+                base = os.environ.get("QTOPT_STAGING_DIR") or os.path.join(
+                    tempfile.gettempdir(), "qtopt-staging")
+                os.makedirs(base, exist_ok=True)
+                staging_dir = tempfile.mkdtemp(prefix="train-", dir=base)
+                weakref.finalize(self, shutil.rmtree, staging_dir, True)
+            self.local_checkpoint_dir = os.path.join(staging_dir, "checkpoints")
+            self.local_logs_dir = os.path.join(staging_dir, "logs")
+            self._pushed_logs: dict[str, int] = {}
+        else:
+            self.local_checkpoint_dir, self.local_logs_dir = self.checkpoint_dir, self.logs_dir
+        input_subdir = f"input-{input_key}"
+        if self.remote:  # before the managers exist: they read the index when built
+            _pull_newest(self.checkpoint_dir, self.local_checkpoint_dir, input_subdir)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.local_checkpoint_dir,
                                                   max_to_keep=cfg.keep_checkpoints,
                                                   checkpoint_name="ckpt")
         # The input position is only meaningful for the same shards and input settings, so it is
@@ -111,7 +146,8 @@ class Trainer:
         if cfg.checkpoint_input:
             self.input_manager = tf.train.CheckpointManager(
                 tf.train.Checkpoint(input=self.iterator),
-                fs.join(self.checkpoint_dir, f"input-{input_key}"),
+                os.path.join(self.local_checkpoint_dir, input_subdir) if self.remote
+                else fs.join(self.checkpoint_dir, input_subdir),
                 max_to_keep=cfg.keep_checkpoints, checkpoint_name="input")
         self.train_step = tf.function(self._train_step)
 
@@ -148,31 +184,78 @@ class Trainer:
                 raise UserError(f"{self.checkpoint_dir}: checkpoint files but no 'checkpoint' "
                                 "index (half-written?); move them away to start afresh")
             return 0
+        # A remote checkpoint was downloaded with whatever files it had, so the local copy is
+        # checked and the remote name reported.
+        shown = self._shown(latest)
         missing = [s for s in (".index",) if not fs.exists(latest + s)]
         if missing or not fs.glob(latest + ".data-*"):
-            raise UserError(f"{latest}: checkpoint is missing or half-written (no "
+            raise UserError(f"{shown}: checkpoint is missing or half-written (no "
                             f"{'.index' if missing else '.data-*'} file)")
-        self._restore(self.checkpoint, latest)
+        self._restore(self.checkpoint, latest, shown)
         step = int(self.step.numpy())
         if self.input_manager is not None:
             input_ckpt = fs.join(self.input_manager.directory, f"input-{step}")
             if fs.exists(input_ckpt + ".index"):
-                self._restore(self.input_manager.checkpoint, input_ckpt)
+                self._restore(self.input_manager.checkpoint, input_ckpt, self._shown(input_ckpt))
         return step
 
+    def _shown(self, local_path: str) -> str:
+        if not self.remote:
+            return local_path
+        rel = os.path.relpath(local_path, self.local_checkpoint_dir).replace(os.sep, "/")
+        return fs.join(self.checkpoint_dir, rel)
+
     @staticmethod
-    def _restore(checkpoint, path: str) -> None:
+    def _restore(checkpoint, path: str, shown: str | None = None) -> None:
         try:
             checkpoint.restore(path).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError, IndexError) as exc:
             reason = str(exc).strip().splitlines()[0][:300]
-            raise UserError(f"{path}: cannot restore checkpoint ({reason})") from None
+            raise UserError(f"{shown or path}: cannot restore checkpoint ({reason})") from None
 
     def save(self) -> str:
         step = int(self.step.numpy())
         if self.input_manager is not None:  # first: the main checkpoint's index commits both
             self.input_manager.save(checkpoint_number=step)
-        return self.manager.save(checkpoint_number=step)
+        path = self.manager.save(checkpoint_number=step)
+        if self.remote:
+            self._push_checkpoint(path)
+            return self._shown(path)
+        return path
+
+    def _push_checkpoint(self, path: str) -> None:
+        """Copy the checkpoint just saved at local ``path`` to the remote workdir."""
+        managers = [self.manager] + ([self.input_manager] if self.input_manager else [])
+        # Files first, then the input index, then the main index: a copy cut short leaves the
+        # remote index naming the previous, complete checkpoint.
+        step = path.rsplit("-", 1)[-1]
+        uploads = sorted(glob.glob(path + ".*"))
+        if self.input_manager is not None:
+            uploads += sorted(glob.glob(os.path.join(self.input_manager.directory,
+                                                     f"input-{step}.*")))
+        uploads += [os.path.join(m.directory, "checkpoint") for m in reversed(managers)]
+        for local in uploads:
+            _upload(local, self._shown(local))
+        # Then prune what the managers dropped, as TensorFlow does locally; the files of
+        # checkpoints still listed stay even where this run never downloaded them.
+        for m, prefix in zip(managers, ("ckpt", "input")):
+            keep = {os.path.basename(p) for p in m.checkpoints}
+            for remote in fs.glob(self._shown(os.path.join(m.directory, f"{prefix}-*"))):
+                if remote.rsplit("/", 1)[-1].split(".", 1)[0] not in keep:
+                    fs.remove(remote)
+
+    def _push_logs(self) -> None:
+        """Copy event files that grew since the last push (they are only ever appended to)."""
+        if not self.remote or not os.path.isdir(self.local_logs_dir):
+            return
+        for root, _, names in os.walk(self.local_logs_dir):
+            for name in sorted(names):
+                local = os.path.join(root, name)
+                n = os.path.getsize(local)
+                if self._pushed_logs.get(local) != n:
+                    rel = os.path.relpath(local, self.local_logs_dir).replace(os.sep, "/")
+                    _upload(local, fs.join(self.logs_dir, rel))
+                    self._pushed_logs[local] = n
 
     def export(self) -> str:
         return write_export(fs.join(self.workdir, "exports"), int(self.step.numpy()),
@@ -188,7 +271,7 @@ class Trainer:
         until = cfg.steps if until_step is None else int(until_step)
         start = self.restore()
         step = start
-        writer = tf.summary.create_file_writer(fs.join(self.workdir, "logs"))
+        writer = tf.summary.create_file_writer(self.local_logs_dir)
         bar = keras.utils.Progbar(until, unit_name="step") if progress and until > start else None
         if bar is not None:
             bar.update(start)
@@ -202,9 +285,10 @@ class Trainer:
                                 f"{_op_message(exc)}") from None
             out = self.train_step(inputs, target)
             if not bool(out["finite"]):
+                latest = self.manager.latest_checkpoint
                 raise NonFiniteLoss(
                     f"non-finite loss at step {step + 1}: training stopped; newest checkpoint "
-                    f"{self.manager.latest_checkpoint or '(none)'} left as it was")
+                    f"{self._shown(latest) if latest else '(none)'} left as it was")
             step += 1
             self.copies.after_step(step)
             loss = float(out["loss"])
@@ -224,15 +308,54 @@ class Trainer:
             if step % cfg.checkpoint_every == 0:
                 self.save()
                 last_saved = step
+                if self.remote:
+                    writer.flush()
+                    self._push_logs()
             if bar is not None:
                 bar.update(step, values=[("loss", loss), ("mean_q", float(out["mean_q"]))])
         writer.flush()
         elapsed = time.perf_counter() - t0
         if step != last_saved:
             self.save()
+        self._push_logs()
         export_path = self.export()
         return TrainResult(step, start, export_path, loss,
                            (step - start) / elapsed if step > start else 0.0)
+
+
+def _pull_newest(remote_dir: str, local_dir: str, input_subdir: str) -> None:
+    """Download the checkpoint the remote index names (and its input position) into
+    ``local_dir``, with the indexes; files missing remotely stay missing, for ``restore``."""
+    shutil.rmtree(local_dir, ignore_errors=True)
+    os.makedirs(local_dir)
+    index = fs.join(remote_dir, "checkpoint")
+    if not fs.exists(index):
+        return
+    _download(index, os.path.join(local_dir, "checkpoint"))
+    state = tf.train.get_checkpoint_state(local_dir)
+    if state is None or not state.model_checkpoint_path:
+        return
+    name = state.model_checkpoint_path.replace("\\", "/").rsplit("/", 1)[-1]
+    for remote in fs.glob(fs.join(remote_dir, name + ".*")):
+        _download(remote, os.path.join(local_dir, remote.rsplit("/", 1)[-1]))
+    input_remote = fs.join(remote_dir, input_subdir)
+    if fs.exists(fs.join(input_remote, "checkpoint")):
+        input_local = os.path.join(local_dir, input_subdir)
+        os.makedirs(input_local)
+        _download(fs.join(input_remote, "checkpoint"), os.path.join(input_local, "checkpoint"))
+        step = name.rsplit("-", 1)[-1]
+        for remote in fs.glob(fs.join(input_remote, f"input-{step}.*")):
+            _download(remote, os.path.join(input_local, remote.rsplit("/", 1)[-1]))
+
+
+def _download(remote: str, local: str) -> None:
+    with fs.open_file(remote, "rb") as src, open(local, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 22)
+
+
+def _upload(local: str, remote: str) -> None:
+    with open(local, "rb") as src, fs.atomic_write(remote, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 22)
 
 
 def _fingerprint(expanded, cfg) -> str:

@@ -4,6 +4,9 @@
     qtopt train --data 'offline/*.tfrecord.gz@0.9' --data 'online/*.tfrecord.gz@0.1' ...
 
 Rerunning the same command after a kill resumes from the newest checkpoint in ``--workdir``.
+Both ``--data`` and ``--workdir`` may be ``gs://`` (any fsspec URL): shards are copied and
+checkpoints and logs staged locally under ``$QTOPT_STAGING_DIR`` (default: the temp directory),
+with every checkpoint copied up to ``--workdir`` as soon as it is saved.
 """
 
 from __future__ import annotations

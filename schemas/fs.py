@@ -28,7 +28,17 @@ def filesystem(path: str):
     """(fsspec filesystem, path inside it) for a local path or URL."""
     path = str(path)
     if path.startswith("gs://"):
-        fs = fsspec.filesystem("gs", **_gcs_options())
+        options = _gcs_options()
+        if options.get("endpoint_url"):
+            # gcsfs's default class first asks the storage-control gRPC API whether the bucket is
+            # hierarchical and waits a minute for an answer an emulator never gives; the plain
+            # class does not ask. The variable is read when gcsfs is imported, so it is also set
+            # for subprocesses and the class is picked directly for this one.
+            os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+            import gcsfs.core
+
+            return gcsfs.core.GCSFileSystem(**options), path
+        fs = fsspec.filesystem("gs", **options)
         return fs, path
     fs, inner = fsspec.core.url_to_fs(path)
     return fs, inner
