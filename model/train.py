@@ -272,7 +272,10 @@ class Trainer:
         start = self.restore()
         step = start
         writer = tf.summary.create_file_writer(self.local_logs_dir)
-        bar = keras.utils.Progbar(until, unit_name="step") if progress and until > start else None
+        # Keras redraws the bar in place on any POSIX stream, so a log file would get a line per
+        # step: one redraw a second is plenty for a person and keeps logs short.
+        bar = keras.utils.Progbar(until, unit_name="step", interval=1.0) \
+            if progress and until > start else None
         if bar is not None:
             bar.update(start)
         loss, t0, last_log, last_log_time = float("nan"), time.perf_counter(), step, None
