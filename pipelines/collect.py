@@ -227,7 +227,7 @@ def make_plan(cfg, out: str, source: str | None) -> dict:
             "robot": dataclasses.asdict(cfg.robot), "cem": dataclasses.asdict(cfg.cem)}
 
 
-def _check_plan(out: str, plan: dict) -> None:
+def _check_plan(out: str, plan: dict, write: bool = True) -> None:
     """Refuse to mix two different collections in one directory."""
     path = fs.join(out, PLAN)
     identity = {k: plan[k] for k in ("policy", "objects", "seed", "source", "epsilon", "robot")}
@@ -240,7 +240,7 @@ def _check_plan(out: str, plan: dict) -> None:
             diff = sorted(k for k in identity if previous.get(k) != identity[k])
             raise UserError(f"--out {out} holds a different collection (differs in "
                             f"{', '.join(diff)}); use another directory")
-    else:
+    elif write:
         fs.makedirs(out)
         fs.write_text(path, json.dumps(identity, indent=1, sort_keys=True))
 
@@ -280,8 +280,12 @@ def run(args: argparse.Namespace) -> int:
     out = args.out.rstrip("/") or args.out
     plan = make_plan(cfg, out, args.source)
     n, per_block = cfg.collect.episodes, cfg.collect.episodes_per_block
-    _check_plan(out, plan)
-    fs.remove_stale_temporaries(out)
+    workers = args.workers if args.workers is not None else cfg.pipeline.direct_num_workers
+    options = runner.pipeline_options(args.beam_args, workers, "qtopt-collect")
+    dry = runner.is_dry_run(options)
+    _check_plan(out, plan, write=not dry)
+    if not dry:
+        fs.remove_stale_temporaries(out)
     done = existing_blocks(out, plan["seed"])
     blocks = missing_blocks(n, done, per_block)
     have = n - sum(e - s for s, e in blocks)
@@ -289,10 +293,8 @@ def run(args: argparse.Namespace) -> int:
           f"present, {len(blocks)} blocks to run", flush=True)
     t0 = time.monotonic()
     counts: dict = {}
-    if blocks:
+    if blocks or dry:
         runner.quiet_beam_logging()
-        workers = args.workers if args.workers is not None else cfg.pipeline.direct_num_workers
-        options = runner.pipeline_options(args.beam_args, workers, "qtopt-collect")
         pipeline = runner.new_pipeline(options)
         build(pipeline, blocks, plan)
 
@@ -303,6 +305,11 @@ def run(args: argparse.Namespace) -> int:
 
         with runner.progress("collect", poll if runner.is_local(options) else None, every=2.0):
             result = runner.run_pipeline(pipeline)
+        if runner.is_dry_run(options):
+            print(f"collect: dry run, nothing submitted: "
+                  f"{json.dumps(runner.describe_dry_run(pipeline, result), sort_keys=True)}",
+                  flush=True)
+            return 0
         counts = runner.counters(result, NAMESPACE)
     elapsed = time.monotonic() - t0
     summary = summarise(out, plan["seed"], n)
