@@ -34,6 +34,7 @@ DATA = pybullet_data.getDataPath()
 # Cell layout, metres, world frame. The arm stands at the origin, the tray in front of it.
 TRAY_CENTRE = np.array([0.6, 0.0])
 TRAY_FLOOR_Z = 0.015                 # top of traybox.urdf's floor box
+TRAY_HALF = 0.25                     # the tray's rim, from its centre
 WORKSPACE_HALF = 0.17                # gripper x/y stay within the tray's flat floor
 SPAWN_HALF = 0.11                    # objects are dropped into the tray's centre region
 MAX_HEIGHT = 0.35                    # gripper height bounds above the tray floor
@@ -91,6 +92,8 @@ class SimCell(Robot):
         self._outcome = Outcome()
         self._object_ids: list[str] = []
         self._bodies: list[int] = []
+        self._objects: list = []
+        self._held_at_end: list[int] = []
 
     # ---------------------------------------------------------------------------- world set-up
 
@@ -162,7 +165,7 @@ class SimCell(Robot):
 
     def _drop_objects(self, rng: np.random.Generator, placements) -> None:
         p = self._p
-        self._bodies, self._object_ids = [], []
+        self._bodies, self._object_ids, self._objects = [], [], []
         if placements is None:
             k = int(rng.integers(self.config.min_objects, self.config.max_objects + 1))
             replace = k > len(self.pool)
@@ -184,6 +187,7 @@ class SimCell(Robot):
             # the solver until something touches it: long episodes get cheaper, nothing changes.
             p.changeDynamics(body, -1, activationState=p.ACTIVATION_STATE_ENABLE_SLEEPING)
             self._bodies.append(body)
+            self._objects.append(obj)
             self._object_ids.append(obj.object_id)
         for _ in range(SETTLE_SUBSTEPS + 6 * len(placements)):
             p.stepSimulation()
@@ -204,6 +208,7 @@ class SimCell(Robot):
         self._steps = 0
         self._done = False
         self._final_observation = None
+        self._held_at_end = []
         self._reward = 0.0
         self._last_action = mdp.zero_action()
         self._outcome = Outcome(labeller=self.config.success_labeller)
@@ -398,13 +403,28 @@ class SimCell(Robot):
             out.append((by_id[object_id], (float(pos[0]), float(pos[1])), yaw, i in held))
         return out
 
+    def tray_objects(self) -> list[tuple]:
+        """(ObjectFile, (x, y), yaw, held) of every object still over the tray, usable as
+        ``placements`` for a later reset (bin emptying). ``held`` is the end-of-episode verdict
+        (held above the success height), whatever the labeller did with the object since."""
+        held = set(self._held_at_end)
+        out = []
+        for i, (obj, body) in enumerate(zip(self._objects, self._bodies)):
+            pos, orn = self._p.getBasePositionAndOrientation(body)
+            if np.abs(np.asarray(pos[:2]) - TRAY_CENTRE).max() > TRAY_HALF and i not in held:
+                continue  # fell out of the tray
+            yaw = self._p.getEulerFromQuaternion(orn)[2]
+            out.append((obj, (float(pos[0]), float(pos[1])), float(yaw), i in held))
+        return out
+
     def object_positions(self) -> np.ndarray:
         return np.array([self._p.getBasePositionAndOrientation(b)[0] for b in self._bodies])
 
     # ---------------------------------------------------------------------------- the end
 
     def _finish(self, how: str) -> None:
-        truth = bool(self.held_objects())
+        self._held_at_end = self.held_objects()
+        truth = bool(self._held_at_end)
         # The episode's last observation is the scene as the policy left it, before the
         # labeller's drop test moves anything.
         self._final_observation = self.capture_state()

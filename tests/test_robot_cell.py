@@ -243,3 +243,20 @@ def test_bad_actions_are_named(action, message):
 def test_impossible_configs_are_named(overrides, option):
     with pytest.raises(ConfigError, match=option):
         RobotConfig(**overrides)
+
+
+def test_tray_objects_report_what_is_left_and_what_was_held():
+    cell = _cell()
+    held_obj = _train_object("023")
+    other = _train_object("054")
+    placements = [(held_obj, tuple(TRAY_CENTRE), 0.0),
+                  (other, (float(TRAY_CENTRE[0]) - 0.12, float(TRAY_CENTRE[1]) - 0.12), 0.5)]
+    record = run_episode(cell, _centred_grasp_policy(cell.config), 0, placements=placements)
+    assert record["success"] is True
+    state = cell.tray_objects()
+    assert [(entry[0].object_id, entry[3]) for entry in state] == [("023", True), ("054", False)]
+    x, y = state[1][1]
+    assert abs(x - (TRAY_CENTRE[0] - 0.12)) < 0.03 and abs(y - (TRAY_CENTRE[1] - 0.12)) < 0.03
+    # What is left can be put back as it lay: a new episode starts from it.
+    cell.reset(1, placements=[entry[:3] for entry in state if not entry[3]])
+    assert cell.object_ids == ["054"]
