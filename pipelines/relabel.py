@@ -173,7 +173,8 @@ def _relabel_dofn():
             self.dead.inc(len(letters))
             for letter in letters:
                 yield beam.pvalue.TaggedOutput("dead", letter)
-            yield {"name": name, "records": written, "bytes": fs.size(staged)}
+            yield {"name": name, "records": written, "dead_lettered": len(letters),
+                   "bytes": fs.size(staged)}
 
         def _label(self, shard, chunk, writer, letters) -> int:
             first = chunk[0][0].index
@@ -228,6 +229,9 @@ def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, labell
         if [i["name"] for i in infos] != [dataset.shard_name(j, count) for j in range(count)]:
             raise RuntimeError(f"relabel job for {out}: shards written do not match its "
                                f"{count} inputs; not published")
+        if sum(i["dead_lettered"] for i in infos) != len(letters):
+            raise RuntimeError(f"relabel job for {out}: the runner lost or repeated dead "
+                               "letters; not published")
         dataset.write_dead_letters(fs.join(staging, dataset.DEAD_LETTER), letters)
         manifest = {
             **manifest_extra,

@@ -52,18 +52,20 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
 
             index, path = item
             name = dataset.shard_name(index, count)
-            n = 0
+            n = dead = 0
             with RecordWriter(fs.join(staging, name)) as w:
                 for raw in records.read_file(path):
                     self.records_in.inc()
                     if isinstance(raw, dict):
                         self.dead.inc()
+                        dead += 1
                         yield beam.pvalue.TaggedOutput("dead", raw)
                         continue
                     try:
                         rec = records.decode_as(raw, kinds)
                     except RecordError as exc:
                         self.dead.inc()
+                        dead += 1
                         yield beam.pvalue.TaggedOutput("dead",
                                                        records.letter_from_error(exc, "decode"))
                         continue
@@ -73,7 +75,8 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
                         self.kept.inc()
             if mark_progress:
                 dataset.mark_progress(out, run_id, "write", name, n)
-            yield {"name": name, "records": n, "bytes": fs.size(fs.join(staging, name))}
+            yield {"name": name, "records": n, "dead_lettered": dead,
+                   "bytes": fs.size(fs.join(staging, name))}
 
     parts = (pipeline
              | "Shards" >> beam.Create(shards)  # Create redistributes its elements itself
@@ -81,6 +84,12 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
 
     def commit(_, infos, letters):
         infos = sorted(infos, key=lambda i: i["name"])
+        if [i["name"] for i in infos] != [dataset.shard_name(i, count) for i in range(count)]:
+            raise RuntimeError(f"subsample job for {out}: shards written do not match its "
+                               f"{count} inputs; not published")
+        if sum(i["dead_lettered"] for i in infos) != len(letters):
+            raise RuntimeError(f"subsample job for {out}: the runner lost or repeated dead "
+                               "letters; not published")
         dataset.write_dead_letters(fs.join(staging, dataset.DEAD_LETTER), letters)
         names = [i["name"] for i in infos] + [dataset.DEAD_LETTER]
         counts = {"transitions": sum(i["records"] for i in infos), "dead_lettered": len(letters)}
