@@ -5,10 +5,10 @@ What is physics and what is not:
   constraint towards the commanded pose, and its fingers close under a force-limited motor. An
   object is held only by finger contact and friction: there is no automatic grasp, no attachment
   constraint and no height hack.
-- The KUKA arm follows the gripper by inverse kinematics at every control step. It is what the
-  camera sees (and what a real driver would command), but it has no collision shapes: simulating
-  its seven links' contacts would cost most of the step time and the workspace bounds keep it
-  clear of the tray anyway.
+- The KUKA arm follows the gripper by inverse kinematics (the iiwa's own model, in a second
+  pybullet client) at every control step. The camera sees it as one capsule per link; it has
+  no collision shapes: simulating its seven links' contacts would cost most of the step time
+  and the workspace bounds keep it clear of the tray anyway.
 
 Every reset rebuilds the world from scratch (``resetSimulation``), so an episode depends on its
 seed only, never on the episodes run before it in the same process.
