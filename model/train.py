@@ -59,9 +59,12 @@ class TrainResult:
 
 def loss_fn(kind: str):
     if kind == "cross_entropy":
-        # Targets may dip below 0 by the step penalty; the gradient still pulls Q towards them.
-        return lambda logits, target: tf.reduce_mean(
-            tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits))
+        # Targets dip below 0 by the step penalty (r = -0.05 + gamma * V with V near 0). Cross
+        # entropy is a divergence only for labels in [0, 1]: with a label t < 0 it falls without
+        # bound as the logit goes to -inf (its gradient never drops below -t), so those logits
+        # would diverge. A sigmoid cannot go below 0 anyway, so the label is clipped to [0, 1].
+        return lambda logits, target: tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=tf.clip_by_value(target, 0.0, 1.0), logits=logits))
     if kind == "squared_error":
         return lambda logits, target: tf.reduce_mean(tf.square(tf.sigmoid(logits) - target))
     raise UserError(f"train.loss: unknown loss {kind!r}")

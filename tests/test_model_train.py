@@ -208,11 +208,27 @@ def test_losses():
     target = tf.constant([0.1, 0.5, -0.05])
     q = tf.sigmoid(logits).numpy()
     t = target.numpy()
-    expected_ce = np.mean(-t * np.log(q) - (1 - t) * np.log(1 - q))
+    c = np.clip(t, 0.0, 1.0)   # cross entropy's labels are clipped to [0, 1]
+    expected_ce = np.mean(-c * np.log(q) - (1 - c) * np.log(1 - q))
     np.testing.assert_allclose(loss_fn("cross_entropy")(logits, target).numpy(), expected_ce,
                                rtol=1e-5)
     np.testing.assert_allclose(loss_fn("squared_error")(logits, target).numpy(),
                                np.mean((q - t) ** 2), rtol=1e-5)
+
+
+def test_cross_entropy_is_bounded_for_targets_below_zero():
+    # A step-penalty target (-0.05 + gamma * V, V near 0) must not make the loss fall without
+    # bound as the logit goes to -inf: Q would be driven to -inf logits instead of settling at 0.
+    from model.train import loss_fn
+
+    ce = loss_fn("cross_entropy")
+    target = tf.constant([-0.05])
+    losses = [float(ce(tf.constant([x]), target)) for x in (-5.0, -30.0, -300.0)]
+    assert min(losses) >= 0.0
+    logit = tf.Variable([-30.0])
+    with tf.GradientTape() as tape:
+        loss = ce(logit, target)
+    assert abs(float(tape.gradient(loss, logit)[0])) < 1e-6
 
 
 def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
