@@ -84,19 +84,6 @@ def read_file(path: str) -> Iterator[Union[RawRecord, dict]]:
             offset += 16 + length
 
 
-def encode(record: dict) -> bytes:
-    """``codec.encode`` with map fields in key order, so a record has one byte form.
-
-    Protobuf's upb runtime writes map entries in a per-process hash order, so the same record
-    encodes differently in two worker processes; shards would then differ between runs.
-    """
-    from schemas import example_proto as pb
-
-    data = codec.encode(record)
-    cls = pb.Example if record["kind"] != "episode" else pb.SequenceExample
-    return cls.FromString(data).SerializeToString(deterministic=True)
-
-
 def decode_as(raw: RawRecord, kinds: tuple) -> dict:
     """Decode a frame and check its kind; RecordError located at the frame otherwise."""
     try:

@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from schemas import fs
+from schemas import codec, fs
 from schemas.errors import RecordError, UserError
 from pipelines import dataset, records, runner
 
@@ -191,7 +191,7 @@ def _relabel_dofn():
                            next_action=np.asarray(action, np.float32),
                            target_version=self.version)
                 try:
-                    data = records.encode(rec)
+                    data = codec.encode(rec)
                 except RecordError as exc:  # a non-finite target: this record, not the job
                     letters.append(records.letter_from_error(exc, "label", raw.path, raw.index,
                                                              raw.offset))

@@ -158,7 +158,7 @@ def _beam_parts():
             for rec in episode_transitions(episode):
                 key = shuffle_key(self.seed, rec["episode_id"], rec["step"])
                 self.transitions.inc()
-                yield shard_of(key, self.num_shards), (key, records.encode(rec))
+                yield shard_of(key, self.num_shards), (key, codec.encode(rec))
 
     class WriteShard(beam.DoFn):
         """(shard, [(key, bytes)]) -> the shard file in staging, sorted by key."""

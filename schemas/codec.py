@@ -153,7 +153,9 @@ def encode(record: Mapping[str, Any]) -> bytes:
                 _put(flist.add(), f, value)
     for f in spec.fields:
         _put(features[f.name], f, rec[f.name])
-    return msg.SerializeToString()
+    # Map entries are otherwise written in a per-process hash order: deterministic output keeps
+    # one byte form per record, so shards are byte-identical across workers and runs.
+    return msg.SerializeToString(deterministic=True)
 
 
 def new_record(kind: str, image_shape: tuple, **values) -> dict:
