@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import re
 import time
@@ -78,16 +77,6 @@ def missing_blocks(n: int, done: list[tuple[int, int, str]], per_block: int) -> 
         blocks.append((i, j))
         i = j
     return blocks
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate (sound at small n and near 0 or 1)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 # -------------------------------------------------------------------------------- Beam parts
@@ -316,6 +305,8 @@ def run(args: argparse.Namespace) -> int:
     if summary["episodes"] != n or summary["unique_ids"] != n:
         raise UserError(f"--out {out}: expected {n} distinct episodes, found "
                         f"{summary['episodes']} ({summary['unique_ids']} distinct ids)")
+    from robot.protocols import wilson_interval
+
     k = summary["successes"]
     lo, hi = wilson_interval(k, n)
     new = int(counts.get("episodes", 0))

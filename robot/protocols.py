@@ -42,7 +42,7 @@ class Attempt:
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """95% Wilson score interval of a success rate (well behaved at 0 and n successes)."""
     if n <= 0:
-        return (0.0, 0.0)
+        return (0.0, 1.0)  # no attempts: nothing is known
     p = successes / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom

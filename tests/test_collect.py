@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from pipelines.collect import episode_name, missing_blocks, wilson_interval
+from pipelines.collect import episode_name, missing_blocks
+from robot.protocols import wilson_interval
 from schemas import fs, tfrecord_io
 
 SMALL = ["--set", "robot.image_size=16", "--set", "robot.max_objects=6"]
