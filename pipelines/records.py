@@ -10,14 +10,11 @@ check ``records in = written + dead-lettered``.
 
 from __future__ import annotations
 
-import struct
 from typing import Iterator, Union
 
-from schemas import codec, fs
+from schemas import codec
 from schemas.errors import RecordError
-from schemas.tfrecord_io import RawRecord, masked_crc
-
-_GZIP_MAGIC = b"\x1f\x8b"
+from schemas.tfrecord_io import RawRecord, scan
 
 
 def dead_letter(path: str, index, offset, reason: str, stage: str) -> dict:
@@ -30,58 +27,13 @@ def letter_from_error(exc: RecordError, stage: str, path=None, index=None, offse
     return dead_letter(exc.path or "", exc.index, exc.offset, exc.reason, stage)
 
 
-def _open(path: str):
-    import gzip
-
-    raw = fs.open_file(path, "rb")
-    head = raw.read(2)
-    raw.seek(0)
-    return (gzip.GzipFile(fileobj=raw, mode="rb") if head == _GZIP_MAGIC else raw), raw
-
-
 def read_file(path: str) -> Iterator[Union[RawRecord, dict]]:
     """Every record of ``path`` as a RawRecord, or a dead-letter dict where it is damaged."""
-    import gzip
-    import zlib
-
-    try:
-        stream, raw = _open(path)
-    except FileNotFoundError:
-        yield dead_letter(path, None, None, "no such file", "read")
-        return
-    with raw:
-        index, offset = 0, 0
-        while True:
-            try:
-                header = stream.read(12)
-                if not header:
-                    return
-                if len(header) < 12:
-                    yield dead_letter(path, index, offset, "truncated record header", "read")
-                    return
-                length_bytes, (length_crc,) = header[:8], struct.unpack("<I", header[8:])
-                if masked_crc(length_bytes) != length_crc:
-                    yield dead_letter(path, index, offset, "bad length checksum (corrupted "
-                                      "file); the rest of the file is unreadable", "read")
-                    return
-                (length,) = struct.unpack("<Q", length_bytes)
-                body = stream.read(length + 4)
-                if len(body) < length + 4:
-                    yield dead_letter(path, index, offset,
-                                      f"truncated record: expected {length} bytes of data", "read")
-                    return
-                data, (data_crc,) = body[:length], struct.unpack("<I", body[length:])
-            except (EOFError, OSError, zlib.error, gzip.BadGzipFile, struct.error) as exc:
-                yield dead_letter(path, index, offset,
-                                  f"unreadable compressed stream ({exc})", "read")
-                return
-            if masked_crc(data) != data_crc:
-                yield dead_letter(path, index, offset, "bad data checksum (corrupted record)",
-                                  "read")
-            else:
-                yield RawRecord(path, index, offset, data)
-            index += 1
-            offset += 16 + length
+    for item in scan(path):
+        if isinstance(item, RecordError):
+            yield letter_from_error(item, "read")
+        else:
+            yield item
 
 
 def decode_as(raw: RawRecord, kinds: tuple) -> dict:

@@ -392,18 +392,6 @@ class SimCell(Robot):
         return held
 
     def tray_objects(self) -> list[tuple]:
-        """(ObjectFile, (x, y), yaw, held) of every object now in the cell, in load order: what
-        the bin-emptying protocol needs to put the remaining objects back for the next attempt."""
-        by_id = {o.object_id: o for o in self.pool}
-        held = set(self.held_objects())
-        out = []
-        for i, (body, object_id) in enumerate(zip(self._bodies, self._object_ids)):
-            pos, orn = self._p.getBasePositionAndOrientation(body)
-            yaw = float(self._p.getEulerFromQuaternion(orn)[2])
-            out.append((by_id[object_id], (float(pos[0]), float(pos[1])), yaw, i in held))
-        return out
-
-    def tray_objects(self) -> list[tuple]:
         """(ObjectFile, (x, y), yaw, held) of every object still over the tray, usable as
         ``placements`` for a later reset (bin emptying). ``held`` is the end-of-episode verdict
         (held above the success height), whatever the labeller did with the object since."""

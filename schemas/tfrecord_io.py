@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -53,13 +54,18 @@ def _open_stream(raw) -> io.BufferedIOBase:
     return raw
 
 
-def iter_raw(path: str, check_crc: bool = True) -> Iterator[RawRecord]:
-    """Yield every record's bytes with its index and offset; RecordError on the first fault."""
+def scan(path: str) -> Iterator[RawRecord | RecordError]:
+    """Every frame of a file: a RawRecord, or a RecordError (with path, index and offset) for a
+    damaged one. A frame whose data checksum is bad is skipped and scanning goes on, since its
+    length was sound and the next frame starts where expected; after any other fault (missing
+    file, truncation, bad length checksum, broken gzip stream) the rest of the file cannot be
+    framed and scanning stops."""
     path = str(path)
     try:
         raw = fs.open_file(path, "rb")
     except FileNotFoundError:
-        raise RecordError("no such file", path) from None
+        yield RecordError("no such file", path)
+        return
     with raw:
         stream = _open_stream(raw)
         index, offset = 0, 0
@@ -69,25 +75,38 @@ def iter_raw(path: str, check_crc: bool = True) -> Iterator[RawRecord]:
                 if not header:
                     return
                 if len(header) < 12:
-                    raise RecordError("truncated record header", path, index, offset)
+                    yield RecordError("truncated record header", path, index, offset)
+                    return
                 (length,) = struct.unpack("<Q", header[:8])
                 (length_crc,) = struct.unpack("<I", header[8:])
-                if check_crc and masked_crc(header[:8]) != length_crc:
-                    raise RecordError("bad length checksum (corrupted file)", path, index, offset)
+                if masked_crc(header[:8]) != length_crc:
+                    yield RecordError("bad length checksum (corrupted file); the rest of the file "
+                                      "is unreadable", path, index, offset)
+                    return
                 body = stream.read(length + 4)
                 if len(body) < length + 4:
-                    raise RecordError(f"truncated record: expected {length} bytes of data",
+                    yield RecordError(f"truncated record: expected {length} bytes of data",
                                       path, index, offset)
-                data = body[:length]
-                (data_crc,) = struct.unpack("<I", body[length:])
-                if check_crc and masked_crc(data) != data_crc:
-                    raise RecordError("bad data checksum (corrupted record)", path, index, offset)
-            except (EOFError, gzip.BadGzipFile, OSError, struct.error) as exc:
-                raise RecordError(f"unreadable compressed stream ({exc})", path, index,
-                                  offset) from None
-            yield RawRecord(path, index, offset, data)
+                    return
+            except (EOFError, gzip.BadGzipFile, zlib.error, OSError, struct.error) as exc:
+                yield RecordError(f"unreadable compressed stream ({exc})", path, index, offset)
+                return
+            data = body[:length]
+            (data_crc,) = struct.unpack("<I", body[length:])
+            if masked_crc(data) != data_crc:
+                yield RecordError("bad data checksum (corrupted record)", path, index, offset)
+            else:
+                yield RawRecord(path, index, offset, data)
             index += 1
             offset += 12 + length + 4
+
+
+def iter_raw(path: str) -> Iterator[RawRecord]:
+    """Yield every record's bytes with its index and offset; RecordError on the first fault."""
+    for item in scan(path):
+        if isinstance(item, RecordError):
+            raise item
+        yield item
 
 
 def read_records(path: str) -> Iterator[dict]:
