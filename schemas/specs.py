@@ -108,7 +108,9 @@ EPISODE = RecordSpec(
         Field("discount", "float32", doc="0 after a terminal step, else 1"),
         Field("is_first", "bool"),
         Field("is_last", "bool"),
-        Field("is_terminal", "bool", doc="the episode ended here by termination, not a cut-off"),
+        Field("is_terminal", "bool", doc="the episode ended here; every end is scored (terminate "
+                                         "action, scripted termination or the step limit), so "
+                                         "nothing is bootstrapped past it"),
     ),
     doc="one grasp attempt, as RLDS-style steps",
 )
