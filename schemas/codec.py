@@ -57,12 +57,16 @@ def _check_field(f: Field, value: Any, image_shape: tuple, where: str = "") -> A
 def _as_str(value: Any, label: str) -> str:
     if isinstance(value, bytes):
         try:
-            return value.decode("utf-8")
+            value = value.decode("utf-8")
         except UnicodeDecodeError:
             raise RecordError(f"{label}: not valid UTF-8") from None
-    if isinstance(value, str):
-        return value
-    raise RecordError(f"{label}: expected a string, got {value!r}")
+    if not isinstance(value, str):
+        raise RecordError(f"{label}: expected a string, got {value!r}")
+    # Readers built on numpy byte arrays (the tfrecord package among them) drop trailing NULs,
+    # so a string holding one would not read back the same everywhere.
+    if "\x00" in value:
+        raise RecordError(f"{label}: contains a NUL character: {value!r}")
+    return value
 
 
 def _check_image_shape(value: Any) -> tuple:

@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 from schemas.codec import new_record
 from schemas.specs import ACTION_DIM, Field, spec_for
 
-_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=0, max_size=12)
+# Any text a record may hold: UTF-8 without NUL (the spec refuses NUL, see schemas.codec).
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"),
+                min_size=0, max_size=12)
 _floats = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32)
 
 

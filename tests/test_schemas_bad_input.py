@@ -107,6 +107,13 @@ def test_not_a_record_at_all(tmp_path):
         list(tfrecord_io.read_records(str(path)))
 
 
+def test_strings_with_nul_are_refused():
+    rec = fake.fake_record("episode", image_size=8, num_steps=1)
+    rec["object_ids"] = ["001", "0\x00"]
+    with pytest.raises(RecordError, match=r"field 'object_ids': contains a NUL character"):
+        codec.encode(rec)
+
+
 def test_episode_step_count_must_match(tmp_path):
     rec = fake.fake_record("episode", image_size=8, num_steps=3)
     rec["reward"] = rec["reward"][:-1]
