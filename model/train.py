@@ -388,6 +388,19 @@ def _op_message(exc: tf.errors.OpError) -> str:
     return " ".join(lines[:2])[:400]
 
 
+def export_weights(config, workdir: str) -> str:
+    """Export the weights of ``workdir``'s newest checkpoint, or of the untrained network (step 0)
+    when it has none, without reading any training data. The input position is never restored:
+    there is no input."""
+    import dataclasses
+
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                   checkpoint_input=False))
+    trainer = Trainer(config, [], workdir, input_dataset=iter(()))
+    trainer.restore()
+    return trainer.export()
+
+
 def train(config, datasets, workdir: str, until_step: int | None = None,
           progress: bool = True) -> TrainResult:
     """Train on ``datasets`` (``[(glob, weight), ...]``) in ``workdir`` until ``until_step``."""

@@ -59,6 +59,16 @@ def config_from_args(args: argparse.Namespace):
     return load_config(args.preset, args.config, args.overrides)
 
 
+def config_args(args: argparse.Namespace) -> list:
+    """The --preset/--config/--set a command was given, to pass on to the commands it runs."""
+    out = ["--preset", args.preset]
+    for path in args.config:
+        out += ["--config", path]
+    for item in args.overrides:
+        out += ["--set", item]
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qtopt", description="QT-Opt grasping: collect episodes, shard and "
                      "relabel them with Beam, train and evaluate Q-functions.")

@@ -87,6 +87,20 @@ def write_json(path: str, value) -> None:
     fs.write_text(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
 
 
+def check_shard_outputs(job: str, out: str, infos: list, letters: list, count: int) -> list:
+    """The shard infos of a one-input-shard-to-one-output-shard job, sorted by name, after
+    checking that every shard and every dead letter arrived exactly once; RuntimeError (nothing
+    is published) when the runner lost or repeated any."""
+    infos = sorted(infos, key=lambda i: i["name"])
+    if [i["name"] for i in infos] != [shard_name(j, count) for j in range(count)]:
+        raise RuntimeError(f"{job} job for {out}: shards written do not match its {count} "
+                           "inputs; not published")
+    if sum(i["dead_lettered"] for i in infos) != len(letters):
+        raise RuntimeError(f"{job} job for {out}: the runner lost or repeated dead letters; "
+                           "not published")
+    return infos
+
+
 def write_dead_letters(path: str, letters: Iterable[dict]) -> int:
     rows = sorted(letters, key=lambda d: (d.get("file", ""), d.get("offset") or 0,
                                           d.get("stage", "")))

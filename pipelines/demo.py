@@ -23,7 +23,7 @@ import json
 import time
 
 from pipelines import dataset
-from pipelines.cli import add_config_arguments, config_from_args, invoke
+from pipelines.cli import add_config_arguments, config_args, config_from_args, invoke
 from schemas import fs
 from schemas.errors import UserError
 
@@ -32,16 +32,10 @@ STATE = "demo-state.json"
 
 def initial_export(cfg, workdir: str) -> str:
     """Export the untrained network (step 0) so that epoch 0 has targets to relabel with."""
-    import dataclasses
-
     from model.export import latest_export
-    from model.train import Trainer
+    from model.train import export_weights
 
-    existing = latest_export(fs.join(workdir, "exports"))
-    if existing:
-        return existing
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_input=False))
-    return Trainer(cfg, [], workdir, input_dataset=iter(())).export()
+    return latest_export(fs.join(workdir, "exports")) or export_weights(cfg, workdir)
 
 
 def train_offline(cfg, phase, transitions: str, labelled: str, train_dir: str, epochs: int,
@@ -59,16 +53,6 @@ def train_offline(cfg, phase, transitions: str, labelled: str, train_dir: str, e
             "--until-step", (k + 1) * cfg.train.steps, *cargs]))
         if k > 0:  # superseded labels; the transitions stay
             fs.remove(fs.join(labelled, f"epoch-{k - 1}"), recursive=True)
-
-
-def config_args(args) -> list:
-    """The --preset/--config/--set of this command, to pass on to the commands it runs."""
-    out = ["--preset", args.preset]
-    for path in args.config:
-        out += ["--config", path]
-    for item in args.overrides:
-        out += ["--set", item]
-    return out
 
 
 class Phases:

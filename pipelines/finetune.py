@@ -29,7 +29,7 @@ import time
 
 from model.finetune_schedule import Balancer, online_share
 from pipelines import dataset
-from pipelines.cli import add_config_arguments, config_from_args, invoke
+from pipelines.cli import add_config_arguments, config_args, config_from_args, invoke
 from schemas import fs
 from schemas.errors import UserError
 
@@ -90,7 +90,7 @@ def _counts(directory: str) -> int:
     return int(dataset.read_manifest(directory)["counts"]["transitions"])
 
 
-def run_round(cfg, args, state: dict, p: dict, config_args: list[str]) -> None:
+def run_round(cfg, args, state: dict, p: dict, cargs: list[str]) -> None:
     from model import export as exports
 
     ft = cfg.finetune
@@ -114,21 +114,21 @@ def run_round(cfg, args, state: dict, p: dict, config_args: list[str]) -> None:
         invoke(["collect", "--policy", latest, "--epsilon", ft.epsilon,
                 "--episodes", ft.episodes_per_round, "--objects", args.objects,
                 "--seed", ft.seed + r, "--source", f"online-{name}", "--out", episodes_dir,
-                *config_args])
+                *cargs])
         done("collect")
     if "shard" not in state["done"]:
         invoke(["shard", "--input", fs.join(episodes_dir, "*.tfrecord.gz"),
                 "--output", transitions_dir, "--num-shards", max(1, cfg.pipeline.num_shards // 2),
-                "--seed", cfg.pipeline.shuffle_seed + r, *config_args])
+                "--seed", cfg.pipeline.shuffle_seed + r, *cargs])
         done("shard", online_transitions=state["online_transitions"] + _counts(transitions_dir))
     if "relabel" not in state["done"]:
         invoke(["relabel", "--input", args.offline, "--export", latest,
-                "--output", p["labelled_offline"], "--epoch", r, *config_args])
+                "--output", p["labelled_offline"], "--epoch", r, *cargs])
         online_inputs = []
         for k in range(r + 1):
             online_inputs += ["--input", fs.join(p["transitions"], round_name(k))]
         invoke(["relabel", *online_inputs, "--export", latest,
-                "--output", p["labelled_online"], "--epoch", r, *config_args])
+                "--output", p["labelled_online"], "--epoch", r, *cargs])
         done("relabel")
     if "train" not in state["done"]:
         train_round(cfg, state, p, off_dir, on_dir)
@@ -205,31 +205,16 @@ def run(args: argparse.Namespace) -> int:
         from model.export import latest_export
 
         if latest_export(fs.join(p["train"], "exports")) is None:
-            _export_checkpoint(cfg, p["train"])
+            from model.train import export_weights
+
+            export_weights(cfg, p["train"])  # the first round collects with the copied weights
         state["start_step"] = start
         write_state(p["state"], state)
-    config_args = ["--preset", args.preset]
-    for path in args.config:
-        config_args += ["--config", path]
-    for item in args.overrides:
-        config_args += ["--set", item]
     t0 = time.monotonic()
     while state["round"] < cfg.finetune.rounds:
-        run_round(cfg, args, state, p, config_args)
+        run_round(cfg, args, state, p, config_args(args))
     print(json.dumps({"finetune_rounds": state["round"],
                       "online_transitions": state["online_transitions"],
                       "finetune_steps": state["steps_done"], "seconds": round(
                           time.monotonic() - t0, 1)}), flush=True)
     return 0
-
-
-def _export_checkpoint(cfg, train_dir: str) -> None:
-    """An export of the copied checkpoint, so the first round collects with it."""
-    import dataclasses
-
-    from model.train import Trainer
-
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_input=False))
-    trainer = Trainer(cfg, [], train_dir, input_dataset=iter(()))
-    trainer.restore()
-    trainer.export()

@@ -225,13 +225,7 @@ def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, labell
                  mark_progress=mark_progress, **labeller)).with_outputs("dead", main="files"))
 
     def commit(_, infos, letters):
-        infos = sorted(infos, key=lambda i: i["name"])
-        if [i["name"] for i in infos] != [dataset.shard_name(j, count) for j in range(count)]:
-            raise RuntimeError(f"relabel job for {out}: shards written do not match its "
-                               f"{count} inputs; not published")
-        if sum(i["dead_lettered"] for i in infos) != len(letters):
-            raise RuntimeError(f"relabel job for {out}: the runner lost or repeated dead "
-                               "letters; not published")
+        infos = dataset.check_shard_outputs("relabel", out, infos, letters, count)
         dataset.write_dead_letters(fs.join(staging, dataset.DEAD_LETTER), letters)
         manifest = {
             **manifest_extra,

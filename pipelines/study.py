@@ -18,8 +18,8 @@ import io
 import json
 
 from pipelines import dataset
-from pipelines.cli import add_config_arguments, config_from_args, invoke
-from pipelines.demo import Phases, config_args, train_offline
+from pipelines.cli import add_config_arguments, config_args, config_from_args, invoke
+from pipelines.demo import Phases, train_offline
 from schemas import fs
 from schemas.errors import UserError
 

@@ -83,13 +83,7 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
              | "Filter shards" >> beam.ParDo(FilterShard()).with_outputs("dead", main="files"))
 
     def commit(_, infos, letters):
-        infos = sorted(infos, key=lambda i: i["name"])
-        if [i["name"] for i in infos] != [dataset.shard_name(i, count) for i in range(count)]:
-            raise RuntimeError(f"subsample job for {out}: shards written do not match its "
-                               f"{count} inputs; not published")
-        if sum(i["dead_lettered"] for i in infos) != len(letters):
-            raise RuntimeError(f"subsample job for {out}: the runner lost or repeated dead "
-                               "letters; not published")
+        infos = dataset.check_shard_outputs("subsample", out, infos, letters, count)
         dataset.write_dead_letters(fs.join(staging, dataset.DEAD_LETTER), letters)
         names = [i["name"] for i in infos] + [dataset.DEAD_LETTER]
         counts = {"transitions": sum(i["records"] for i in infos), "dead_lettered": len(letters)}
