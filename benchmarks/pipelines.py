@@ -44,10 +44,11 @@ def _episodes(directory: str, episodes: int, image_size: int, per_file: int = 20
 BEAM_ARGS: list = []
 
 
-def _local_options(workers: int):
+def _local_options(workers: int, local_mode: str = "multi_processing", extra=()):
     from pipelines import runner
 
-    return runner.pipeline_options(BEAM_ARGS, num_workers=workers)
+    return runner.pipeline_options([*BEAM_ARGS, *extra], num_workers=workers,
+                                   local_mode=local_mode)
 
 
 def bench_shard(root: str, files: list[str], workers: int) -> dict:
@@ -104,21 +105,33 @@ def bench_relabel(root: str, image_size: int, workers: int) -> dict:
             compute_s += time.perf_counter() - c0
     inprocess_s = time.perf_counter() - t0
 
-    options = _local_options(workers)
-    labeller = {"export_path": export.path, "cem_config": cfg.cem, "target_config": cfg.targets,
-                "intra_op_threads": runner.threads_per_worker(options)}
-    out = relabel.epoch_dir(os.path.join(root, "labelled"), 0)
-    t0 = time.perf_counter()
-    relabel.execute(options, shards, out, labeller, chunk,
-                    relabel.target_version(export), {}, n)
-    beam_s = time.perf_counter() - t0
-    assert dataset.read_manifest(out)["counts"]["transitions"] == n
+    def beam_job(epoch: int, extra=()) -> float:
+        options = _local_options(workers, relabel.LOCAL_MODE, extra)
+        labeller = {"export_path": export.path, "cem_config": cfg.cem,
+                    "target_config": cfg.targets,
+                    "intra_op_threads": runner.threads_per_worker(options)}
+        out = relabel.epoch_dir(os.path.join(root, "labelled"), epoch)
+        t0 = time.perf_counter()
+        relabel.execute(options, shards, out, labeller, chunk,
+                        relabel.target_version(export), {}, n)
+        seconds = time.perf_counter() - t0
+        assert dataset.read_manifest(out)["counts"]["transitions"] == n
+        return seconds
+
+    beam_s = beam_job(0)
     beam, inproc = n / beam_s, n / inprocess_s
-    return {"transitions": n, "chunk": chunk, "beam_s": round(beam_s, 2),
-            "inprocess_s": round(inprocess_s, 2), "beam_per_s": round(beam, 1),
-            "inprocess_per_s": round(inproc, 1),
-            "inprocess_compute_only_per_s": round(n / compute_s, 1),
-            "ratio": round(beam / inproc, 3)}
+    result = {"transitions": n, "chunk": chunk, "beam_s": round(beam_s, 2),
+              "inprocess_s": round(inprocess_s, 2), "beam_per_s": round(beam, 1),
+              "inprocess_per_s": round(inproc, 1),
+              "inprocess_compute_only_per_s": round(n / compute_s, 1),
+              "ratio": round(beam / inproc, 3)}
+    if not any(a.startswith("--direct_running_mode") for a in BEAM_ARGS):
+        # The same job with one worker process per core, for comparison with the default.
+        mp_s = beam_job(1, ["--direct_running_mode=multi_processing"])
+        result.update({"beam_multi_processing_s": round(mp_s, 2),
+                       "beam_multi_processing_per_s": round(n / mp_s, 1),
+                       "ratio_multi_processing": round(n / mp_s / inproc, 3)})
+    return result
 
 
 def main(argv=None) -> int:

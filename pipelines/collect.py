@@ -102,7 +102,7 @@ def _collect_fn():
             from schemas.config import CEMConfig
 
             self.policy = make_policy(plan["policy"], config, plan["epsilon"],
-                                      CEMConfig(**plan["cem"]))
+                                      CEMConfig(**plan["cem"]), plan["scripted_epsilon"])
             self.counts = {name: Metrics.counter(NAMESPACE, name) for name in
                            ("episodes", "successes", "steps", "labelled", "labeller_agrees")}
             self.seconds = Metrics.distribution(NAMESPACE, "episode_ms")
@@ -207,19 +207,23 @@ def make_plan(cfg, out: str, source: str | None) -> dict:
         default_source = f"{os.path.basename(policy.rstrip('/'))}-{object_label}"
     else:
         policy_label = policy
+        if policy == "scripted" and c.scripted_epsilon > 0:
+            policy_label = f"scripted+epsilon={c.scripted_epsilon:g}"
         default_source = f"{policy}-{object_label}"
     source = source or default_source
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", source):
         raise UserError(f"--source {source!r}: use letters, digits and _ . : - only")
     return {"out": out, "policy": policy, "policy_label": policy_label, "objects": object_spec,
             "seed": c.seed, "source": source, "epsilon": c.epsilon,
+            "scripted_epsilon": c.scripted_epsilon if policy == "scripted" else 0.0,
             "robot": dataclasses.asdict(cfg.robot), "cem": dataclasses.asdict(cfg.cem)}
 
 
 def _check_plan(out: str, plan: dict, write: bool = True) -> None:
     """Refuse to mix two different collections in one directory."""
     path = fs.join(out, PLAN)
-    identity = {k: plan[k] for k in ("policy", "objects", "seed", "source", "epsilon", "robot")}
+    identity = {k: plan[k] for k in ("policy", "objects", "seed", "source", "epsilon",
+                                     "scripted_epsilon", "robot")}
     if fs.exists(path):
         try:
             previous = json.loads(fs.read_text(path))

@@ -38,6 +38,10 @@ from schemas.errors import RecordError, UserError
 from pipelines import dataset, records, runner
 
 NAMESPACE = "qtopt.relabel"
+# Locally the job runs in one process (pipelines.runner): the work is TensorFlow's, whose thread
+# pool already uses every core, and worker processes would each pay TensorFlow's import, the
+# export's load and CEM's tracing (10-15 s) before their first chunk.
+LOCAL_MODE = "in_memory"
 TARGET_SCALE = 1e6  # Beam distributions hold integers: targets are counted in millionths
 # What compute_targets reads from a transition.
 MODEL_INPUTS = ("next_observation/image", "next_observation/gripper_closed",
@@ -290,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     export = check_export(args.export, manifests)
     version = target_version(export)
     options = runner.pipeline_options(args.beam_args, cfg.pipeline.direct_num_workers,
-                                      "qtopt-relabel")
+                                      "qtopt-relabel", LOCAL_MODE)
     labeller = {"export_path": export.path, "cem_config": cfg.cem, "target_config": cfg.targets,
                 "intra_op_threads": runner.threads_per_worker(options)}
     extra = {"created_by": "qtopt relabel", "epoch": args.epoch, "inputs": [s for s, _ in manifests],

@@ -22,6 +22,10 @@ A command does three things with it::
   DirectRunner runs batch pipelines on, in ``multi_processing`` mode with one worker process per
   core (``pipeline.direct_num_workers``, 0 = every core). Naming it explicitly skips the
   DirectRunner's first attempt with the PrismRunner, which downloads a binary and fails offline.
+  A job whose work is TensorFlow's (relabel) asks for ``in_memory`` mode instead
+  (``local_mode``): one process whose TensorFlow thread pool spans every core, so it pays
+  TensorFlow's import, the export's load and CEM's tracing once instead of once per worker.
+  ``--direct_running_mode`` given by the user always wins.
 * ``--runner=DataflowRunner`` without ``--setup_file``/``--sdk_container_image``/``--requirements_file``:
   the project's ``setup.py`` is staged, so workers can import ``schemas``, ``model`` and ``robot``.
 * ``--runner=PortableRunner``, ``PrismRunner``, ``FlinkRunner``...: passed through untouched.
@@ -109,15 +113,20 @@ def project_setup_file() -> str | None:
     return str(candidate) if candidate.is_file() else None
 
 
+LOCAL_MODES = ("multi_processing", "multi_threading", "in_memory")
+
+
 def resolve_args(beam_args: Sequence[str] | None, num_workers: int = 0,
-                 job_name: str | None = None) -> list[str]:
+                 job_name: str | None = None, local_mode: str = "multi_processing") -> list[str]:
     """The full Beam argument list: the user's options plus our defaults where they gave none."""
+    if local_mode not in LOCAL_MODES:
+        raise ValueError(f"local_mode must be one of {LOCAL_MODES}, got {local_mode!r}")
     args = list(beam_args or [])
     runner = _option_value(args, "runner")
     if runner is None or runner.split(".")[-1] in _DIRECT_ALIASES:
         args = _without(args, "runner") + [f"--runner={LOCAL_RUNNER}"]
         if _option_value(args, "direct_running_mode") is None:
-            args.append("--direct_running_mode=multi_processing")
+            args.append(f"--direct_running_mode={local_mode}")
         if _option_value(args, "direct_num_workers") is None:
             args.append(f"--direct_num_workers={num_workers or os.cpu_count() or 1}")
     elif runner.split(".")[-1] in ("DataflowRunner", "TestDataflowRunner"):
@@ -132,14 +141,15 @@ def resolve_args(beam_args: Sequence[str] | None, num_workers: int = 0,
 
 
 def pipeline_options(beam_args: Sequence[str] | None = None, num_workers: int = 0,
-                     job_name: str | None = None):
-    """Beam ``PipelineOptions`` from pass-through arguments, with the local defaults filled in.
+                     job_name: str | None = None, local_mode: str = "multi_processing"):
+    """Beam ``PipelineOptions`` from pass-through arguments, with the local defaults filled in
+    (``local_mode``: the FnApiRunner's running mode when the user names none).
 
     An option Beam does not know is an error here, naming it, rather than being ignored.
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    args = resolve_args(beam_args, num_workers, job_name)
+    args = resolve_args(beam_args, num_workers, job_name, local_mode)
     options = PipelineOptions(args)
     unknown = _unknown_options(args)
     if unknown:
@@ -217,7 +227,10 @@ def threads_per_worker(options) -> int | None:
 
     if runner_name(options) not in _DIRECT_ALIASES:
         return None
-    workers = options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing":
+        return None  # one process: TensorFlow's default pool already spans every core
+    workers = direct.direct_num_workers or os.cpu_count() or 1
     return max(1, (os.cpu_count() or 1) // workers)
 
 

@@ -80,9 +80,9 @@ class SimCell(Robot):
                                       useFixedBase=True)
         self._arm_joints = list(range(self._ik.getNumJoints(self._arm)))
         size = self.config.image_size
-        self._view = self._p.computeViewMatrix(camera.EYE, camera.TARGET, camera.UP)
-        self._proj = self._p.computeProjectionMatrixFOV(camera.FOV_DEGREES, 1.0, camera.NEAR,
-                                                        camera.FAR)
+        cam = camera.PLACEMENTS[self.config.camera]
+        self._view = self._p.computeViewMatrix(cam.eye, cam.target, cam.up)
+        self._proj = self._p.computeProjectionMatrixFOV(cam.fov_degrees, 1.0, cam.near, cam.far)
         self._size = size
         self._steps = 0
         self._done = True

@@ -173,7 +173,9 @@ class EpsilonGreedy(Policy):
         self.name = f"epsilon_greedy({getattr(greedy_policy, 'name', 'greedy')})"
 
     def seed(self, seed: int) -> None:
-        super().seed(seed)
+        # A stream of its own: seeded like the wrapped policy, the coin flips would repeat that
+        # policy's own draws (the scripted policy's aim point, say) and bias the exploration.
+        self.rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xE951]))
         if hasattr(self.greedy, "seed"):
             self.greedy.seed(seed)
 
@@ -199,15 +201,19 @@ class EpsilonGreedy(Policy):
 
 
 def make_policy(name: str, config: RobotConfig | None = None, epsilon: float = 0.2,
-                cem_config=None):
+                cem_config=None, scripted_epsilon: float = 0.0):
     """``scripted``, ``random``, or a policy export directory (the model's greedy CEM policy over
     the export's Polyak copy, ``model.policy.load_policy``, wrapped in epsilon-greedy exploration
-    unless epsilon is 0). TensorFlow is imported only in that last case."""
+    unless epsilon is 0). The scripted policy is wrapped the same way with ``scripted_epsilon``
+    (0: not at all). TensorFlow is imported only for an export."""
     from schemas.errors import UserError
 
     config = config or RobotConfig()
     if name == "scripted":
-        return ScriptedGrasp(config)
+        scripted = ScriptedGrasp(config)
+        if scripted_epsilon > 0:
+            return EpsilonGreedy(scripted, scripted_epsilon, config=config)
+        return scripted
     if name == "random":
         return RandomPolicy(config)
     import os

@@ -108,6 +108,9 @@ class RobotConfig(_Section):
     start_height: float = _f(0.25, lo=0.05, hi=0.35,
                              doc="gripper height above the tray floor at reset, metres")
     grip_force: float = _f(40.0, lo=1.0, hi=500.0, doc="finger motor force, newtons")
+    camera: str = _f("shoulder", choices=("shoulder", "facing"),
+                     doc="camera placement (robot/camera.py): over the arm's shoulder, or "
+                     "across the tray facing the arm")
 
     def check(self):
         if self.min_objects > self.max_objects:
@@ -125,6 +128,9 @@ class CollectConfig(_Section):
     objects: str = _f("train", doc="train | test | comma-separated URDF paths")
     episodes_per_block: int = _f(10, lo=1, doc="episodes one Beam element runs")
     epsilon: float = _f(0.2, lo=0.0, hi=1.0, doc="exploration rate for a greedy policy")
+    scripted_epsilon: float = _f(0.0, lo=0.0, hi=1.0,
+                                 doc="share of the scripted policy's steps replaced by "
+                                 "appendix B's random actions (pose, gripper toggle, terminate)")
     seed: int = _f(0, lo=0)
 
 

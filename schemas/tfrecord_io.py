@@ -25,6 +25,9 @@ from schemas.errors import RecordError
 
 _MASK_DELTA = 0xA282EAD8
 _GZIP_MAGIC = b"\x1f\x8b"
+# zlib's and TensorFlow's default level: output within 2% of level 9 at about a third of its
+# CPU time on image records (gzip.GzipFile would use 9). Fixed, so bytes stay deterministic.
+COMPRESS_LEVEL = 6
 
 
 def masked_crc(data: bytes) -> int:
@@ -146,7 +149,8 @@ class RecordWriter:
     def __enter__(self) -> "RecordWriter":
         self._ctx = fs.atomic_write(self.path, "wb")
         raw = self._ctx.__enter__()
-        self._stream = gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) \
+        self._stream = gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0,
+                                     compresslevel=COMPRESS_LEVEL) \
             if self.compress else raw
         return self
 

@@ -29,6 +29,27 @@ def test_local_default_is_the_multiprocess_fnapi_runner():
     assert runner.runner_name(options) == "FnApiRunner" and runner.is_local(options)
 
 
+def test_relabel_runs_locally_in_one_process_unless_told_otherwise():
+    from pipelines import relabel
+
+    args = runner.resolve_args([], num_workers=2, local_mode=relabel.LOCAL_MODE)
+    assert "--direct_running_mode=in_memory" in args
+    options = runner.pipeline_options([], 2, local_mode=relabel.LOCAL_MODE)
+    assert runner.threads_per_worker(options) is None  # TensorFlow keeps its whole pool
+    mine = runner.resolve_args(["--direct_running_mode=multi_processing"], 2,
+                               local_mode=relabel.LOCAL_MODE)
+    assert mine.count("--direct_running_mode=multi_processing") == 1
+    assert "--direct_running_mode=in_memory" not in mine
+    assert runner.threads_per_worker(runner.pipeline_options(
+        ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])) == max(
+            1, (os.cpu_count() or 1) // 2)
+    # Off this machine the mode means nothing and is not added.
+    assert not any("direct_running_mode" in a for a in runner.resolve_args(
+        DATAFLOW, local_mode=relabel.LOCAL_MODE))
+    with pytest.raises(ValueError, match="local_mode"):
+        runner.resolve_args([], local_mode="threads")
+
+
 def test_other_runners_and_options_pass_through():
     portable = ["--runner=PortableRunner", "--job_endpoint=localhost:1"]
     assert runner.resolve_args(portable) == portable

@@ -239,6 +239,7 @@ def test_bad_actions_are_named(action, message):
     (dict(max_steps=-1), "robot.max_steps"),
     (dict(min_objects=6, max_objects=5), "robot.min_objects"),
     (dict(image_size=1000), "robot.image_size"),
+    (dict(camera="overhead"), "robot.camera"),
 ])
 def test_impossible_configs_are_named(overrides, option):
     with pytest.raises(ConfigError, match=option):
@@ -260,3 +261,13 @@ def test_tray_objects_report_what_is_left_and_what_was_held():
     # What is left can be put back as it lay: a new episode starts from it.
     cell.reset(1, placements=[entry[:3] for entry in state if not entry[3]])
     assert cell.object_ids == ["054"]
+
+
+def test_camera_placement_changes_the_view_not_the_world():
+    a, b = _cell(), _cell(camera="facing")
+    obs_a, obs_b = a.reset(seed=5), b.reset(seed=5)
+    assert obs_a["observation/image"].shape == obs_b["observation/image"].shape == (32, 32, 3)
+    diff = np.abs(obs_a["observation/image"].astype(int) - obs_b["observation/image"].astype(int))
+    assert diff.mean() > 10  # another viewpoint, not the same picture
+    assert a.object_ids == b.object_ids
+    assert obs_a["observation/height"] == obs_b["observation/height"]

@@ -135,3 +135,30 @@ def test_make_policy_names_what_it_cannot_make(tmp_path):
     assert isinstance(make_policy("random", CONFIG), RandomPolicy)
     with pytest.raises(UserError, match="not scripted, random, or an export directory"):
         make_policy(str(tmp_path / "nowhere"), CONFIG)
+
+
+def test_make_policy_wraps_the_scripted_policy_in_exploration_when_asked():
+    noisy = make_policy("scripted", CONFIG, scripted_epsilon=0.3)
+    assert isinstance(noisy, EpsilonGreedy) and isinstance(noisy.greedy, ScriptedGrasp)
+    assert noisy.epsilon == 0.3
+
+
+class Recorder(Policy):
+    """Draws one uniform number per step from its own stream and returns it as t_x."""
+
+    def sample_action(self, observation, step):
+        return mdp.make_action((float(self.rng.random()) * 0.01, 0.0, 0.0))
+
+
+def test_exploration_coin_flips_do_not_repeat_the_wrapped_policys_draws():
+    # Seeded per episode, both streams start from the episode seed; had they the same salt, the
+    # coin that decides to explore would equal the wrapped policy's own draw at every step.
+    policy = EpsilonGreedy(Recorder(), 0.5, config=CONFIG)
+    policy.seed(12)
+    inner = Recorder()
+    inner.seed(12)
+    wrapped_draws = [inner.rng.random() for _ in range(200)]
+    policy.seed(12)
+    coins = [policy.rng.random() for _ in range(200)]
+    assert not np.allclose(coins, wrapped_draws)
+    assert abs(np.corrcoef(coins, wrapped_draws)[0, 1]) < 0.2
