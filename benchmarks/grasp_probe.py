@@ -36,6 +36,7 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def probe_states(paths: list[str], state: str) -> dict:
     """One (image, gripper, height, action, success) per episode, at the chosen step."""
+    from robot import mdp
     from schemas.tfrecord_io import read_records
 
     cols = {k: [] for k in ("image", "gripper", "height", "action", "success")}
@@ -45,7 +46,8 @@ def probe_states(paths: list[str], state: str) -> dict:
             if state == "final":
                 t = n - 1
             else:
-                closes = [i for i in range(n) if ep["action"][i][5] > 0.5]
+                closes = [i for i in range(n)
+                          if mdp.decode_action(ep["action"][i]).gripper == "close"]
                 if not closes:
                     continue
                 t = closes[0]
@@ -60,12 +62,17 @@ def probe_states(paths: list[str], state: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("episodes", nargs="+", help="episode files or globs (local)")
-    parser.add_argument("--state", choices=("close", "final"), default="close")
-    parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--eval-every", type=int, default=200)
-    parser.add_argument("--no-augment", action="store_true")
-    parser.add_argument("--preset", default="demo")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--state", choices=("close", "final"), default="close",
+                        help="the step probed: first close command (default) or the last step")
+    parser.add_argument("--steps", type=int, default=800, help="gradient steps (default 800)")
+    parser.add_argument("--eval-every", type=int, default=200,
+                        help="steps between AUC measurements (default 200)")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="train without the trainer's crop and colour jitter")
+    parser.add_argument("--preset", default="demo",
+                        help="config preset giving the network, batch, learning rate (demo)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="held-out split, initial weights and batches (default 0)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import glob

@@ -20,13 +20,16 @@ class Policy:
     """The interface, and a base class for policies with their own random generator."""
 
     name = "policy"
+    # Mixed into the episode seed, so that the robot and each kind of policy draw from streams
+    # of their own; a policy that wraps another needs a salt unlike the wrapped one's.
+    SEED_SALT = 0x5EED
 
     def __init__(self, rng: np.random.Generator | int | None = None):
         self.rng = np.random.default_rng(rng)
 
     def seed(self, seed: int) -> None:
         """Restart the policy's random stream, independently of the robot's stream."""
-        self.rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
+        self.rng = np.random.default_rng(np.random.SeedSequence([int(seed), self.SEED_SALT]))
 
     def reset(self) -> None:
         """Forget the last episode."""
@@ -156,6 +159,9 @@ class EpsilonGreedy(Policy):
 
     name = "epsilon_greedy"
     PROBS = (0.75, 0.17, 0.08)
+    # Seeded like the wrapped policy, the coin flips would repeat that policy's own draws (the
+    # scripted policy's aim point, say) and bias the exploration.
+    SEED_SALT = 0xE951
 
     def __init__(self, greedy_policy, epsilon: float = 0.2, rng=None,
                  config: RobotConfig | None = None, translation_sigma: float | None = None,
@@ -173,9 +179,7 @@ class EpsilonGreedy(Policy):
         self.name = f"epsilon_greedy({getattr(greedy_policy, 'name', 'greedy')})"
 
     def seed(self, seed: int) -> None:
-        # A stream of its own: seeded like the wrapped policy, the coin flips would repeat that
-        # policy's own draws (the scripted policy's aim point, say) and bias the exploration.
-        self.rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xE951]))
+        super().seed(seed)
         if hasattr(self.greedy, "seed"):
             self.greedy.seed(seed)
 

@@ -263,6 +263,15 @@ def test_tray_objects_report_what_is_left_and_what_was_held():
     assert cell.object_ids == ["054"]
 
 
+def test_every_camera_option_has_a_placement():
+    import dataclasses
+
+    from robot import camera
+
+    field = next(f for f in dataclasses.fields(RobotConfig) if f.name == "camera")
+    assert set(field.metadata["choices"]) == set(camera.PLACEMENTS)
+
+
 def test_camera_placement_changes_the_view_not_the_world():
     a, b = _cell(), _cell(camera="facing")
     obs_a, obs_b = a.reset(seed=5), b.reset(seed=5)
