@@ -32,6 +32,7 @@ def _batch(n: int, size: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return {"next_observation/image": rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
             "next_observation/gripper_closed": rng.integers(0, 2, n).astype(np.float32),
+            "next_observation/gripper_opening": rng.uniform(0, 0.088, n).astype(np.float32),
             "next_observation/height": rng.uniform(0, 0.3, n).astype(np.float32),
             "reward": np.full(n, -0.05, np.float32), "is_terminal": np.zeros(n, bool)}
 
@@ -43,23 +44,23 @@ def naive_computer(polyak, lagged, cem, targets):
     from model.action_space import ACTION_HIGH, ACTION_LOW
     from model.cem import cem_maximize
     from model.targets import bellman_targets
+    from schemas.specs import STATE_SCALARS
 
-    def whole_q(net, image, gripper, height, actions):
+    def whole_q(net, image, scalars, actions):
         n = tf.shape(actions)[1]
         q = net.q({"observation/image": tf.repeat(image, n, 0),
-                   "observation/gripper_closed": tf.repeat(gripper, n, 0),
-                   "observation/height": tf.repeat(height, n, 0),
+                   **{f"observation/{k}": tf.repeat(v, n, 0) for k, v in scalars.items()},
                    "action": tf.reshape(actions, (-1, 8))})
         return tf.reshape(q, (-1, n))
 
     @tf.function(reduce_retracing=True)
     def compute(batch, seed):
         image = batch["next_observation/image"]
-        g, h = batch["next_observation/gripper_closed"], batch["next_observation/height"]
-        action, q1 = cem_maximize(lambda a: whole_q(polyak, image, g, h, a), tf.shape(image)[0],
-                                  seed, cem.samples, cem.elites, cem.iterations, ACTION_LOW,
-                                  ACTION_HIGH, cem.gripper_noop)
-        q2 = whole_q(lagged, image, g, h, action[:, None])[:, 0]
+        scalars = {k: batch[f"next_observation/{k}"] for k in STATE_SCALARS}
+        action, q1 = cem_maximize(lambda a: whole_q(polyak, image, scalars, a),
+                                  tf.shape(image)[0], seed, cem.samples, cem.elites,
+                                  cem.iterations, ACTION_LOW, ACTION_HIGH, cem.gripper_noop)
+        q2 = whole_q(lagged, image, scalars, action[:, None])[:, 0]
         return bellman_targets(batch["reward"], batch["is_terminal"], q1, q2, targets.gamma,
                                targets.kind), action
 

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 import schemas  # noqa: F401  (first: the tfrecord/tensorflow import hook)
+from schemas.specs import STATE_SCALARS  # noqa: E402
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -39,7 +40,7 @@ def probe_states(paths: list[str], state: str) -> dict:
     from robot import mdp
     from schemas.tfrecord_io import read_records
 
-    cols = {k: [] for k in ("image", "gripper", "height", "action", "success")}
+    cols = {k: [] for k in ("image",) + STATE_SCALARS + ("action", "success")}
     for path in paths:
         for ep in read_records(path):
             n = int(ep["num_steps"])
@@ -51,9 +52,8 @@ def probe_states(paths: list[str], state: str) -> dict:
                 if not closes:
                     continue
                 t = closes[0]
-            cols["image"].append(ep["observation/image"][t])
-            cols["gripper"].append(ep["observation/gripper_closed"][t])
-            cols["height"].append(ep["observation/height"][t])
+            for name in ("image",) + STATE_SCALARS:
+                cols[name].append(ep[f"observation/{name}"][t])
             cols["action"].append(ep["action"][t])
             cols["success"].append(float(ep["success"]))
     return {k: np.asarray(v, np.uint8 if k == "image" else np.float32) for k, v in cols.items()}
@@ -102,10 +102,8 @@ def main(argv=None) -> int:
         if step is not None and not args.no_augment:
             image = augment_images(image, tf.constant([step, args.seed], tf.int64),
                                    cfg.train.crop_pad)
-        return {"observation/image": image,
-                "observation/gripper_closed": tf.constant(data["gripper"][ix]),
-                "observation/height": tf.constant(data["height"][ix]),
-                "action": tf.constant(data["action"][ix])}
+        return {"observation/image": image, "action": tf.constant(data["action"][ix]),
+                **{f"observation/{name}": tf.constant(data[name][ix]) for name in STATE_SCALARS}}
 
     @tf.function
     def step_fn(batch, labels):

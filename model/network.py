@@ -36,7 +36,13 @@ STATE_FIELDS = {
     "image": (),
     "image+gripper": ("observation/gripper_closed",),
     "image+gripper+height": ("observation/gripper_closed", "observation/height"),
+    # Not in the paper: the fingers' opening besides the closed flag. After a close it tells
+    # whether something is between the fingers, which 64x64 images barely show (README, "The
+    # demo": grasp_probe).
+    "image+gripper+height+opening": ("observation/gripper_closed", "observation/height",
+                                     "observation/gripper_opening"),
 }
+DEFAULT_STATE_INPUTS = "image+gripper+height+opening"
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class InputSpec:
     """What an export expects of its data; recorded in every export's manifest."""
 
     image_size: int
-    state_inputs: str = "image+gripper+height"
+    state_inputs: str = DEFAULT_STATE_INPUTS
     action_dim: int = ACTION_DIM
 
     @property

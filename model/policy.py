@@ -4,8 +4,9 @@
     policy.reset()
     action = policy.sample_action(observation, step)                 # float32[8]
 
-``observation`` holds ``observation/image`` (uint8 HxWx3), ``observation/gripper_closed`` and
-``observation/height``. Exploration wraps this policy: ``robot.policies.EpsilonGreedy``.
+``observation`` holds ``observation/image`` (uint8 HxWx3) and the state scalars the export's
+``state_inputs`` name (``observation/gripper_closed``, ``observation/gripper_opening``,
+``observation/height``). Exploration wraps this policy: ``robot.policies.EpsilonGreedy``.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ import tensorflow as tf
 from model.action_space import ACTION_HIGH, ACTION_LOW
 from model.cem import cem_maximize
 from model.network import QNetwork
+from schemas.errors import UserError
+from schemas.specs import STATE_SCALARS
 
 KINDS = ("clipped_double_q", "double_q", "single_q")
 
@@ -53,8 +55,8 @@ class TargetComputer:
         size = spec.image_size
         signature = {
             "next_observation/image": tf.TensorSpec((None, size, size, 3), tf.uint8),
-            "next_observation/gripper_closed": tf.TensorSpec((None,), tf.float32),
-            "next_observation/height": tf.TensorSpec((None,), tf.float32),
+            **{f"next_observation/{name}": tf.TensorSpec((None,), tf.float32)
+               for name in STATE_SCALARS},
             "reward": tf.TensorSpec((None,), tf.float32),
             "is_terminal": tf.TensorSpec((None,), tf.bool),
         }
@@ -89,8 +91,13 @@ class TargetComputer:
             "is_terminal": tf.convert_to_tensor(np.asarray(batch["is_terminal"], bool)),
         }
         n = feed["reward"].shape[0]
-        for f in ("next_observation/gripper_closed", "next_observation/height"):
+        for name in STATE_SCALARS:
+            f = f"next_observation/{name}"
             value = batch.get(f)
+            if value is None and f[len("next_"):] in self.polyak.spec.state_fields:
+                raise UserError(f"transitions: no {f!r}, which the export's state inputs "
+                                f"({self.polyak.spec.state_inputs}) need")
+            # A field the network does not read may be left out.
             feed[f] = (tf.convert_to_tensor(np.asarray(value, np.float32)) if value is not None
                        else tf.zeros((n,), tf.float32))
         target, next_action = self._fn(feed, tf.constant([int(seed), 0x5eed], tf.int64))
@@ -107,7 +114,7 @@ def compute_targets(models_or_export, batch: dict, cem_config, target_config, se
     ``models_or_export``: an export path (local or ``gs://``, loaded once per process), a loaded
     ``model.export.Export``, or a ``(polyak, lagged)`` pair of ``QNetwork``. ``batch`` holds numpy
     arrays or tensors keyed by the transition spec's names: ``next_observation/image`` (uint8
-    [B, H, W, 3]), ``next_observation/gripper_closed``, ``next_observation/height``, ``reward``,
+    [B, H, W, 3]), the ``next_observation/`` state scalars its network reads, ``reward``,
     ``is_terminal``; other keys are ignored. ``seed`` makes CEM's samples reproducible; give each
     batch its own (e.g. a hash of shard and batch index). ``bounds``: CEM's (low, high) action
     bounds; by default the export's own (those it was trained with), else the RobotConfig

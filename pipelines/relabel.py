@@ -35,6 +35,7 @@ import numpy as np
 
 from schemas import codec, fs
 from schemas.errors import RecordError, UserError
+from schemas.specs import STATE_SCALARS
 from pipelines import dataset, records, runner
 
 NAMESPACE = "qtopt.relabel"
@@ -44,8 +45,8 @@ NAMESPACE = "qtopt.relabel"
 LOCAL_MODE = "in_memory"
 TARGET_SCALE = 1e6  # Beam distributions hold integers: targets are counted in millionths
 # What compute_targets reads from a transition.
-MODEL_INPUTS = ("next_observation/image", "next_observation/gripper_closed",
-                "next_observation/height", "reward", "is_terminal")
+MODEL_INPUTS = ("next_observation/image",) + tuple(
+    f"next_observation/{name}" for name in STATE_SCALARS) + ("reward", "is_terminal")
 
 
 def epoch_dir(root: str, epoch: int) -> str:

@@ -70,6 +70,7 @@ def frames(episode: dict, scale: int) -> list[np.ndarray]:
         draw = ImageDraw.Draw(canvas)
         a = episode["action"][t]
         closed = "closed" if episode["observation/gripper_closed"][t] > 0.5 else "open"
+        closed += f" {1000 * episode['observation/gripper_opening'][t]:.0f}mm"
         _label(draw, font, f"{episode['episode_id']}  step {t}/{n}  {closed}  "
                f"h={episode['observation/height'][t]:.3f}", h * scale + 2, w * scale)
         if t < n:

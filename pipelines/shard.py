@@ -25,6 +25,7 @@ from typing import Iterable
 
 from schemas import codec, fs
 from schemas.errors import RecordError, UserError
+from schemas.specs import STATE_SCALARS
 from pipelines import dataset, records, runner
 
 NAMESPACE = "qtopt.shard"
@@ -99,15 +100,11 @@ def episode_transitions(episode: dict, source: str | None = None) -> list[dict]:
         out.append(codec.new_record(
             "transition", shape,
             episode_id=episode["episode_id"], step=t, source=src,
-            **{"observation/image": episode["observation/image"][t],
-               "observation/gripper_closed": episode["observation/gripper_closed"][t],
-               "observation/height": episode["observation/height"][t],
-               "action": episode["action"][t],
-               "reward": episode["reward"][t],
-               "is_terminal": bool(episode["is_terminal"][t + 1]),
-               "next_observation/image": episode["observation/image"][t + 1],
-               "next_observation/gripper_closed": episode["observation/gripper_closed"][t + 1],
-               "next_observation/height": episode["observation/height"][t + 1]}))
+            action=episode["action"][t], reward=episode["reward"][t],
+            is_terminal=bool(episode["is_terminal"][t + 1]),
+            **{f"{prefix}/{name}": episode[f"observation/{name}"][t + dt]
+               for prefix, dt in (("observation", 0), ("next_observation", 1))
+               for name in ("image",) + STATE_SCALARS}))
     return out
 
 

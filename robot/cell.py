@@ -220,6 +220,7 @@ class SimCell(Robot):
             return self._final_observation
         return {mdp.IMAGE: self.render(),
                 mdp.GRIPPER_CLOSED: np.float32(1.0 if self._closed else 0.0),
+                mdp.GRIPPER_OPENING: np.float32(self.gripper_opening()),
                 mdp.HEIGHT: np.float32(self.gripper_height())}
 
     def execute_command(self, action) -> None:
@@ -369,6 +370,11 @@ class SimCell(Robot):
     def gripper_height(self) -> float:
         pos, _ = self._p.getBasePositionAndOrientation(self._gripper)
         return float(pos[2] - TRAY_FLOOR_Z)
+
+    def gripper_opening(self) -> float:
+        """Distance between the finger pads, metres: what a real gripper's encoder reports."""
+        travel = sum(self._p.getJointState(self._gripper, j)[0] for j in (0, 1))
+        return max(0.0, float(travel - 2 * FINGER_CLOSED))
 
     def gripper_pose(self) -> tuple[np.ndarray, float]:
         pos, orn = self._p.getBasePositionAndOrientation(self._gripper)

@@ -15,7 +15,7 @@ import numpy as np
 from gymnasium import spaces
 
 from robot import mdp
-from robot.cell import MAX_HEIGHT, SimCell
+from robot.cell import FINGER_CLOSED, FINGER_OPEN, MAX_HEIGHT, SimCell
 from schemas.config import RobotConfig
 
 ENV_ID = "qtopt/Grasping-v0"
@@ -38,6 +38,8 @@ class GraspingEnv(gymnasium.Env):
         self.observation_space = spaces.Dict({
             mdp.IMAGE: spaces.Box(0, 255, (size, size, 3), np.uint8),
             mdp.GRIPPER_CLOSED: spaces.Box(0.0, 1.0, (), np.float32),
+            mdp.GRIPPER_OPENING: spaces.Box(0.0, 2 * (FINGER_OPEN - FINGER_CLOSED), (),
+                                           np.float32),
             mdp.HEIGHT: spaces.Box(-0.1, MAX_HEIGHT + 0.2, (), np.float32),
         })
         t = self.config.max_translation
@@ -77,9 +79,12 @@ class GraspingEnv(gymnasium.Env):
     def _clip(self, observation: dict) -> dict:
         # A gripper squeezed against the floor can report a height a hair outside its bounds.
         space = self.observation_space[mdp.HEIGHT]
+        opening = self.observation_space[mdp.GRIPPER_OPENING]
         # Scalars as 0-d arrays: what a Box of shape () holds.
         return {mdp.IMAGE: observation[mdp.IMAGE],
                 mdp.GRIPPER_CLOSED: np.array(observation[mdp.GRIPPER_CLOSED], np.float32),
+                mdp.GRIPPER_OPENING: np.array(np.clip(observation[mdp.GRIPPER_OPENING],
+                                                      opening.low, opening.high), np.float32),
                 mdp.HEIGHT: np.array(np.clip(observation[mdp.HEIGHT], space.low, space.high),
                                      np.float32)}
 

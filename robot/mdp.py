@@ -16,8 +16,9 @@ from schemas.specs import ACTION_DIM
 
 IMAGE = "observation/image"
 GRIPPER_CLOSED = "observation/gripper_closed"
+GRIPPER_OPENING = "observation/gripper_opening"
 HEIGHT = "observation/height"
-OBSERVATION_KEYS = (IMAGE, GRIPPER_CLOSED, HEIGHT)
+OBSERVATION_KEYS = (IMAGE, GRIPPER_CLOSED, GRIPPER_OPENING, HEIGHT)
 
 # Algorithm 2: the heuristic ends the episode once a closed gripper is above this height (metres
 # above the tray floor) and still being commanded upwards.

@@ -77,6 +77,15 @@ def _check_image_shape(value: Any) -> tuple:
     return shape
 
 
+def _unsupported(version) -> str:
+    msg = (f"schema version {version} is not supported (this reader knows "
+           f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
+    if version is not None and int(version) == 1:
+        msg += ("; version 1 observations lack gripper_opening, which no default can stand in "
+                "for: collect the episodes again")
+    return msg
+
+
 def validate(record: Mapping[str, Any]) -> dict:
     """Check a record against its spec and return it normalised. Raises RecordError."""
     if "kind" not in record:
@@ -87,8 +96,7 @@ def validate(record: Mapping[str, Any]) -> dict:
         raise RecordError(str(exc.args[0])) from None
     version = record.get("schema_version")
     if version is None or int(version) not in SUPPORTED_VERSIONS:
-        raise RecordError(f"schema version {version} is not supported (this reader knows "
-                          f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
+        raise RecordError(_unsupported(version))
     missing = [n for n in spec.names if n not in record]
     if missing:
         raise RecordError(f"{spec.kind} record lacks fields: {', '.join(missing)}")
@@ -228,8 +236,7 @@ def decode(data: bytes) -> dict:
     """Parse and validate one serialised record of any kind. Raises RecordError."""
     kind, version = peek_kind(data)
     if version not in SUPPORTED_VERSIONS:
-        raise RecordError(f"schema version {version} is not supported (this reader knows "
-                          f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
+        raise RecordError(_unsupported(version))
     try:
         spec = spec_for(kind)
     except KeyError as exc:

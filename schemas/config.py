@@ -141,9 +141,11 @@ class ModelConfig(_Section):
     SECTION = "model"
     preset: str = _f("cpu64", choices=("tiny", "cpu64", "paper"),
                      doc="network size: tiny (tests), cpu64 (64x64 on a CPU), paper (472x472)")
-    state_inputs: str = _f("image+gripper+height",
-                           choices=("image", "image+gripper", "image+gripper+height"),
-                           doc="state representation ablation (table 3)")
+    state_inputs: str = _f("image+gripper+height+opening",
+                           choices=("image", "image+gripper", "image+gripper+height",
+                                    "image+gripper+height+opening"),
+                           doc="state representation: table 3's ablation, or (default, not in "
+                           "the paper) those plus the fingers' opening")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ def _fake_value(f: Field, rng: np.random.Generator, image_shape: tuple, record_i
         return np.int64(rng.integers(0, 20))
     if f.name.endswith("gripper_closed"):
         return np.float32(rng.integers(0, 2))
+    if f.name.endswith("gripper_opening"):
+        return np.float32(rng.uniform(0.0, 0.09))
     if f.name == "reward":
         return np.float32(-0.05)
     return np.float32(rng.uniform(0.0, 1.0))

@@ -18,8 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-SCHEMA_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# Version 2 added ``gripper_opening`` to every observation. Version 1 records lack it and cannot
+# be made whole by any default (it is a measurement): collect them again.
+SCHEMA_VERSION = 2
+SUPPORTED_VERSIONS = (2,)
 
 ACTION_LAYOUT = ("translation_x", "translation_y", "translation_z", "rotation_sin",
                  "rotation_cos", "gripper_close", "gripper_open", "terminate")
@@ -81,10 +83,17 @@ def _header() -> tuple:
     )
 
 
+# The observation's scalar fields, in the order every consumer stacks them.
+STATE_SCALARS = ("gripper_closed", "gripper_opening", "height")
+
+
 def _observation(prefix: str) -> tuple:
     return (
         Field(f"{prefix}/image", "image", doc="RGB over-the-shoulder camera image, uint8"),
         Field(f"{prefix}/gripper_closed", "float32", doc="1 if the gripper is closed, else 0"),
+        Field(f"{prefix}/gripper_opening", "float32",
+              doc="distance between the finger pads, metres (0 when they touch): after a close, "
+                  "more than 0 means something is between the fingers"),
         Field(f"{prefix}/height", "float32", doc="gripper height above the tray floor, metres"),
     )
 

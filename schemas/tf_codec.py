@@ -100,7 +100,8 @@ def parse_episode(serialized: tf.Tensor, image_shape) -> tuple[dict, dict]:
             _finish(spec, dict(steps), tuple(image_shape), batched=True))
 
 
-MODEL_INPUTS = ("observation/image", "observation/gripper_closed", "observation/height", "action")
+MODEL_INPUTS = ("observation/image", "observation/gripper_closed", "observation/gripper_opening",
+                "observation/height", "action")
 
 
 def keras_inputs(image_size: int, names=MODEL_INPUTS, kind: str = "transition") -> dict:

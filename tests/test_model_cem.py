@@ -91,7 +91,8 @@ def test_same_seed_same_actions_other_seed_other_actions():
     assert not np.array_equal(a1.numpy(), a3.numpy())
 
 
-@pytest.mark.parametrize("state_inputs", ["image", "image+gripper+height"])
+@pytest.mark.parametrize("state_inputs", ["image", "image+gripper+height",
+                                          "image+gripper+height+opening"])
 def test_factorised_q_equals_the_whole_network_on_tiled_copies(state_inputs):
     net = QNetwork(InputSpec(16, state_inputs), "tiny")
     rng = np.random.default_rng(0)
@@ -103,12 +104,14 @@ def test_factorised_q_equals_the_whole_network_on_tiled_copies(state_inputs):
     images = rng.integers(0, 255, (b, 16, 16, 3), dtype=np.uint8)
     gripper = rng.integers(0, 2, b).astype(np.float32)
     height = rng.uniform(0, 0.3, b).astype(np.float32)
+    opening = rng.uniform(0, 0.088, b).astype(np.float32)
     actions = rng.normal(0, 0.5, (b, n, 8)).astype(np.float32)
     batch = {"observation/image": images, "observation/gripper_closed": gripper,
-             "observation/height": height}
+             "observation/gripper_opening": opening, "observation/height": height}
     factorised = net.q_samples(net.features(images), net.state_vector(batch), actions).numpy()
     naive = net.q({"observation/image": np.repeat(images, n, 0),
                    "observation/gripper_closed": np.repeat(gripper, n),
+                   "observation/gripper_opening": np.repeat(opening, n),
                    "observation/height": np.repeat(height, n),
                    "action": actions.reshape(-1, 8)}).numpy().reshape(b, n)
     np.testing.assert_allclose(factorised, naive, rtol=1e-5, atol=1e-6)

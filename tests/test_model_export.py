@@ -16,14 +16,14 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 tf = pytest.importorskip("tensorflow")
 
 from model.export import load_export, write_export  # noqa: E402
-from model.network import InputSpec, QNetwork  # noqa: E402
+from model.network import DEFAULT_STATE_INPUTS, InputSpec, QNetwork  # noqa: E402
 from model.targets import compute_targets  # noqa: E402
 from schemas import fs  # noqa: E402
 from schemas.config import CEMConfig, TargetConfig  # noqa: E402
 from schemas.errors import UserError  # noqa: E402
 
 
-def _nets(seed, size=16, state_inputs="image+gripper+height"):
+def _nets(seed, size=16, state_inputs=DEFAULT_STATE_INPUTS):
     rng = np.random.default_rng(seed)
     nets = {}
     for name in ("online", "polyak", "lagged"):
@@ -38,6 +38,7 @@ def _batch(size=16, n=4):
     rng = np.random.default_rng(0)
     return {"observation/image": rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
             "observation/gripper_closed": np.ones(n, np.float32),
+            "observation/gripper_opening": np.full(n, 0.02, np.float32),
             "observation/height": np.full(n, 0.1, np.float32),
             "action": rng.normal(0, 0.1, (n, 8)).astype(np.float32)}
 

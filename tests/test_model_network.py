@@ -26,16 +26,19 @@ def test_paper_preset_matches_figure_13():
 
 
 @pytest.mark.parametrize("state_inputs, extra", [("image", 0), ("image+gripper", 1),
-                                                 ("image+gripper+height", 2)])
+                                                 ("image+gripper+height", 2),
+                                                 ("image+gripper+height+opening", 3)])
 def test_state_input_ablation(state_inputs, extra):
     net = QNetwork(InputSpec(32, state_inputs), "tiny")
     assert net.head.inputs[1].shape[-1] == 8 + extra
     names = set(net.spec.input_names)
     assert ("observation/gripper_closed" in names) == (extra >= 1)
     assert ("observation/height" in names) == (extra >= 2)
+    assert ("observation/gripper_opening" in names) == (extra >= 3)
     rng = np.random.default_rng(0)
     batch = {"observation/image": rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8),
              "observation/gripper_closed": np.ones(5, np.float32),
+             "observation/gripper_opening": np.full(5, 0.03, np.float32),
              "observation/height": np.full(5, 0.2, np.float32),
              "action": rng.normal(0, 1, (5, 8)).astype(np.float32)}
     q = net.q(batch).numpy()

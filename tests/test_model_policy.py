@@ -33,6 +33,7 @@ def _observation(value, rng):
     return {"observation/image": np.clip(value + rng.integers(-10, 10, (SIZE, SIZE, 3)), 0,
                                          255).astype(np.uint8),
             "observation/gripper_closed": np.float32(0.0),
+            "observation/gripper_opening": np.float32(0.088),
             "observation/height": np.float32(0.1)}
 
 

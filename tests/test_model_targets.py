@@ -52,6 +52,7 @@ def _batch(n=6):
     return {
         "next_observation/image": rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8),
         "next_observation/gripper_closed": rng.integers(0, 2, n).astype(np.float32),
+        "next_observation/gripper_opening": rng.uniform(0, 0.088, n).astype(np.float32),
         "next_observation/height": rng.uniform(0, 0.3, n).astype(np.float32),
         "reward": np.where(np.arange(n) % 3 == 0, 1.0, -0.05).astype(np.float32),
         "is_terminal": np.arange(n) % 3 == 0,
@@ -61,6 +62,7 @@ def _batch(n=6):
 def _q(net, batch, action):
     return net.q({"observation/image": batch["next_observation/image"],
                   "observation/gripper_closed": batch["next_observation/gripper_closed"],
+                  "observation/gripper_opening": batch["next_observation/gripper_opening"],
                   "observation/height": batch["next_observation/height"],
                   "action": action}).numpy()
 

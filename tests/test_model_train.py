@@ -40,6 +40,7 @@ def _q(net, image_value, close):
         "observation/image": np.clip(image_value + rng.integers(-10, 10, (n, SIZE, SIZE, 3)),
                                      0, 255).astype(np.uint8),
         "observation/gripper_closed": np.zeros(n, np.float32),
+        "observation/gripper_opening": np.full(n, 0.088, np.float32),
         "observation/height": np.full(n, 0.1, np.float32), "action": action}).numpy()))
 
 

@@ -74,7 +74,7 @@ def test_shuffle_mixes_episodes_and_orders_by_salted_hash(sharded):
 
 def test_catalogue_and_manifest(episodes, sharded):
     m = manifest(sharded)
-    assert m["kind"] == "transition" and m["schema_version"] == 1
+    assert m["kind"] == "transition" and m["schema_version"] == 2
     assert m["counts"]["episodes"] == 13 and m["counts"]["dead_lettered"] == 0
     assert set(m["counts"]["by_source"]) == {"fake-source", "online"}
     assert m["counts"]["by_source"]["online"]["episodes"] == 4

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from robot import mdp, objects
-from robot.cell import SimCell, TRAY_CENTRE, TRAY_FLOOR_Z, WORKSPACE_HALF
+from robot.cell import (FINGER_CLOSED, FINGER_OPEN, SimCell, TRAY_CENTRE, TRAY_FLOOR_Z,
+                        WORKSPACE_HALF)
 from robot.episode import run_episode
 from robot.policies import RandomPolicy, ScriptedGrasp
 from schemas.config import RobotConfig
@@ -45,6 +46,7 @@ def test_reset_is_deterministic_from_the_seed_whatever_ran_before():
     assert a["object_ids"] == b["object_ids"]
     assert a["num_steps"] == b["num_steps"]
     for key in ("observation/image", "observation/height", "observation/gripper_closed",
+                "observation/gripper_opening",
                 "action", "reward"):
         assert all(np.array_equal(x, y) for x, y in zip(a[key], b[key])), key
 
@@ -138,6 +140,11 @@ def test_scripted_grasp_of_an_object_under_the_gripper_succeeds(object_id):
     assert rewards[-2] == 1.0 and np.allclose(rewards[:-2], -0.05) and rewards[-1] == 0.0
     held = cell.object_positions()[0]
     assert held[2] - TRAY_FLOOR_Z > cell.config.success_height  # really up in the air
+    # The fingers are held apart by the object: the opening says so while the flag only says
+    # "closed".
+    opening = np.asarray(record["observation/gripper_opening"])
+    assert record["observation/gripper_closed"][-1] == 1.0 and opening[-1] > 0.005
+    assert opening[0] > 0.08   # wide open at the start
 
 
 def test_an_empty_close_fails():
@@ -146,6 +153,7 @@ def test_an_empty_close_fails():
     assert record["success"] is False
     assert np.asarray(record["reward"])[-2] == 0.0
     assert record["observation/gripper_closed"][-1] == 1.0  # it did close
+    assert record["observation/gripper_opening"][-1] < 0.002  # on nothing: the pads touch
 
 
 def test_closing_next_to_an_object_does_not_lift_it():
@@ -213,6 +221,7 @@ def test_observation_layout_and_workspace_bounds():
     assert set(obs) == set(mdp.OBSERVATION_KEYS)
     assert obs[mdp.IMAGE].shape == (32, 32, 3) and obs[mdp.IMAGE].dtype == np.uint8
     assert obs[mdp.GRIPPER_CLOSED] == 0.0
+    assert abs(obs[mdp.GRIPPER_OPENING] - 2 * (FINGER_OPEN - FINGER_CLOSED)) < 0.002
     assert abs(obs[mdp.HEIGHT] - cell.config.start_height) < 0.005
     for _ in range(6):
         cell.execute_command(mdp.make_action((1.0, -1.0, 1.0)))  # far beyond every bound

@@ -63,6 +63,19 @@ def test_unknown_schema_version(tmp_path):
         list(tfrecord_io.read_records(str(path)))
 
 
+def test_version_1_records_are_refused_with_what_to_do(tmp_path):
+    # Version 1 observations had no gripper_opening: such an episode, as it was written then.
+    rec = fake.fake_record("episode", image_size=8, num_steps=2)
+    msg = example_proto.SequenceExample.FromString(codec.encode(rec))
+    msg.context.feature["schema_version"].int64_list.value[0] = 1
+    del msg.feature_lists.feature_list["observation/gripper_opening"]
+    path = tmp_path / "old.tfrecord"
+    path.write_bytes(_raw_frames([msg.SerializeToString()]))
+    with pytest.raises(RecordError, match=r"old\.tfrecord, record 0.*schema version 1 .*"
+                                          r"lack gripper_opening.*collect the episodes again"):
+        list(tfrecord_io.read_records(str(path)))
+
+
 def test_wrong_image_shape_is_refused_on_write_and_on_read(tmp_path):
     rec = fake.fake_record("transition", image_size=8)
     rec["observation/image"] = np.zeros((8, 9, 3), np.uint8)
