@@ -128,7 +128,10 @@ def resolve_args(beam_args: Sequence[str] | None, num_workers: int = 0,
         if _option_value(args, "direct_running_mode") is None:
             args.append(f"--direct_running_mode={local_mode}")
         if _option_value(args, "direct_num_workers") is None:
-            args.append(f"--direct_num_workers={num_workers or os.cpu_count() or 1}")
+            # In one process (in_memory) Beam has no workers to count, and warns if told of more.
+            workers = 1 if _option_value(args, "direct_running_mode") == "in_memory" else \
+                num_workers or os.cpu_count() or 1
+            args.append(f"--direct_num_workers={workers}")
     elif runner.split(".")[-1] in ("DataflowRunner", "TestDataflowRunner"):
         staged = any(_option_value(args, o) for o in
                      ("setup_file", "sdk_container_image", "requirements_file"))

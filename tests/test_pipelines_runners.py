@@ -34,12 +34,14 @@ def test_relabel_runs_locally_in_one_process_unless_told_otherwise():
 
     args = runner.resolve_args([], num_workers=2, local_mode=relabel.LOCAL_MODE)
     assert "--direct_running_mode=in_memory" in args
+    assert "--direct_num_workers=1" in args   # one process: Beam warns if told of 2
     options = runner.pipeline_options([], 2, local_mode=relabel.LOCAL_MODE)
     assert runner.threads_per_worker(options) is None  # TensorFlow keeps its whole pool
     mine = runner.resolve_args(["--direct_running_mode=multi_processing"], 2,
                                local_mode=relabel.LOCAL_MODE)
     assert mine.count("--direct_running_mode=multi_processing") == 1
     assert "--direct_running_mode=in_memory" not in mine
+    assert "--direct_num_workers=2" in mine
     assert runner.threads_per_worker(runner.pipeline_options(
         ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])) == max(
             1, (os.cpu_count() or 1) // 2)
