@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     order = rng.permutation(n)
     held, train = order[: n // 5], order[n // 5:]
     tf.keras.utils.set_random_seed(args.seed)
-    net = build(cfg.model, data["image"].shape[1])
+    net = build(cfg.model, data["image"].shape[1],
+                translation_range=cfg.robot.max_translation)
     weights = net.model.trainable_variables
     optimizer = tf.keras.optimizers.Adam(cfg.train.learning_rate)
 

@@ -92,7 +92,8 @@ class Trainer:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(cfg.seed)
         self.workdir = str(workdir)
-        self.spec = InputSpec(config.robot.image_size, config.model.state_inputs)
+        self.spec = InputSpec(config.robot.image_size, config.model.state_inputs,
+                              translation_range=config.robot.max_translation)
         self.online = QNetwork(self.spec, config.model.preset, "online")
         self.polyak = QNetwork(self.spec, config.model.preset, "polyak")
         self.lagged = QNetwork(self.spec, config.model.preset, "lagged")
