@@ -105,14 +105,18 @@ def test_factorised_q_equals_the_whole_network_on_tiled_copies(state_inputs):
     gripper = rng.integers(0, 2, b).astype(np.float32)
     height = rng.uniform(0, 0.3, b).astype(np.float32)
     opening = rng.uniform(0, 0.088, b).astype(np.float32)
-    actions = rng.normal(0, 0.5, (b, n, 8)).astype(np.float32)
+    # Actions within the robot's bounds, as CEM and the data give them.
+    actions = rng.uniform(ACTION_LOW, ACTION_HIGH, (b, n, 8)).astype(np.float32)
     batch = {"observation/image": images, "observation/gripper_closed": gripper,
              "observation/gripper_opening": opening, "observation/height": height}
     factorised = net.q_samples(net.features(images), net.state_vector(batch), actions).numpy()
-    naive = net.q({"observation/image": np.repeat(images, n, 0),
-                   "observation/gripper_closed": np.repeat(gripper, n),
-                   "observation/gripper_opening": np.repeat(opening, n),
-                   "observation/height": np.repeat(height, n),
-                   "action": actions.reshape(-1, 8)}).numpy().reshape(b, n)
+    logits = net.logits({"observation/image": np.repeat(images, n, 0),
+                         "observation/gripper_closed": np.repeat(gripper, n),
+                         "observation/gripper_opening": np.repeat(opening, n),
+                         "observation/height": np.repeat(height, n),
+                         "action": actions.reshape(-1, 8)}).numpy().reshape(b, n)
+    naive = 1.0 / (1.0 + np.exp(-logits))
     np.testing.assert_allclose(factorised, naive, rtol=1e-5, atol=1e-6)
-    assert naive.std() > 1e-3    # the actions do change Q, so the comparison means something
+    # The actions do change Q, so the comparison means something. Measured on the logits: the
+    # perturbed weights can push Q towards 1, where the sigmoid hides differences.
+    assert (logits.std(axis=1) > 1e-2).all()
