@@ -52,6 +52,26 @@ class GreedyCEMPolicy:
         policy.name = f"greedy_cem({export.path.rstrip('/').rsplit('/', 1)[-1]}/{copy})"
         return policy
 
+    def check_fits(self, robot_config) -> None:
+        """Refuse a cell this export was not trained for: another image size or action bounds.
+
+        Caught before any robot runs; otherwise the first observation fails deep inside a worker,
+        or CEM proposes moves the cell silently clips."""
+        from model.action_space import bounds_from_config
+
+        size = self.network.spec.image_size
+        if size != robot_config.image_size:
+            raise UserError(f"{self.where}: trained on {size}x{size} images but the cell renders "
+                            f"{robot_config.image_size}x{robot_config.image_size} "
+                            f"(robot.image_size); use --set robot.image_size={size} or an export "
+                            f"trained at {robot_config.image_size}")
+        low, high = bounds_from_config(robot_config)
+        if not (np.allclose(low, self.low, atol=1e-6) and np.allclose(high, self.high, atol=1e-6)):
+            raise UserError(f"{self.where}: trained with action bounds up to translation "
+                            f"{float(self.high[0]):g} m and yaw sin {float(self.high[3]):g}, but "
+                            f"the cell allows {float(high[0]):g} m and {float(high[3]):g} "
+                            "(robot.max_translation, robot.max_rotation)")
+
     def seed(self, seed: int) -> None:
         """Restart the CEM sample stream (robot's run_episode calls this per episode)."""
         self._seed, self._calls = int(seed), 0

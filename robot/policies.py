@@ -231,4 +231,5 @@ def make_policy(name: str, config: RobotConfig | None = None, epsilon: float = 0
         raise UserError(f"policy {name}: the greedy Q policy (model.policy.load_policy) is not "
                         f"available: {exc}") from None
     greedy = load_policy(name, cem_config=cem_config)
+    greedy.check_fits(config)
     return EpsilonGreedy(greedy, epsilon, config=config) if epsilon > 0 else greedy

@@ -89,3 +89,17 @@ def test_observation_that_does_not_match_the_export(exports):
     del obs["observation/height"]
     with pytest.raises(UserError, match=r"no 'observation/height'"):
         policy.sample_action(obs, 0)
+
+
+def test_evaluate_refuses_an_export_that_does_not_fit_the_cell(exports, tmp_path):
+    from pipelines.cli import invoke
+
+    out = tmp_path / "eval"
+    # The export was trained at SIZE pixels with 0.03 m moves; the demo cell renders 64 pixels.
+    with pytest.raises(UserError, match=rf"export-000000250.*trained on {SIZE}x{SIZE} images "
+                                        r"but the cell renders 64x64 \(robot.image_size\)"):
+        invoke(["evaluate", "--policy", exports, "--objects", "test", "--out", str(out)])
+    with pytest.raises(UserError, match=r"action bounds up to translation 0.03 m.*allows 0.08 m"):
+        invoke(["evaluate", "--policy", exports, "--objects", "test", "--out", str(out),
+                "--set", f"robot.image_size={SIZE}"])
+    assert not out.exists() or not any(out.rglob("*.json"))   # refused before any robot ran
