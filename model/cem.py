@@ -7,6 +7,13 @@ pair from a categorical over close (1, 0), open (0, 1) and, with ``gripper_noop`
 (0, 0); the terminate bit from a Bernoulli. The discrete distributions are refit to the elites'
 frequencies, as the Gaussian is to their mean and spread. Samples are clipped to the bounds.
 
+Under the scripted termination (algorithm 2, ``robot.termination=scripted``) the terminate bit is
+not the policy's to choose: the cell ends the episode when the gripper is closed, above the
+termination height and commanded upwards, and records that decision as the bit. ``terminate_rule``
+(the state's gripper closed flag and height) makes CEM set the bit the same way, so Q is only
+asked about actions the data can contain; sampled freely, the bit is an unseen input at every
+state where the rule says 0, and its extrapolated values inflate every bootstrapped target.
+
 The function is pure TensorFlow with stateless random numbers, so the same seed gives the same
 actions, and it runs inside a ``tf.function``. ``score_fn`` decides how actions are scored; the
 factorised scorer (``QNetwork.q_samples`` on features computed once per state) is what makes
@@ -21,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from model.action_space import ACTION_HIGH, ACTION_LOW, CONTINUOUS, GRIPPER, TERMINATE
+from robot.mdp import SCRIPTED_TERMINATION_HEIGHT
 
 # Elite spreads never collapse below this fraction of the bound range, so the second iteration
 # still explores around a mean that six elites happened to agree on.
@@ -30,11 +38,13 @@ MIN_STD_FRACTION = 1e-3
 def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
                  samples: int = 64, elites: int = 6, iterations: int = 2,
                  low: np.ndarray = ACTION_LOW, high: np.ndarray = ACTION_HIGH,
-                 gripper_noop: bool = True):
+                 gripper_noop: bool = True, terminate_rule=None):
     """Best action per state and its score: ([B, 8], [B]).
 
     ``score_fn`` maps actions [B, N, 8] to scores [B, N]. ``seed`` is a shape-[2] integer tensor
     (``tf.random`` stateless seed). The result is the best sample seen over all iterations.
+    ``terminate_rule``: None (the terminate bit is sampled, learned termination) or a pair
+    (gripper_closed [B], height [B]) of the states, for the scripted termination.
     """
     low = tf.constant(low, tf.float32)
     high = tf.constant(high, tf.float32)
@@ -60,8 +70,11 @@ def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
         close = tf.cast(u < p_gripper[:, :1], tf.float32)
         open_ = tf.cast(u >= p_gripper[:, :1], tf.float32) * tf.cast(
             u < p_gripper[:, :1] + p_gripper[:, 1:2], tf.float32)
-        terminate = tf.cast(tf.random.stateless_uniform((b, samples), seeds[3 * it + 2])
-                            < p_terminate[:, None], tf.float32)
+        if terminate_rule is None:
+            terminate = tf.cast(tf.random.stateless_uniform((b, samples), seeds[3 * it + 2])
+                                < p_terminate[:, None], tf.float32)
+        else:
+            terminate = scripted_terminate_bits(*terminate_rule, continuous[..., 2])
         actions = _assemble(continuous, close, open_, terminate)
 
         scores = score_fn(actions)
@@ -80,6 +93,13 @@ def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
         best_score = tf.where(better, top.values[:, 0], best_score)
         best_action = tf.where(better[:, None], elite[:, 0], best_action)
     return best_action, best_score
+
+
+def scripted_terminate_bits(gripper_closed, height, translation_z):
+    """Algorithm 2 on tensors (``robot.mdp.scripted_termination``): [B] states x [B, N] moves."""
+    closed = tf.cast(tf.reshape(gripper_closed, (-1, 1)), tf.float32) > 0.5
+    high = tf.cast(tf.reshape(height, (-1, 1)), tf.float32) > SCRIPTED_TERMINATION_HEIGHT
+    return tf.cast(closed & high & (translation_z > 0.0), tf.float32)
 
 
 def _assemble(continuous, close, open_, terminate):

@@ -10,9 +10,10 @@ Layout, on a local path or ``gs://``::
 
 ``manifest.json`` records the format version, the training step, the network preset, the input
 spec (image size, state inputs, action dimension), the action bounds CEM must use with these
-weights (from the robot's per-step limits) and a SHA-256 per weights file. The weights are
-plain ``.npz`` arrays keyed ``NNNN:<variable path>``, so any numpy can read them; loading rebuilds
-the network from the preset and checks every name and shape.
+weights (from the robot's per-step limits), the termination mode of the data (learned or
+scripted, which decides how CEM treats the terminate bit) and a SHA-256 per weights file. The
+weights are plain ``.npz`` arrays keyed ``NNNN:<variable path>``, so any numpy can read them;
+loading rebuilds the network from the preset and checks every name and shape.
 
 ``load_export(path)`` takes an ``export-*`` directory or an ``exports/`` directory (then the
 complete export with the highest step). Results are cached per process, so a Beam DoFn can call it
@@ -72,6 +73,11 @@ class Export:
             return ACTION_LOW, ACTION_HIGH
         return np.asarray(b["low"], np.float32), np.asarray(b["high"], np.float32)
 
+    @property
+    def termination(self) -> str:
+        """``robot.termination`` of the data the export was trained on (older exports: learned)."""
+        return self.manifest.get("termination", "learned")
+
     def check_image_shape(self, image_shape, where: str) -> None:
         self.spec.check_image_shape(image_shape, f"{where} (export {self.path})")
 
@@ -106,11 +112,12 @@ def assign_from_bytes(variables, data: bytes, where: str) -> None:
 
 
 def write_export(exports: str, step: int, networks: dict, extra: dict | None = None,
-                 bounds=None) -> str:
+                 bounds=None, termination: str = "learned") -> str:
     """Write the networks (``{"online": QNetwork, ...}``) as ``export-<step>``; returns its path.
 
     ``bounds``: the (low, high) action bounds CEM should use with these weights (default: the
-    RobotConfig defaults).
+    RobotConfig defaults). ``termination``: the ``robot.termination`` the weights were trained
+    under; with ``scripted``, CEM sets the terminate bit by algorithm 2 instead of sampling it.
 
     The manifest goes last, so a reader never sees a half-written export as complete.
     """
@@ -132,6 +139,7 @@ def write_export(exports: str, step: int, networks: dict, extra: dict | None = N
         "preset": first.preset,
         "input_spec": first.spec.to_dict(),
         "action_bounds": {"low": [float(x) for x in low], "high": [float(x) for x in high]},
+        "termination": termination,
         "networks": files,
         "created_unix": time.time(),
         **(extra or {}),

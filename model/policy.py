@@ -17,6 +17,8 @@ import tensorflow as tf
 from model.cem import cem_maximize
 from model.export import load_export
 from model.network import IMAGE, QNetwork
+
+GRIPPER_CLOSED, HEIGHT = "observation/gripper_closed", "observation/height"
 from schemas.config import CEMConfig
 from schemas.errors import UserError
 
@@ -27,10 +29,12 @@ class GreedyCEMPolicy:
     name = "greedy_cem"
 
     def __init__(self, network: QNetwork, cem_config: CEMConfig | None = None, bounds=None,
-                 seed: int = 0, where: str = "policy"):
+                 seed: int = 0, where: str = "policy", termination: str = "learned"):
         from model.action_space import ACTION_HIGH, ACTION_LOW
 
         self.network = network
+        # scripted: the terminate bit follows algorithm 2, as the cell records it (model.cem).
+        self.termination = termination
         self.cem = cem_config or CEMConfig()
         low, high = (ACTION_LOW, ACTION_HIGH) if bounds is None else bounds
         self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
@@ -40,7 +44,7 @@ class GreedyCEMPolicy:
         self._fn = tf.function(self._act, input_signature=[
             tf.TensorSpec((None, size, size, 3), tf.uint8), tf.TensorSpec((None, None),
                                                                          tf.float32),
-            tf.TensorSpec((2,), tf.int64)])
+            tf.TensorSpec((None, 2), tf.float32), tf.TensorSpec((2,), tf.int64)])
 
     @classmethod
     def from_export(cls, path: str, copy: str = "polyak", cem_config: CEMConfig | None = None,
@@ -48,7 +52,7 @@ class GreedyCEMPolicy:
         """The policy over one copy of an export (``export-*`` or ``exports/`` directory)."""
         export = load_export(path, copies=(copy,))
         policy = cls(export.networks[copy], cem_config, export.bounds, seed,
-                     where=f"export {export.path}")
+                     where=f"export {export.path}", termination=export.termination)
         policy.name = f"greedy_cem({export.path.rstrip('/').rsplit('/', 1)[-1]}/{copy})"
         return policy
 
@@ -65,6 +69,10 @@ class GreedyCEMPolicy:
                             f"{robot_config.image_size}x{robot_config.image_size} "
                             f"(robot.image_size); use --set robot.image_size={size} or an export "
                             f"trained at {robot_config.image_size}")
+        if self.termination != robot_config.termination:
+            raise UserError(f"{self.where}: trained with robot.termination={self.termination} "
+                            f"but the cell uses {robot_config.termination}; use --set "
+                            f"robot.termination={self.termination}")
         low, high = bounds_from_config(robot_config)
         if not (np.allclose(low, self.low, atol=1e-6) and np.allclose(high, self.high, atol=1e-6)):
             raise UserError(f"{self.where}: trained with action bounds up to translation "
@@ -79,12 +87,14 @@ class GreedyCEMPolicy:
     def reset(self) -> None:
         """Nothing carries over between steps: the policy is a function of the observation."""
 
-    def _act(self, image, state, seed):
+    def _act(self, image, state, closed_height, seed):
         features = self.network.features(image)
+        rule = ((closed_height[:, 0], closed_height[:, 1]) if self.termination == "scripted"
+                else None)
         action, _ = cem_maximize(
             lambda actions: self.network.q_samples(features, state, actions), tf.shape(image)[0],
             seed, self.cem.samples, self.cem.elites, self.cem.iterations, self.low, self.high,
-            self.cem.gripper_noop)
+            self.cem.gripper_noop, terminate_rule=rule)
         return action
 
     def sample_actions(self, observations: dict) -> np.ndarray:
@@ -103,13 +113,21 @@ class GreedyCEMPolicy:
                                 f"{spec.state_inputs})")
             cols.append(np.asarray(observations[name], np.float32).reshape(-1))
         state = np.stack(cols, 1) if cols else np.zeros((len(image), 0), np.float32)
+        closed_height = np.zeros((len(image), 2), np.float32)
+        if self.termination == "scripted":
+            for i, name in enumerate((GRIPPER_CLOSED, HEIGHT)):
+                if name not in observations:
+                    raise UserError(f"{self.where}: observation has no {name!r} (the scripted "
+                                    "termination needs it)")
+                closed_height[:, i] = np.asarray(observations[name], np.float32).reshape(-1)
         seed = tf.constant([self._seed, self._calls], tf.int64)
         self._calls += 1
-        return self._fn(tf.constant(image), tf.constant(state), seed).numpy()
+        return self._fn(tf.constant(image), tf.constant(state), tf.constant(closed_height),
+                        seed).numpy()
 
     def sample_action(self, observation: dict, step: int) -> np.ndarray:
-        batch = {k: np.asarray(v)[None] for k, v in observation.items()
-                 if k == IMAGE or k in self.network.spec.state_fields}
+        keep = {IMAGE, GRIPPER_CLOSED, HEIGHT, *self.network.spec.state_fields}
+        batch = {k: np.asarray(v)[None] for k, v in observation.items() if k in keep}
         return self.sample_actions(batch)[0]
 
 

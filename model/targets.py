@@ -47,8 +47,9 @@ class TargetComputer:
     """
 
     def __init__(self, polyak: QNetwork, lagged: QNetwork, cem_config, target_config,
-                 bounds=(ACTION_LOW, ACTION_HIGH)):
+                 bounds=(ACTION_LOW, ACTION_HIGH), termination: str = "learned"):
         self.polyak, self.lagged = polyak, lagged
+        self.termination = termination
         self.cem, self.targets = cem_config, target_config
         self.low, self.high = (np.asarray(b, np.float32) for b in bounds)
         spec = polyak.spec
@@ -68,10 +69,13 @@ class TargetComputer:
         b = tf.shape(image)[0]
         features = self.polyak.features(image)
         state = self.polyak.state_vector(batch, "next_observation")
+        rule = None
+        if self.termination == "scripted":
+            rule = (batch["next_observation/gripper_closed"], batch["next_observation/height"])
         next_action, q1 = cem_maximize(
             lambda actions: self.polyak.q_samples(features, state, actions), b, seed,
             self.cem.samples, self.cem.elites, self.cem.iterations, self.low, self.high,
-            self.cem.gripper_noop)
+            self.cem.gripper_noop, terminate_rule=rule)
         kind = self.targets.kind
         if kind == "single_q":
             q2 = q1
@@ -97,6 +101,10 @@ class TargetComputer:
             if value is None and f[len("next_"):] in self.polyak.spec.state_fields:
                 raise UserError(f"transitions: no {f!r}, which the export's state inputs "
                                 f"({self.polyak.spec.state_inputs}) need")
+            if value is None and self.termination == "scripted" and name in (
+                    "gripper_closed", "height"):
+                raise UserError(f"transitions: no {f!r}, which the scripted termination "
+                                "(algorithm 2) needs to set the terminate bit")
             # A field the network does not read may be left out.
             feed[f] = (tf.convert_to_tensor(np.asarray(value, np.float32)) if value is not None
                        else tf.zeros((n,), tf.float32))
@@ -108,7 +116,7 @@ _COMPUTERS: dict = {}
 
 
 def compute_targets(models_or_export, batch: dict, cem_config, target_config, seed: int = 0,
-                    bounds=None):
+                    bounds=None, termination: str | None = None):
     """(target float32[B], next_action float32[B, 8]) for a batch of parsed transitions.
 
     ``models_or_export``: an export path (local or ``gs://``, loaded once per process), a loaded
@@ -118,7 +126,8 @@ def compute_targets(models_or_export, batch: dict, cem_config, target_config, se
     ``is_terminal``; other keys are ignored. ``seed`` makes CEM's samples reproducible; give each
     batch its own (e.g. a hash of shard and batch index). ``bounds``: CEM's (low, high) action
     bounds; by default the export's own (those it was trained with), else the RobotConfig
-    defaults (``model.action_space``).
+    defaults (``model.action_space``). ``termination``: ``learned`` or ``scripted``; by default
+    the export's own (a pair of networks: learned).
 
     Raises ``UserError`` naming the export when its image size does not match the batch.
     """
@@ -131,16 +140,18 @@ def compute_targets(models_or_export, batch: dict, cem_config, target_config, se
         models_or_export.check_image_shape(image_shape, "transitions")
         nets = (models_or_export.polyak, models_or_export.lagged)
         bounds = models_or_export.bounds if bounds is None else bounds
+        termination = termination or models_or_export.termination
     else:
         nets = tuple(models_or_export)
         nets[0].spec.check_image_shape(image_shape, "transitions")
     bounds = (ACTION_LOW, ACTION_HIGH) if bounds is None else bounds
+    termination = termination or "learned"
     key = (id(nets[0]), id(nets[1]), cem_config, target_config,
-           tuple(np.asarray(bounds, np.float32).ravel().tolist()))
+           tuple(np.asarray(bounds, np.float32).ravel().tolist()), termination)
     computer = _COMPUTERS.get(key)
     if computer is None:
         if len(_COMPUTERS) >= 16:   # a long-lived worker that loads export after export
             _COMPUTERS.clear()
         computer = _COMPUTERS[key] = TargetComputer(nets[0], nets[1], cem_config, target_config,
-                                                    bounds)
+                                                    bounds, termination)
     return computer(batch, seed)

@@ -266,7 +266,8 @@ class Trainer:
                             {"online": self.online, "polyak": self.polyak,
                              "lagged": self.lagged},
                             extra={"config": self.config.to_dict()},
-                            bounds=bounds_from_config(self.config.robot))
+                            bounds=bounds_from_config(self.config.robot),
+                            termination=self.config.robot.termination)
 
     # -- the loop
 
