@@ -120,3 +120,28 @@ def test_factorised_q_equals_the_whole_network_on_tiled_copies(state_inputs):
     # The actions do change Q, so the comparison means something. Measured on the logits: the
     # perturbed weights can push Q towards 1, where the sigmoid hides differences.
     assert (logits.std(axis=1) > 1e-2).all()
+
+
+def test_scripted_termination_sets_the_terminate_bit_by_algorithm_2():
+    from robot.mdp import scripted_termination
+
+    # A score that pays for terminating everywhere: free sampling would set the bit in every state.
+    seen = []
+
+    def pays_to_terminate(actions):
+        seen.append(actions.numpy())
+        return actions[..., 7] + 0.1 * actions[..., 2]
+
+    closed = np.array([0, 1, 1, 1], np.float32)
+    height = np.array([0.2, 0.2, 0.05, 0.14], np.float32)
+    best, _ = cem_maximize(pays_to_terminate, 4, tf.constant([3, 4], tf.int64),
+                           terminate_rule=(tf.constant(closed), tf.constant(height)))
+    for actions in seen + [best.numpy()[:, None]]:
+        for i in range(4):
+            want = [scripted_termination(bool(closed[i]), float(height[i]), float(tz))
+                    for tz in actions[i, :, 2]]
+            np.testing.assert_array_equal(actions[i, :, 7], np.float32(want))
+    # Closed and high: the bit is earned by going up, which the score then prefers.
+    np.testing.assert_array_equal(best.numpy()[:, 7], [0, 1, 0, 1])
+    free, _ = cem_maximize(pays_to_terminate, 4, tf.constant([3, 4], tf.int64))
+    np.testing.assert_array_equal(free.numpy()[:, 7], 1.0)

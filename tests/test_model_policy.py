@@ -102,4 +102,22 @@ def test_evaluate_refuses_an_export_that_does_not_fit_the_cell(exports, tmp_path
     with pytest.raises(UserError, match=r"action bounds up to translation 0.03 m.*allows 0.08 m"):
         invoke(["evaluate", "--policy", exports, "--objects", "test", "--out", str(out),
                 "--set", f"robot.image_size={SIZE}"])
+    with pytest.raises(UserError, match=r"trained with robot.termination=learned but the cell "
+                                        r"uses scripted"):
+        invoke(["evaluate", "--policy", exports, "--objects", "test", "--out", str(out),
+                "--set", f"robot.image_size={SIZE}", "--set", "robot.max_translation=0.03",
+                "--set", "robot.termination=scripted"])
     assert not out.exists() or not any(out.rglob("*.json"))   # refused before any robot ran
+
+
+def test_greedy_policy_under_scripted_termination_follows_algorithm_2(exports):
+    from robot.mdp import scripted_termination
+
+    policy = GreedyCEMPolicy.from_export(exports)
+    policy.termination = "scripted"     # as from an export trained under robot.termination=scripted
+    rng = np.random.default_rng(5)
+    for closed, height in ((0.0, 0.2), (1.0, 0.05), (1.0, 0.2), (1.0, 0.2)):
+        obs = dict(_observation(120, rng), **{"observation/gripper_closed": np.float32(closed),
+                                              "observation/height": np.float32(height)})
+        a = policy.sample_action(obs, 0)
+        assert a[7] == float(scripted_termination(bool(closed), height, float(a[2])))

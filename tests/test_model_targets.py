@@ -112,3 +112,32 @@ def test_image_size_mismatch_is_a_clear_error():
     batch["next_observation/image"] = np.zeros((6, 32, 32, 3), np.uint8)
     with pytest.raises(schemas.UserError, match=r"images are \(32, 32, 3\).*\(16, 16, 3\)"):
         compute_targets((polyak, lagged), batch, CEMConfig(), TargetConfig())
+
+
+def test_scripted_termination_targets_use_the_rule_for_the_terminate_bit(tmp_path):
+    from model.export import load_export, write_export
+    from robot.mdp import scripted_termination
+
+    polyak, lagged = _nets(0.0)
+    path = write_export(str(tmp_path / "exports"), 3, {"online": polyak, "polyak": polyak,
+                                                       "lagged": lagged},
+                        termination="scripted")
+    export = load_export(path)
+    assert export.termination == "scripted"
+    batch = _batch(12)
+    target, next_action = compute_targets(export, batch, CEMConfig(), TargetConfig(), seed=2)
+    want = [scripted_termination(bool(c), float(h), float(tz)) for c, h, tz in zip(
+        batch["next_observation/gripper_closed"], batch["next_observation/height"],
+        next_action[:, 2])]
+    np.testing.assert_array_equal(next_action[:, 7], np.float32(want))
+    q = np.minimum(_q(export.polyak, batch, next_action), _q(export.lagged, batch, next_action))
+    np.testing.assert_allclose(target, batch["reward"] + 0.9 * ~batch["is_terminal"] * q,
+                               rtol=1e-5, atol=1e-6)
+    # A network that reads no height still needs it for the rule.
+    image_only = QNetwork(InputSpec(16, "image"), "tiny", "polyak")
+    path = write_export(str(tmp_path / "exports2"), 3, {"online": image_only, "polyak": image_only,
+                                                        "lagged": image_only},
+                        termination="scripted")
+    del batch["next_observation/height"]
+    with pytest.raises(schemas.UserError, match="no 'next_observation/height'.*scripted termina"):
+        compute_targets(load_export(path), batch, CEMConfig(), TargetConfig(), seed=2)
