@@ -96,13 +96,14 @@ def table(rows: list[dict]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", default="runs/demo", metavar="DIR",
                         help="run directory, local or gs:// (default runs/demo)")
-    parser.add_argument("--epochs", type=int, default=3,
-                        help="offline relabel/train epochs (default 3)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="offline relabel/train epochs (default: train.epochs)")
     add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    args.epochs = cfg.train.epochs if args.epochs is None else args.epochs
     if args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     run_dir = args.run.rstrip("/")

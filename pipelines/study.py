@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fractions", default="0.25,0.55,1.0",
                         help="shares of episodes to train on (default 0.25,0.55,1.0)")
     parser.add_argument("--run", required=True, metavar="DIR", help="study directory")
-    parser.add_argument("--epochs", type=int, default=2, help="relabel/train epochs per subset")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="relabel/train epochs per subset (default: train.epochs)")
     parser.add_argument("--objects", default="test", help="objects to evaluate on (test)")
     add_config_arguments(parser)
 
@@ -70,6 +71,9 @@ def _plot(rows: list[dict]) -> bytes:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    args.epochs = cfg.train.epochs if args.epochs is None else args.epochs
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     fractions = parse_fractions(args.fractions)
     manifest = dataset.read_manifest(args.transitions)
     if manifest.get("kind") != "transition":

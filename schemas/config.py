@@ -183,6 +183,8 @@ class TrainConfig(_Section):
     SECTION = "train"
     batch_size: int = _f(32, lo=1)
     steps: int = _f(1000, lo=1, doc="gradient steps per training epoch")
+    epochs: int = _f(3, lo=1, doc="offline relabel/train epochs of qtopt demo and qtopt study "
+                     "(each epoch is one Bellman backup of the whole dataset)")
     optimizer: str = _f("sgd", choices=("sgd", "adam"))
     learning_rate: float = _f(1e-4, lo=0.0)
     momentum: float = _f(0.9, lo=0.0, hi=1.0)

@@ -1,0 +1,79 @@
+"""``qtopt demo`` and ``qtopt study dataset-size`` end to end at toy size, with real physics, Beam
+and training: the demo's table, its run directory and its resume; the study's nested subsets,
+table and plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.cli import invoke
+from schemas.errors import UserError
+
+SETS = ["robot.image_size=32", "model.preset=tiny", "train.batch_size=8", "train.steps=3",
+        "train.epochs=2", "train.shuffle_buffer=16", "collect.episodes=6",
+        "collect.episodes_per_block=3", "pipeline.num_shards=2", "pipeline.direct_num_workers=1",
+        "finetune.rounds=1", "finetune.episodes_per_round=2", "finetune.steps_per_transition=0.2",
+        "finetune.ramp_steps=10", "finetune.ramp_chunk=5", "cem.samples=16", "cem.elites=4",
+        "evaluate.robots=1", "evaluate.attempts=2", "evaluate.bin_trials=0"]
+ARGS = [a for s in SETS for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("demo") / "run"
+    invoke(["demo", "--run", str(run), *ARGS])
+    return run
+
+
+def test_demo_writes_the_table_under_one_run_directory(demo_run, capsys):
+    rows = json.loads((demo_run / "results.json").read_text())
+    assert [r["policy"] for r in rows] == ["scripted", "offline QT-Opt", "finetuned QT-Opt"]
+    state = json.loads((demo_run / "demo-state.json").read_text())
+    # train.epochs=2: two relabel/train epochs, each a phase.
+    assert {"relabel-0", "train-0", "relabel-1", "train-1"} <= set(state["done"])
+    assert "relabel-2" not in state["done"]
+    episodes = json.loads((demo_run / "transitions" / "scripted" / "manifest.json").read_text())
+    online = json.loads((demo_run / "finetune" / "transitions" / "round-000" /
+                         "manifest.json").read_text())
+    assert [r["grasps"] for r in rows] == [0, episodes["counts"]["episodes"],
+                                           episodes["counts"]["episodes"]
+                                           + online["counts"]["episodes"]]
+    for r in rows:
+        assert r["attempts"] == 2 and 0.0 <= r["ci95"][0] <= r["rate"] <= r["ci95"][1] <= 1.0
+    table = (demo_run / "results.md").read_text()
+    assert table.startswith("| policy | success on test objects |")
+    assert all(f"| {r['policy']} | {100 * r['rate']:.1f}% |" in table for r in rows)
+    # A rerun has every phase done: it only prints the same table.
+    capsys.readouterr()
+    invoke(["demo", "--run", str(demo_run), *ARGS])
+    out = capsys.readouterr().out
+    assert "collect already done" in out and "--- " not in out
+    assert table.strip() in out
+    # Another configuration in the same run directory is refused, naming the state file.
+    with pytest.raises(UserError, match="demo-state.json: this run was made with another"):
+        invoke(["demo", "--run", str(demo_run), *ARGS, "--set", "train.steps=4"])
+
+
+def test_study_trains_and_evaluates_nested_subsets(demo_run, tmp_path):
+    run = tmp_path / "study"
+    invoke(["study", "dataset-size", "--transitions", str(demo_run / "transitions" / "scripted"),
+            "--fractions", "0.5,1", "--run", str(run), "--epochs", "1", *ARGS])
+    rows = json.loads((run / "results.json").read_text())
+    assert [r["fraction"] for r in rows] == [0.5, 1.0]
+    assert rows[0]["grasps"] < rows[1]["grasps"] == 6
+    assert all(r["attempts"] == 2 for r in rows)
+    assert (run / "success_vs_size.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 50% |" in (run / "results.md").read_text()
+    # The half is drawn from the whole: every episode it kept is in the full dataset.
+    half = _episode_ids(run / "fraction-0.5" / "transitions")
+    whole = _episode_ids(demo_run / "transitions" / "scripted")
+    assert half and half < whole and len(half) == rows[0]["grasps"]
+
+
+def _episode_ids(directory) -> set:
+    from schemas.tfrecord_io import read_records
+
+    return {r["episode_id"] for f in sorted(directory.glob("shard-*.tfrecord.gz"))
+            for r in read_records(str(f))}
