@@ -165,7 +165,10 @@ def _stack(x, layers, prefix):
 class QNetwork:
     """Online, Polyak or lagged copy of the Q-function: tower, head and the composed model."""
 
-    def __init__(self, spec: InputSpec, preset: str, name: str = "q"):
+    def __init__(self, spec: InputSpec, preset: str, name: str = "q", initial_q: float = 0.5):
+        """``initial_q``: Q of the untrained network (the output bias is its log-odds). Epoch 0's
+        targets bootstrap from it, and every later epoch decays it by gamma only once per
+        backup, so a start far above the data's returns takes many epochs to wash out."""
         if preset not in PRESETS:
             raise UserError(f"unknown model preset {preset!r}; presets: {', '.join(PRESETS)}")
         self.spec = spec
@@ -192,7 +195,12 @@ class QNetwork:
         h = keras.layers.Flatten(name="flatten")(h)
         for i, units in enumerate(arch.dense):
             h = _dense_bn_relu(h, units, f"fc{i}")
-        logit = keras.layers.Dense(1, kernel_initializer=_init(), name="logit")(h)
+        if not 0.0 < initial_q < 1.0:
+            raise UserError(f"model.initial_q must lie strictly between 0 and 1, got {initial_q}")
+        bias = float(np.log(initial_q / (1.0 - initial_q)))
+        logit = keras.layers.Dense(1, kernel_initializer=_init(),
+                                   bias_initializer=keras.initializers.Constant(bias),
+                                   name="logit")(h)
         self.head = keras.Model([fmap, action_state], logit, name=f"{name}_head")
 
         inputs = keras_inputs(spec.image_size, spec.input_names)
@@ -260,4 +268,5 @@ def build(model_config, image_size: int, name: str = "q",
     """The network a ``ModelConfig`` describes, for images of ``image_size`` pixels and
     translations of up to ``translation_range`` metres (``robot.max_translation``)."""
     return QNetwork(InputSpec(image_size, model_config.state_inputs,
-                              translation_range=translation_range), model_config.preset, name)
+                              translation_range=translation_range), model_config.preset, name,
+                     initial_q=model_config.initial_q)

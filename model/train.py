@@ -94,9 +94,10 @@ class Trainer:
         self.workdir = str(workdir)
         self.spec = InputSpec(config.robot.image_size, config.model.state_inputs,
                               translation_range=config.robot.max_translation)
-        self.online = QNetwork(self.spec, config.model.preset, "online")
-        self.polyak = QNetwork(self.spec, config.model.preset, "polyak")
-        self.lagged = QNetwork(self.spec, config.model.preset, "lagged")
+        q0 = config.model.initial_q
+        self.online = QNetwork(self.spec, config.model.preset, "online", initial_q=q0)
+        self.polyak = QNetwork(self.spec, config.model.preset, "polyak", initial_q=q0)
+        self.lagged = QNetwork(self.spec, config.model.preset, "lagged", initial_q=q0)
         self.copies = TargetCopies(self.online, self.polyak, self.lagged, config.targets.polyak,
                                    config.targets.lag_steps)
         self.copies.reset()

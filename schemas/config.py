@@ -146,6 +146,9 @@ class ModelConfig(_Section):
                                     "image+gripper+height+opening"),
                            doc="state representation: table 3's ablation, or (default, not in "
                            "the paper) those plus the fingers' opening")
+    initial_q: float = _f(0.5, lo=0.001, hi=0.999,
+                          doc="Q of the untrained network (its output bias; 0.5 is a zero bias), "
+                          "which epoch 0's targets bootstrap from")
 
 
 @dataclass(frozen=True)

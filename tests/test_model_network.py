@@ -125,3 +125,17 @@ def test_exports_from_before_input_scaling_keep_raw_inputs():
                                "action_dim": 8})
     assert old.translation_range is None and set(old.input_scale) == {1.0}
     assert InputSpec.from_dict(InputSpec(16).to_dict()) == InputSpec(16)
+
+
+@pytest.mark.parametrize("initial_q", [0.5, 0.05])
+def test_untrained_network_starts_at_initial_q(initial_q):
+    net = QNetwork(InputSpec(16), "tiny", initial_q=initial_q)
+    rng = np.random.default_rng(4)
+    q = net.q({"observation/image": rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8),
+               "observation/gripper_closed": rng.integers(0, 2, 8).astype(np.float32),
+               "observation/gripper_opening": rng.uniform(0, 0.088, 8).astype(np.float32),
+               "observation/height": rng.uniform(0, 0.3, 8).astype(np.float32),
+               "action": rng.uniform(-0.05, 0.05, (8, 8)).astype(np.float32)}).numpy()
+    np.testing.assert_allclose(q, initial_q, atol=0.01 * initial_q + 1e-3)
+    with pytest.raises(schemas.UserError, match="model.initial_q"):
+        QNetwork(InputSpec(16), "tiny", initial_q=1.0)
