@@ -108,15 +108,10 @@ class Trainer:
         self.loss = loss_fn(cfg.loss)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
 
-        input_key = "in-memory"
+        input_key, expanded = "in-memory", None
         if input_dataset is None:
             expanded = data.expand(datasets)
             input_key = _fingerprint(expanded, cfg)
-            input_dataset = data.from_files(
-                expanded, self.spec, cfg.batch_size, training=True, seed=cfg.seed,
-                shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad)
-        self.input_dataset = input_dataset
-        self.iterator = iter(input_dataset)
 
         self.checkpoint = tf.train.Checkpoint(
             step=self.step, online=self.online.model, polyak=self.polyak.model,
@@ -147,6 +142,13 @@ class Trainer:
         # The input position is only meaningful for the same shards and input settings, so it is
         # kept apart, under a name derived from them: a new epoch's data starts from its beginning
         # while a killed run over the same data resumes at the very batch it stopped at.
+        if expanded is not None:
+            input_dataset = data.from_files(
+                expanded, self.spec, cfg.batch_size, training=True,
+                seed=_input_seed(cfg, input_key, self.manager.latest_checkpoint),
+                shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad)
+        self.input_dataset = input_dataset
+        self.iterator = iter(input_dataset)
         self.input_manager = None
         if cfg.checkpoint_input:
             self.input_manager = tf.train.CheckpointManager(
@@ -372,6 +374,18 @@ def _fingerprint(expanded, cfg) -> str:
     key = json.dumps([expanded, cfg.batch_size, cfg.shuffle_buffer, cfg.seed, cfg.augment,
                       cfg.crop_pad])
     return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _input_seed(cfg, input_key: str, latest_checkpoint: str | None) -> int:
+    """The input stream's seed: one per data set and settings (``input_key``), so that each
+    epoch's shards are read in an order of their own and a run resumed from an input checkpoint
+    rebuilds the very stream that checkpoint was taken from. Without input checkpoints the step
+    the run resumes at is mixed in too: short runs over the same files (finetuning's chunks) would
+    otherwise replay the same first batches every time."""
+    seed = cfg.seed + int(input_key, 16) % (1 << 30)
+    if not cfg.checkpoint_input and latest_checkpoint:
+        seed += int(latest_checkpoint.rsplit("-", 1)[-1]) * 7919
+    return seed % (1 << 31)
 
 
 def _scalar(name: str, value) -> None:

@@ -48,7 +48,7 @@ def test_bad_values_name_the_option(override, message):
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown preset 'nope'; presets: demo, paper"):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; presets: cpu-long, demo, paper"):
         load_config("nope")
 
 

@@ -240,3 +240,28 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2
     assert err[-1].startswith("qtopt train: error: ") and "none*: no labelled shards" in err[-1]
+
+
+def test_runs_without_input_checkpoints_do_not_replay_the_same_batches(tmp_path):
+    """Finetuning trains in short chunks over the same files with checkpoint_input off: each
+    chunk must read on, not start the same shuffled stream again."""
+    from model_testlib import SIZE, write_shards
+
+    from model.train import Trainer
+
+    pattern = write_shards(tmp_path / "labelled", 64, 2)
+    cfg = load_config("demo", overrides=[
+        "model.preset=tiny", f"robot.image_size={SIZE}", "train.batch_size=8",
+        "train.shuffle_buffer=32", "train.checkpoint_every=5", "train.checkpoint_input=false"])
+
+    def first_targets(workdir):
+        trainer = Trainer(cfg, [(pattern, 1.0)], str(workdir))
+        trainer.restore()
+        return next(trainer.iterator)[0]["observation/image"].numpy(), trainer
+
+    fresh, trainer = first_targets(tmp_path / "a")
+    again, _ = first_targets(tmp_path / "b")
+    np.testing.assert_array_equal(fresh, again)          # same seed, same data: same stream
+    trainer.run(until_step=5, progress=False)
+    resumed, _ = first_targets(tmp_path / "a")          # from the step-5 checkpoint
+    assert not np.array_equal(resumed, fresh)
