@@ -200,7 +200,8 @@ class TrainConfig(_Section):
     checkpoint_every: int = _f(500, lo=1, doc="steps between checkpoints")
     keep_checkpoints: int = _f(3, lo=1, doc="newest checkpoints kept on disk")
     checkpoint_input: bool = _f(True, doc="checkpoint the input position and shuffle buffer "
-                                "too, so a resumed run sees the same batches")
+                                "too, so a resumed run sees the same batches (off: a resumed "
+                                "run reads a fresh shuffle seeded by its step)")
     log_every: int = _f(50, lo=1, doc="steps between TensorBoard summaries")
     deterministic: bool = _f(False, doc="deterministic TensorFlow ops (slower; for tests)")
     seed: int = _f(0, lo=0)
