@@ -145,7 +145,7 @@ class Trainer:
         if expanded is not None:
             input_dataset = data.from_files(
                 expanded, self.spec, cfg.batch_size, training=True,
-                seed=_input_seed(cfg, input_key, self.manager.latest_checkpoint),
+                seed=_input_seed(cfg, self.manager.latest_checkpoint),
                 shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad)
         self.input_dataset = input_dataset
         self.iterator = iter(input_dataset)
@@ -376,13 +376,12 @@ def _fingerprint(expanded, cfg) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def _input_seed(cfg, input_key: str, latest_checkpoint: str | None) -> int:
-    """The input stream's seed: one per data set and settings (``input_key``), so that each
-    epoch's shards are read in an order of their own and a run resumed from an input checkpoint
-    rebuilds the very stream that checkpoint was taken from. Without input checkpoints the step
-    the run resumes at is mixed in too: short runs over the same files (finetuning's chunks) would
-    otherwise replay the same first batches every time."""
-    seed = cfg.seed + int(input_key, 16) % (1 << 30)
+def _input_seed(cfg, latest_checkpoint: str | None) -> int:
+    """The input stream's seed. With input checkpoints it is ``train.seed``: a resumed run
+    rebuilds the very stream its input checkpoint was taken from, wherever the files lie. Without
+    them the step the run resumes at is mixed in: short runs over the same files (finetuning's
+    chunks) would otherwise replay the same first batches every time."""
+    seed = cfg.seed
     if not cfg.checkpoint_input and latest_checkpoint:
         seed += int(latest_checkpoint.rsplit("-", 1)[-1]) * 7919
     return seed % (1 << 31)

@@ -48,7 +48,8 @@ def test_collect_writes_the_set_and_a_rerun_adds_nothing(tmp_path):
         [episode_name("scripted-train", 0, i) for i in range(6)]
     assert len(fs.glob(os.path.join(out, "*.tfrecord.gz"))) == 3
     assert all(e["observation/image"].shape[1:] == (16, 16, 3) for e in episodes)
-    assert {e["policy"] for e in episodes} == {"scripted"}
+    # The demo preset (the default) adds appendix B's exploration to the scripted policy.
+    assert {e["policy"] for e in episodes} == {"scripted+epsilon=0.2"}
     summary = json.loads((out / "_SUCCESS.json").read_text())
     assert summary["episodes"] == 6
     assert summary["successes"] == sum(e["success"] for e in episodes)

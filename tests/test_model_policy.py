@@ -102,11 +102,12 @@ def test_evaluate_refuses_an_export_that_does_not_fit_the_cell(exports, tmp_path
     with pytest.raises(UserError, match=r"action bounds up to translation 0.03 m.*allows 0.08 m"):
         invoke(["evaluate", "--policy", exports, "--objects", "test", "--out", str(out),
                 "--set", f"robot.image_size={SIZE}"])
-    with pytest.raises(UserError, match=r"trained with robot.termination=learned but the cell "
-                                        r"uses scripted"):
+    # Trained under the demo preset's scripted termination.
+    with pytest.raises(UserError, match=r"trained with robot.termination=scripted but the cell "
+                                        r"uses learned"):
         invoke(["evaluate", "--policy", exports, "--objects", "test", "--out", str(out),
                 "--set", f"robot.image_size={SIZE}", "--set", "robot.max_translation=0.03",
-                "--set", "robot.termination=scripted"])
+                "--set", "robot.termination=learned"])
     assert not out.exists() or not any(out.rglob("*.json"))   # refused before any robot ran
 
 
@@ -114,7 +115,7 @@ def test_greedy_policy_under_scripted_termination_follows_algorithm_2(exports):
     from robot.mdp import scripted_termination
 
     policy = GreedyCEMPolicy.from_export(exports)
-    policy.termination = "scripted"     # as from an export trained under robot.termination=scripted
+    assert policy.termination == "scripted"     # trained under the demo preset, which uses it
     rng = np.random.default_rng(5)
     for closed, height in ((0.0, 0.2), (1.0, 0.05), (1.0, 0.2), (1.0, 0.2)):
         obs = dict(_observation(120, rng), **{"observation/gripper_closed": np.float32(closed),
