@@ -17,8 +17,7 @@ import tensorflow as tf
 from model.cem import cem_maximize
 from model.export import load_export
 from model.network import IMAGE, QNetwork
-
-GRIPPER_CLOSED, HEIGHT = "observation/gripper_closed", "observation/height"
+from robot.mdp import GRIPPER_CLOSED, HEIGHT
 from schemas.config import CEMConfig
 from schemas.errors import UserError
 
@@ -57,7 +56,8 @@ class GreedyCEMPolicy:
         return policy
 
     def check_fits(self, robot_config) -> None:
-        """Refuse a cell this export was not trained for: another image size or action bounds.
+        """Refuse a cell this export was not trained for: another image size, termination mode
+        or action bounds.
 
         Caught before any robot runs; otherwise the first observation fails deep inside a worker,
         or CEM proposes moves the cell silently clips."""

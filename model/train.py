@@ -139,9 +139,7 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.local_checkpoint_dir,
                                                   max_to_keep=cfg.keep_checkpoints,
                                                   checkpoint_name="ckpt")
-        # The input position is only meaningful for the same shards and input settings, so it is
-        # kept apart, under a name derived from them: a new epoch's data starts from its beginning
-        # while a killed run over the same data resumes at the very batch it stopped at.
+        # Built once the newest checkpoint is known: its step may seed the stream.
         if expanded is not None:
             input_dataset = data.from_files(
                 expanded, self.spec, cfg.batch_size, training=True,
@@ -149,6 +147,9 @@ class Trainer:
                 shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad)
         self.input_dataset = input_dataset
         self.iterator = iter(input_dataset)
+        # The input position is only meaningful for the same shards and input settings, so it is
+        # kept apart, under a name derived from them: a new epoch's data starts from its beginning
+        # while a killed run over the same data resumes at the very batch it stopped at.
         self.input_manager = None
         if cfg.checkpoint_input:
             self.input_manager = tf.train.CheckpointManager(

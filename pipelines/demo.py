@@ -101,11 +101,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
+def resolve_epochs(args: argparse.Namespace, cfg) -> int:
+    """``--epochs``, else ``train.epochs``; refused below 1 (demo and study)."""
+    epochs = cfg.train.epochs if args.epochs is None else args.epochs
+    if epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {epochs}")
+    return epochs
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    args.epochs = cfg.train.epochs if args.epochs is None else args.epochs
-    if args.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    args.epochs = resolve_epochs(args, cfg)
     run_dir = args.run.rstrip("/")
     fs.makedirs(run_dir)
     cargs = config_args(args)

@@ -19,7 +19,7 @@ import json
 
 from pipelines import dataset
 from pipelines.cli import add_config_arguments, config_args, config_from_args, invoke
-from pipelines.demo import Phases, train_offline
+from pipelines.demo import Phases, resolve_epochs, train_offline
 from schemas import fs
 from schemas.errors import UserError
 
@@ -71,9 +71,7 @@ def _plot(rows: list[dict]) -> bytes:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    args.epochs = cfg.train.epochs if args.epochs is None else args.epochs
-    if args.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    args.epochs = resolve_epochs(args, cfg)
     fractions = parse_fractions(args.fractions)
     manifest = dataset.read_manifest(args.transitions)
     if manifest.get("kind") != "transition":
