@@ -114,6 +114,23 @@ def test_empty_shards_are_written(episodes, tmp_path):
     assert len(read_all(out)) == m["counts"]["transitions"]
 
 
+def test_all_inputs_damaged_gives_empty_shards_in_worker_processes(tmp_path):
+    # No transition reaches the shard grouping at all: every shard must still be written, by
+    # the commit step, also with the default worker processes.
+    src = tmp_path / "bad"
+    src.mkdir()
+    (src / "x.tfrecord.gz").write_bytes(b"\x1f\x8b" + os.urandom(3000))
+    out = tmp_path / "out"
+    assert qtopt("shard", "-i", f"{src}/*.gz", "-o", out, "--num-shards", 3,
+                 "--direct_num_workers=2") == 0
+    m = manifest(out)
+    assert [f["records"] for f in m["files"]] == [0, 0, 0]
+    assert m["counts"]["transitions"] == 0 and m["counts"]["dead_lettered"] == 1
+    assert sorted(p.name for p in out.glob("shard-*")) == [
+        f"shard-0000{i}-of-00003.tfrecord.gz" for i in range(3)]
+    assert read_all(out) == []
+
+
 def test_damaged_inputs_are_dead_lettered(episodes, tmp_path, capsys):
     src = tmp_path / "bad"
     paths = write_episodes(src, files=3, per_file=4, seed=7)
