@@ -25,6 +25,8 @@ A command does three things with it::
   A job whose work is TensorFlow's (relabel) asks for ``in_memory`` mode instead
   (``local_mode``): one process whose TensorFlow thread pool spans every core, so it pays
   TensorFlow's import, the export's load and CEM's tracing once instead of once per worker.
+  ``qtopt shard`` runs ``in_memory`` too: Beam's worker-process and worker-thread modes lost
+  transitions before its grouping in measured runs (docs/pipelines.md, "Runners and options").
   ``--direct_running_mode`` given by the user always wins.
 * ``--runner=DataflowRunner`` without ``--setup_file``/``--sdk_container_image``/``--requirements_file``:
   the project's ``setup.py`` is staged, so workers can import ``schemas``, ``model`` and ``robot``.

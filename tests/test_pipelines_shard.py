@@ -15,6 +15,9 @@ from pipelines_testlib import (IN_PROCESS, PYTHON, REPO, corrupt_record, dead_le
                                qtopt, read_all, shard_bytes, truncate, write_episodes)
 from schemas import tfrecord_io
 
+# Locally shard runs in one process unless told otherwise.
+WORKER_PROCESSES = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+
 
 @pytest.fixture(scope="module")
 def episodes(tmp_path_factory):
@@ -97,7 +100,7 @@ def test_byte_identical_across_runners_and_input_order(episodes, sharded, tmp_pa
     # Multi-process runner with two workers, inputs named in the other order, same seed.
     out = tmp_path / "again"
     assert qtopt("shard", "-i", f"online={episodes}/b/*.gz", "-i", f"{episodes}/a/*.gz",
-                 "-o", out, "--num-shards", 3, "--direct_num_workers=2") == 0
+                 "-o", out, "--num-shards", 3, *WORKER_PROCESSES) == 0
     assert shard_bytes(out) == shard_bytes(sharded)
     other = tmp_path / "seed1"
     assert qtopt("shard", "-i", f"{episodes}/a/*.gz", "-i", f"online={episodes}/b/*.gz",
@@ -116,13 +119,13 @@ def test_empty_shards_are_written(episodes, tmp_path):
 
 def test_all_inputs_damaged_gives_empty_shards_in_worker_processes(tmp_path):
     # No transition reaches the shard grouping at all: every shard must still be written, by
-    # the commit step, also with the default worker processes.
+    # the commit step, also with worker processes.
     src = tmp_path / "bad"
     src.mkdir()
     (src / "x.tfrecord.gz").write_bytes(b"\x1f\x8b" + os.urandom(3000))
     out = tmp_path / "out"
     assert qtopt("shard", "-i", f"{src}/*.gz", "-o", out, "--num-shards", 3,
-                 "--direct_num_workers=2") == 0
+                 *WORKER_PROCESSES) == 0
     m = manifest(out)
     assert [f["records"] for f in m["files"]] == [0, 0, 0]
     assert m["counts"]["transitions"] == 0 and m["counts"]["dead_lettered"] == 1
