@@ -164,37 +164,33 @@ def _beam_parts():
             self.out, self.run_id, self.num_shards, self.mark = out, run_id, num_shards, mark
 
         def process(self, item):
-            from schemas.tfrecord_io import RecordWriter
-
             index, values = item
-            rows = sorted(values)
-            name = dataset.shard_name(index, self.num_shards)
-            path = fs.join(dataset.staging_dir(self.out, self.run_id), name)
-            with RecordWriter(path) as w:
-                for _key, data in rows:
-                    w.write(data)
+            info = _write_shard(dataset.staging_dir(self.out, self.run_id),
+                                dataset.shard_name(index, self.num_shards), sorted(values))
             if self.mark:
-                dataset.mark_progress(self.out, self.run_id, "write", name, len(rows))
-            yield {"name": name, "records": len(rows), "bytes": fs.size(path)}
+                dataset.mark_progress(self.out, self.run_id, "write", info["name"],
+                                      info["records"])
+            yield info
 
     return beam, ReadEpisodes, ToTransitions, WriteShard
 
 
-def _write_empty_shards(infos: list, staging: str, num_shards: int) -> list:
-    """Write the shards that no transition fell into (small datasets, many shards); their infos."""
+def _write_shard(staging: str, name: str, rows: list) -> dict:
+    """One shard file in staging from (key, bytes) rows in their order; its manifest entry."""
     from schemas.tfrecord_io import RecordWriter
 
+    path = fs.join(staging, name)
+    with RecordWriter(path) as w:
+        for _key, data in rows:
+            w.write(data)
+    return {"name": name, "records": len(rows), "bytes": fs.size(path)}
+
+
+def _write_empty_shards(infos: list, staging: str, num_shards: int) -> list:
+    """Write the shards that no transition fell into (small datasets, many shards); their infos."""
     have = {i["name"] for i in infos}
-    out = []
-    for index in range(num_shards):
-        name = dataset.shard_name(index, num_shards)
-        if name in have:
-            continue
-        path = fs.join(staging, name)
-        with RecordWriter(path):
-            pass
-        out.append({"name": name, "records": 0, "bytes": fs.size(path)})
-    return out
+    names = (dataset.shard_name(index, num_shards) for index in range(num_shards))
+    return [_write_shard(staging, name, []) for name in names if name not in have]
 
 
 def _write_catalogue(rows: list, staging: str) -> dict:
