@@ -19,19 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import numpy as np
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def run(cell, policy, seed: int, aim_at_object: bool, rng: np.random.Generator) -> dict:
@@ -70,6 +60,7 @@ def main(argv=None) -> int:
 
     from benchmarks.grasp_probe import auc
     from robot.cell import SimCell
+    from robot.protocols import wilson_interval
     from robot.policies import ScriptedGrasp
     from schemas.config import load_config
 
@@ -88,7 +79,7 @@ def main(argv=None) -> int:
            "preset": args.preset}
     for name, rows in results.items():
         k = sum(r["success"] for r in rows)
-        lo, hi = wilson(k, len(rows))
+        lo, hi = wilson_interval(k, len(rows))
         out[name] = {"successes": k, "rate": round(k / len(rows), 3),
                      "interval": [round(lo, 3), round(hi, 3)]}
     closed = [r for r in results["scripted"] if r["distance"] is not None]
