@@ -49,6 +49,12 @@ PALM_HALF = (0.02, 0.065, 0.012)
 FINGER_OPEN = 0.05                   # finger centre offset: an 8.8 cm opening between the pads
 FINGER_CLOSED = FINGER_HALF[1]       # pads meet
 GRIPPER_MAX_FORCE = 200.0            # newtons the pose constraint may apply
+# A gripper command completes within its control step, as a real gripper's blocking command does:
+# the step goes on (pose held) until the fingers stop, at most this many extra sub-steps. Without
+# it the next observation caught the fingers half-way (a "closed" gripper 4.8 cm open, which in
+# the data means an object is held) and the fingers finished closing during the next action.
+FINGER_SETTLE_SUBSTEPS = 48
+FINGER_STILL = 0.005                 # m/s: both finger joints slower than this have stopped
 FLANGE_ABOVE_GRASP = 2 * FINGER_HALF[2] + 2 * PALM_HALF[2] + 0.045
 
 # (radius, colour) of the capsule drawn for each iiwa link, base to flange.
@@ -292,6 +298,7 @@ class SimCell(Robot):
         target[2] = np.clip(target[2], TRAY_FLOOR_Z + MIN_HEIGHT, TRAY_FLOOR_Z + MAX_HEIGHT)
         yaw0 = self._yaw
         dyaw = float(np.clip(command.yaw, -cfg.max_rotation, cfg.max_rotation))
+        gripper_was = self._closed
         if command.gripper is not None:
             self._set_fingers(command.gripper == "close")
         n = cfg.action_repeat
@@ -305,8 +312,19 @@ class SimCell(Robot):
             self._yaw = yaw0 + s * dyaw
             self._hold_pose()
             self._p.stepSimulation()
+        if command.gripper is not None and gripper_was != self._closed:
+            self._settle_fingers()
         self._yaw = math.remainder(self._yaw, 2 * math.pi)
         self._position = target
+
+    def _settle_fingers(self) -> None:
+        """Hold the pose until the fingers stop moving (closed on an object or on each other, or
+        open), at most FINGER_SETTLE_SUBSTEPS sub-steps."""
+        for _ in range(FINGER_SETTLE_SUBSTEPS):
+            speeds = [abs(self._p.getJointState(self._gripper, j)[1]) for j in (0, 1)]
+            if max(speeds) < FINGER_STILL:
+                break
+            self._p.stepSimulation()
 
     def glide(self, position, speed: float = 0.6) -> None:
         """Move the gripper to ``position`` (world frame) at about ``speed`` m/s, outside the

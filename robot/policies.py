@@ -65,11 +65,11 @@ class ScriptedGrasp(Policy):
     starting pose is the tray centre, so it reaches its random (x, y) by dead reckoning, and it
     descends and ascends closed-loop on the observed height. When the descent stalls above the
     floor (fingers resting on an object) it backs off and retries a little to the side, at most
-    ``retries`` times, then closes where it is. After closing it waits ``settle_steps`` steps for
-    the fingers to finish closing and lifts in steps of ``lift_step``, as a careful operator
-    would. Its randomisation (how far from the centre it aims, its yaw, how low it closes, how
-    many descent steps, the retry shift) and those two choices set its success rate: about 25%
-    on train objects, within the paper's 15-30% band.
+    ``retries`` times, then closes where it is. After closing it waits ``settle_steps`` steps
+    (none by default: the cell's close command ends only when the fingers have stopped) and lifts
+    in steps of ``lift_step``, as a careful operator would. Its randomisation (how far from the
+    centre it aims, its yaw, how low it closes, how many descent steps, the retry shift) and the
+    lift step set its success rate: about 25% on train objects, within the paper's 15-30% band.
     """
 
     name = "scripted"
@@ -77,7 +77,7 @@ class ScriptedGrasp(Policy):
     def __init__(self, config: RobotConfig | None = None, target_half: float = 0.1,
                  close_height: tuple = (0.0, 0.02), descent_steps: tuple = (3, 5),
                  yaw_range: float = math.pi / 2, retries: int = 2, retry_shift: float = 0.03,
-                 settle_steps: int = 1, lift_step: float = 0.05, rng=None):
+                 settle_steps: int = 0, lift_step: float = 0.05, rng=None):
         super().__init__(rng)
         self.settle_steps = settle_steps
         self.lift_step = lift_step

@@ -156,6 +156,20 @@ def test_an_empty_close_fails():
     assert record["observation/gripper_opening"][-1] < 0.002  # on nothing: the pads touch
 
 
+def test_a_gripper_command_completes_within_its_step():
+    # The observation after a close (or an open) shows the fingers where they stopped, not half
+    # way: a half-closed "closed" gripper is what a held object looks like in the data.
+    cell = _cell()
+    cell.reset(0, placements=[])
+    cell.execute_command(mdp.make_action(gripper="close"))
+    obs = cell.capture_state()
+    assert obs[mdp.GRIPPER_CLOSED] == 1.0 and obs[mdp.GRIPPER_OPENING] < 0.002
+    cell.execute_command(mdp.make_action(gripper="open"))
+    obs = cell.capture_state()
+    assert obs[mdp.GRIPPER_CLOSED] == 0.0
+    assert abs(obs[mdp.GRIPPER_OPENING] - 2 * (FINGER_OPEN - FINGER_CLOSED)) < 0.002
+
+
 def test_closing_next_to_an_object_does_not_lift_it():
     cell = _cell()
     beside = (float(TRAY_CENTRE[0]), float(TRAY_CENTRE[1]) + 0.12)
