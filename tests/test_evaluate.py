@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from pipelines.cli import invoke
 from robot import protocols
-from robot.cell import SimCell
-from robot.policies import make_policy
+from robot.cell import TRAY_CENTRE, SimCell
+from robot.policies import ScriptedGrasp, make_policy
 from schemas.config import RobotConfig
 from schemas.errors import UserError
 
@@ -39,11 +40,29 @@ def cell():
     c.close()
 
 
+class AimedGrasp(ScriptedGrasp):
+    """The scripted grasp aimed by the simulator's truth at a random object in the tray (4 of 10
+    here), so that the bookkeeping below sees successes however the plain scripted policy's
+    random aim falls: it scored 0 of 10 at this seed once a gripper change moved its draws."""
+
+    def __init__(self, cell):
+        super().__init__(cell.config)
+        self.cell = cell
+
+    def sample_action(self, observation, step):
+        if self._start_height is None:
+            gripper, _ = self.cell.gripper_pose()
+            objects = self.cell.object_positions()[:, :2]
+            target = objects[int(self.rng.integers(len(objects)))]
+            self._offset = np.asarray(target - gripper[:2], np.float64)
+        return super().sample_action(observation, step)
+
+
 def test_bin_emptying_removes_grasped_objects(cell):
-    policy = make_policy("scripted", cell.config)
+    policy = AimedGrasp(cell)
     rows, _ = protocols.bin_emptying(cell, policy, trial=0, num_objects=12, attempts=10,
                                      pool=cell.pool, seed=7)
-    assert len(rows) == 10 and any(r.success for r in rows)
+    assert len(rows) == 10 and sum(r.success for r in rows) >= 2
     before = rows[0].objects_before
     assert before == 12
     for prev, row in zip(rows, rows[1:]):
