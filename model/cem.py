@@ -14,6 +14,12 @@ termination height and commanded upwards, and records that decision as the bit. 
 asked about actions the data can contain; sampled freely, the bit is an unseen input at every
 state where the rule says 0, and its extrapolated values inflate every bootstrapped target.
 
+Likewise, when a step either works the gripper or moves it (``robot.gripper_moves=false``,
+``robot.mdp.without_gripper_motion``), ``gripper_rule`` (the states' gripper closed flag) makes
+every sample the action the cell would execute and record: a command that changes the gripper
+loses its move, a command the gripper already obeys is dropped. Q is then never asked about a
+close-and-lift, or a close of a closed gripper, which the data cannot hold.
+
 The function is pure TensorFlow with stateless random numbers, so the same seed gives the same
 actions, and it runs inside a ``tf.function``. ``score_fn`` decides how actions are scored; the
 factorised scorer (``QNetwork.q_samples`` on features computed once per state) is what makes
@@ -38,13 +44,15 @@ MIN_STD_FRACTION = 1e-3
 def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
                  samples: int = 64, elites: int = 6, iterations: int = 2,
                  low: np.ndarray = ACTION_LOW, high: np.ndarray = ACTION_HIGH,
-                 gripper_noop: bool = True, terminate_rule=None):
+                 gripper_noop: bool = True, terminate_rule=None, gripper_rule=None):
     """Best action per state and its score: ([B, 8], [B]).
 
     ``score_fn`` maps actions [B, N, 8] to scores [B, N]. ``seed`` is a shape-[2] integer tensor
     (``tf.random`` stateless seed). The result is the best sample seen over all iterations.
     ``terminate_rule``: None (the terminate bit is sampled, learned termination) or a pair
     (gripper_closed [B], height [B]) of the states, for the scripted termination.
+    ``gripper_rule``: None (a gripper command may come with a move) or the states' gripper
+    closed flags [B], for ``robot.gripper_moves=false``.
     """
     low = tf.constant(low, tf.float32)
     high = tf.constant(high, tf.float32)
@@ -70,6 +78,8 @@ def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
         close = tf.cast(u < p_gripper[:, :1], tf.float32)
         open_ = tf.cast(u >= p_gripper[:, :1], tf.float32) * tf.cast(
             u < p_gripper[:, :1] + p_gripper[:, 1:2], tf.float32)
+        if gripper_rule is not None:
+            continuous, close, open_ = gripper_step(gripper_rule, continuous, close, open_)
         if terminate_rule is None:
             terminate = tf.cast(tf.random.stateless_uniform((b, samples), seeds[3 * it + 2])
                                 < p_terminate[:, None], tf.float32)
@@ -100,6 +110,16 @@ def scripted_terminate_bits(gripper_closed, height, translation_z):
     closed = tf.cast(tf.reshape(gripper_closed, (-1, 1)), tf.float32) > 0.5
     high = tf.cast(tf.reshape(height, (-1, 1)), tf.float32) > SCRIPTED_TERMINATION_HEIGHT
     return tf.cast(closed & high & (translation_z > 0.0), tf.float32)
+
+
+def gripper_step(gripper_closed, continuous, close, open_):
+    """``robot.mdp.without_gripper_motion`` on tensors: [B] states x [B, N] samples."""
+    closed = tf.cast(tf.reshape(gripper_closed, (-1, 1)), tf.float32) > 0.5
+    closed = tf.cast(closed, tf.float32)
+    changes = close * (1.0 - closed) + open_ * closed          # 1: the step works the gripper
+    still = tf.constant([0.0, 0.0, 0.0, 0.0, 1.0])               # no translation, yaw 0
+    continuous = continuous * (1.0 - changes[..., None]) + still * changes[..., None]
+    return continuous, close * (1.0 - closed), open_ * closed
 
 
 def _assemble(continuous, close, open_, terminate):

@@ -74,6 +74,11 @@ class Export:
         return np.asarray(b["low"], np.float32), np.asarray(b["high"], np.float32)
 
     @property
+    def gripper_moves(self) -> bool:
+        """``robot.gripper_moves`` of the data the export was trained on (older exports: true)."""
+        return bool(self.manifest.get("gripper_moves", True))
+
+    @property
     def termination(self) -> str:
         """``robot.termination`` of the data the export was trained on (older exports: learned)."""
         return self.manifest.get("termination", "learned")
@@ -112,12 +117,14 @@ def assign_from_bytes(variables, data: bytes, where: str) -> None:
 
 
 def write_export(exports: str, step: int, networks: dict, extra: dict | None = None,
-                 bounds=None, termination: str = "learned") -> str:
+                 bounds=None, termination: str = "learned", gripper_moves: bool = True) -> str:
     """Write the networks (``{"online": QNetwork, ...}``) as ``export-<step>``; returns its path.
 
     ``bounds``: the (low, high) action bounds CEM should use with these weights (default: the
     RobotConfig defaults). ``termination``: the ``robot.termination`` the weights were trained
     under; with ``scripted``, CEM sets the terminate bit by algorithm 2 instead of sampling it.
+    ``gripper_moves``: the ``robot.gripper_moves`` of the data; false, CEM's gripper commands
+    carry no move.
 
     The manifest goes last, so a reader never sees a half-written export as complete.
     """
@@ -140,6 +147,7 @@ def write_export(exports: str, step: int, networks: dict, extra: dict | None = N
         "input_spec": first.spec.to_dict(),
         "action_bounds": {"low": [float(x) for x in low], "high": [float(x) for x in high]},
         "termination": termination,
+        "gripper_moves": bool(gripper_moves),
         "networks": files,
         "created_unix": time.time(),
         **(extra or {}),

@@ -28,12 +28,15 @@ class GreedyCEMPolicy:
     name = "greedy_cem"
 
     def __init__(self, network: QNetwork, cem_config: CEMConfig | None = None, bounds=None,
-                 seed: int = 0, where: str = "policy", termination: str = "learned"):
+                 seed: int = 0, where: str = "policy", termination: str = "learned",
+                 gripper_moves: bool = True):
         from model.action_space import ACTION_HIGH, ACTION_LOW
 
         self.network = network
         # scripted: the terminate bit follows algorithm 2, as the cell records it (model.cem).
         self.termination = termination
+        # false: a gripper command carries no move, as the cell records it (model.cem).
+        self.gripper_moves = gripper_moves
         self.cem = cem_config or CEMConfig()
         low, high = (ACTION_LOW, ACTION_HIGH) if bounds is None else bounds
         self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
@@ -51,13 +54,14 @@ class GreedyCEMPolicy:
         """The policy over one copy of an export (``export-*`` or ``exports/`` directory)."""
         export = load_export(path, copies=(copy,))
         policy = cls(export.networks[copy], cem_config, export.bounds, seed,
-                     where=f"export {export.path}", termination=export.termination)
+                     where=f"export {export.path}", termination=export.termination,
+                     gripper_moves=export.gripper_moves)
         policy.name = f"greedy_cem({export.path.rstrip('/').rsplit('/', 1)[-1]}/{copy})"
         return policy
 
     def check_fits(self, robot_config) -> None:
-        """Refuse a cell this export was not trained for: another image size, termination mode
-        or action bounds.
+        """Refuse a cell this export was not trained for: another image size, termination mode,
+        gripper-step rule or action bounds.
 
         Caught before any robot runs; otherwise the first observation fails deep inside a worker,
         or CEM proposes moves the cell silently clips."""
@@ -73,6 +77,11 @@ class GreedyCEMPolicy:
             raise UserError(f"{self.where}: trained with robot.termination={self.termination} "
                             f"but the cell uses {robot_config.termination}; use --set "
                             f"robot.termination={self.termination}")
+        if self.gripper_moves != robot_config.gripper_moves:
+            want = str(self.gripper_moves).lower()
+            raise UserError(f"{self.where}: trained with robot.gripper_moves={want} but the cell "
+                            f"uses {str(robot_config.gripper_moves).lower()}; use --set "
+                            f"robot.gripper_moves={want}")
         low, high = bounds_from_config(robot_config)
         if not (np.allclose(low, self.low, atol=1e-6) and np.allclose(high, self.high, atol=1e-6)):
             raise UserError(f"{self.where}: trained with action bounds up to translation "
@@ -94,7 +103,8 @@ class GreedyCEMPolicy:
         action, _ = cem_maximize(
             lambda actions: self.network.q_samples(features, state, actions), tf.shape(image)[0],
             seed, self.cem.samples, self.cem.elites, self.cem.iterations, self.low, self.high,
-            self.cem.gripper_noop, terminate_rule=rule)
+            self.cem.gripper_noop, terminate_rule=rule,
+            gripper_rule=None if self.gripper_moves else closed_height[:, 0])
         return action
 
     def sample_actions(self, observations: dict) -> np.ndarray:
@@ -114,12 +124,19 @@ class GreedyCEMPolicy:
             cols.append(np.asarray(observations[name], np.float32).reshape(-1))
         state = np.stack(cols, 1) if cols else np.zeros((len(image), 0), np.float32)
         closed_height = np.zeros((len(image), 2), np.float32)
+        needed_by = {}      # the rules CEM follows read these state fields
         if self.termination == "scripted":
-            for i, name in enumerate((GRIPPER_CLOSED, HEIGHT)):
-                if name not in observations:
-                    raise UserError(f"{self.where}: observation has no {name!r} (the scripted "
-                                    "termination needs it)")
-                closed_height[:, i] = np.asarray(observations[name], np.float32).reshape(-1)
+            needed_by = {GRIPPER_CLOSED: "the scripted termination",
+                         HEIGHT: "the scripted termination"}
+        elif not self.gripper_moves:
+            needed_by = {GRIPPER_CLOSED: "robot.gripper_moves=false"}
+        for i, name in enumerate((GRIPPER_CLOSED, HEIGHT)):
+            if name not in needed_by:
+                continue
+            if name not in observations:
+                raise UserError(f"{self.where}: observation has no {name!r} "
+                                f"({needed_by[name]} needs it)")
+            closed_height[:, i] = np.asarray(observations[name], np.float32).reshape(-1)
         seed = tf.constant([self._seed, self._calls], tf.int64)
         self._calls += 1
         return self._fn(tf.constant(image), tf.constant(state), tf.constant(closed_height),

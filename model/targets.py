@@ -47,9 +47,10 @@ class TargetComputer:
     """
 
     def __init__(self, polyak: QNetwork, lagged: QNetwork, cem_config, target_config,
-                 bounds=(ACTION_LOW, ACTION_HIGH), termination: str = "learned"):
+                 bounds=(ACTION_LOW, ACTION_HIGH), termination: str = "learned",
+                 gripper_moves: bool = True):
         self.polyak, self.lagged = polyak, lagged
-        self.termination = termination
+        self.termination, self.gripper_moves = termination, gripper_moves
         self.cem, self.targets = cem_config, target_config
         self.low, self.high = (np.asarray(b, np.float32) for b in bounds)
         spec = polyak.spec
@@ -75,7 +76,8 @@ class TargetComputer:
         next_action, q1 = cem_maximize(
             lambda actions: self.polyak.q_samples(features, state, actions), b, seed,
             self.cem.samples, self.cem.elites, self.cem.iterations, self.low, self.high,
-            self.cem.gripper_noop, terminate_rule=rule)
+            self.cem.gripper_noop, terminate_rule=rule,
+            gripper_rule=None if self.gripper_moves else batch["next_observation/gripper_closed"])
         kind = self.targets.kind
         if kind == "single_q":
             q2 = q1
@@ -105,6 +107,9 @@ class TargetComputer:
                     "gripper_closed", "height"):
                 raise UserError(f"transitions: no {f!r}, which the scripted termination "
                                 "(algorithm 2) needs to set the terminate bit")
+            if value is None and not self.gripper_moves and name == "gripper_closed":
+                raise UserError(f"transitions: no {f!r}, which robot.gripper_moves=false "
+                                "needs to tell a gripper step from a move")
             # A field the network does not read may be left out.
             feed[f] = (tf.convert_to_tensor(np.asarray(value, np.float32)) if value is not None
                        else tf.zeros((n,), tf.float32))
@@ -116,7 +121,8 @@ _COMPUTERS: dict = {}
 
 
 def compute_targets(models_or_export, batch: dict, cem_config, target_config, seed: int = 0,
-                    bounds=None, termination: str | None = None):
+                    bounds=None, termination: str | None = None,
+                    gripper_moves: bool | None = None):
     """(target float32[B], next_action float32[B, 8]) for a batch of parsed transitions.
 
     ``models_or_export``: an export path (local or ``gs://``, loaded once per process), a loaded
@@ -127,7 +133,7 @@ def compute_targets(models_or_export, batch: dict, cem_config, target_config, se
     batch its own (e.g. a hash of shard and batch index). ``bounds``: CEM's (low, high) action
     bounds; by default the export's own (those it was trained with), else the RobotConfig
     defaults (``model.action_space``). ``termination``: ``learned`` or ``scripted``; by default
-    the export's own (a pair of networks: learned).
+    the export's own (a pair of networks: learned). ``gripper_moves``: likewise (default true).
 
     Raises ``UserError`` naming the export when its image size does not match the batch.
     """
@@ -141,17 +147,20 @@ def compute_targets(models_or_export, batch: dict, cem_config, target_config, se
         nets = (models_or_export.polyak, models_or_export.lagged)
         bounds = models_or_export.bounds if bounds is None else bounds
         termination = termination or models_or_export.termination
+        if gripper_moves is None:
+            gripper_moves = models_or_export.gripper_moves
     else:
         nets = tuple(models_or_export)
         nets[0].spec.check_image_shape(image_shape, "transitions")
     bounds = (ACTION_LOW, ACTION_HIGH) if bounds is None else bounds
     termination = termination or "learned"
+    gripper_moves = True if gripper_moves is None else bool(gripper_moves)
     key = (id(nets[0]), id(nets[1]), cem_config, target_config,
-           tuple(np.asarray(bounds, np.float32).ravel().tolist()), termination)
+           tuple(np.asarray(bounds, np.float32).ravel().tolist()), termination, gripper_moves)
     computer = _COMPUTERS.get(key)
     if computer is None:
         if len(_COMPUTERS) >= 16:   # a long-lived worker that loads export after export
             _COMPUTERS.clear()
         computer = _COMPUTERS[key] = TargetComputer(nets[0], nets[1], cem_config, target_config,
-                                                    bounds, termination)
+                                                    bounds, termination, gripper_moves)
     return computer(batch, seed)

@@ -271,7 +271,8 @@ class Trainer:
                              "lagged": self.lagged},
                             extra={"config": self.config.to_dict()},
                             bounds=bounds_from_config(self.config.robot),
-                            termination=self.config.robot.termination)
+                            termination=self.config.robot.termination,
+                            gripper_moves=self.config.robot.gripper_moves)
 
     # -- the loop
 

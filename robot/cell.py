@@ -232,8 +232,10 @@ class SimCell(Robot):
     def execute_command(self, action) -> None:
         if self._done:
             raise RuntimeError("execute_command after the episode ended; call reset first")
-        command = mdp.decode_action(action)
         recorded = mdp.check_action(action).copy()
+        if not self.config.gripper_moves:
+            recorded = mdp.without_gripper_motion(recorded, self._closed)
+        command = mdp.decode_action(recorded)
         if self.config.termination == "scripted":
             terminate = mdp.scripted_termination(self._closed, self.gripper_height(),
                                                  float(command.translation[2]))

@@ -67,6 +67,21 @@ def check_action(action) -> np.ndarray:
     return a
 
 
+def without_gripper_motion(action, gripper_closed: bool) -> np.ndarray:
+    """The action as a cell with ``robot.gripper_moves=false`` executes and records it, given
+    whether the gripper was closed before it: a step either works the gripper or moves it. A
+    command that changes the gripper (closes an open one, opens a closed one) holds the pose, so
+    the step carries no translation or rotation; a command the gripper already obeys is no
+    command at all, so the step is its move alone."""
+    a = check_action(action).copy()
+    gripper = decode_action(a).gripper
+    if gripper is not None and (gripper == "close") != bool(gripper_closed):
+        a[:5] = (0.0, 0.0, 0.0, 0.0, 1.0)
+    elif gripper is not None:
+        a[5:7] = 0.0
+    return a
+
+
 def decode_action(action) -> Command:
     a = check_action(action)
     sin, cos = float(a[3]), float(a[4])

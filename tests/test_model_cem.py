@@ -122,6 +122,35 @@ def test_factorised_q_equals_the_whole_network_on_tiled_copies(state_inputs):
     assert (logits.std(axis=1) > 1e-2).all()
 
 
+def test_gripper_rule_makes_every_sample_the_action_the_cell_would_execute():
+    from robot.mdp import without_gripper_motion
+
+    # A score that pays for closing while lifting: free sampling finds it in every state.
+    seen = []
+
+    def pays_to_close_and_lift(actions):
+        seen.append(actions.numpy())
+        return actions[..., 5] + 20.0 * actions[..., 2]
+
+    seed = tf.constant([5, 6], tf.int64)
+    free, _ = cem_maximize(pays_to_close_and_lift, B, seed)
+    assert (free.numpy()[:, 5] == 1).all() and (free.numpy()[:, 2] > 0).all()
+    seen.clear()
+    closed = (np.arange(B) % 2).astype(np.float32)
+    ruled, _ = cem_maximize(pays_to_close_and_lift, B, seed, gripper_rule=tf.constant(closed))
+    kinds = set()
+    for i in range(B):
+        samples = np.concatenate([s[i] for s in seen])
+        for a in samples:
+            np.testing.assert_array_equal(a, without_gripper_motion(a, bool(closed[i])))
+            kinds.add((bool(closed[i]), a[5] > 0.5, a[6] > 0.5, bool(np.any(a[:3] != 0))))
+    # Open grippers close in place; closed ones open in place; moves are sampled as before.
+    assert {(False, True, False, False), (True, False, True, False), (False, False, False, True),
+            (True, False, False, True)} <= kinds
+    # Lifting (score up to 20 x 0.08) now beats closing in place (score 1).
+    assert (ruled.numpy()[:, 5] == 0).all() and (ruled.numpy()[:, 2] > 0.05).all()
+
+
 def test_scripted_termination_sets_the_terminate_bit_by_algorithm_2():
     from robot.mdp import scripted_termination
 

@@ -111,6 +111,34 @@ def test_evaluate_refuses_an_export_that_does_not_fit_the_cell(exports, tmp_path
     assert not out.exists() or not any(out.rglob("*.json"))   # refused before any robot ran
 
 
+def test_greedy_policy_follows_the_exports_gripper_step_rule(tmp_path):
+    from model.export import write_export
+    from model.network import InputSpec, QNetwork
+    from robot.mdp import without_gripper_motion
+    from schemas.config import RobotConfig
+
+    net = QNetwork(InputSpec(SIZE, "image"), "tiny", "polyak")   # reads no gripper state
+    path = write_export(str(tmp_path / "exports"), 1, {"online": net, "polyak": net,
+                                                       "lagged": net}, gripper_moves=False)
+    policy = GreedyCEMPolicy.from_export(path, seed=3)
+    assert policy.gripper_moves is False
+    rng = np.random.default_rng(2)
+    batch = {k: np.stack([v] * 32) for k, v in _observation(120, rng).items()}
+    batch["observation/gripper_closed"] = (np.arange(32) % 2).astype(np.float32)
+    actions = policy.sample_actions(batch)
+    assert ((actions[:, 5] > 0.5) | (actions[:, 6] > 0.5)).any()
+    for a, closed in zip(actions, batch["observation/gripper_closed"]):
+        np.testing.assert_array_equal(a, without_gripper_motion(a, bool(closed)))
+    del batch["observation/gripper_closed"]
+    with pytest.raises(UserError, match="no 'observation/gripper_closed'.*gripper_moves=false"):
+        policy.sample_actions(batch)
+    config = dict(image_size=SIZE, max_translation=0.08)
+    policy.check_fits(RobotConfig(**config, gripper_moves=False))
+    with pytest.raises(UserError, match=r"trained with robot.gripper_moves=false but the cell "
+                                        r"uses true; use --set robot.gripper_moves=false"):
+        policy.check_fits(RobotConfig(**config))
+
+
 def test_greedy_policy_under_scripted_termination_follows_algorithm_2(exports):
     from robot.mdp import scripted_termination
 

@@ -114,6 +114,36 @@ def test_image_size_mismatch_is_a_clear_error():
         compute_targets((polyak, lagged), batch, CEMConfig(), TargetConfig())
 
 
+def test_targets_follow_the_exports_gripper_step_rule(tmp_path):
+    from model.export import load_export, write_export
+    from robot.mdp import without_gripper_motion
+
+    polyak, lagged = _nets(0.0)
+    nets = {"online": polyak, "polyak": polyak, "lagged": lagged}
+    batch = _batch(64)
+    moved = 0
+    for moves in (True, False):
+        export = load_export(write_export(str(tmp_path / f"exports-{moves}"), 3, nets,
+                                          gripper_moves=moves))
+        assert export.gripper_moves is moves
+        _, next_action = compute_targets(export, batch, CEMConfig(), TargetConfig(), seed=2)
+        executed = [np.array_equal(a, without_gripper_motion(a, bool(closed)))
+                    for a, closed in zip(next_action, batch["next_observation/gripper_closed"])]
+        if moves:
+            moved = len(executed) - sum(executed)
+        else:
+            assert all(executed)
+    assert moved > 0    # with the paper's rule, the argmax's gripper commands do carry moves
+    # A network that reads no gripper state still needs it for the rule.
+    image_only = QNetwork(InputSpec(16, "image"), "tiny", "polyak")
+    export = load_export(write_export(str(tmp_path / "image-only"), 3, {
+        "online": image_only, "polyak": image_only, "lagged": image_only}, gripper_moves=False))
+    del batch["next_observation/gripper_closed"]
+    with pytest.raises(schemas.UserError, match="no 'next_observation/gripper_closed'.*"
+                                                "robot.gripper_moves=false"):
+        compute_targets(export, batch, CEMConfig(), TargetConfig(), seed=2)
+
+
 def test_scripted_termination_targets_use_the_rule_for_the_terminate_bit(tmp_path):
     from model.export import load_export, write_export
     from robot.mdp import scripted_termination
