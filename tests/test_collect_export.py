@@ -20,8 +20,10 @@ def test_collect_runs_a_greedy_export_policy(tmp_path):
 
     nets = {name: QNetwork(InputSpec(16, "image+gripper+height"), "tiny", name)
             for name in ("online", "polyak", "lagged")}
-    # Trained, as the demo preset collects, under the scripted termination.
-    export = write_export(str(tmp_path / "exports"), 1, nets, termination="scripted")
+    # Trained, as the demo preset collects, under the scripted termination, with gripper steps
+    # that do not move.
+    export = write_export(str(tmp_path / "exports"), 1, nets, termination="scripted",
+                          gripper_moves=False)
     out = tmp_path / "eps"
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "collect", "--policy", export, "--episodes", "2",
