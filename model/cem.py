@@ -15,7 +15,7 @@ asked about actions the data can contain; sampled freely, the bit is an unseen i
 state where the rule says 0, and its extrapolated values inflate every bootstrapped target.
 
 Likewise, when a step either works the gripper or moves it (``robot.gripper_moves=false``,
-``robot.mdp.without_gripper_motion``), ``gripper_rule`` (the states' gripper closed flag) makes
+``robot.mdp.gripper_or_move``), ``gripper_rule`` (the states' gripper closed flag) makes
 every sample the action the cell would execute and record: a command that changes the gripper
 loses its move, a command the gripper already obeys is dropped. Q is then never asked about a
 close-and-lift, or a close of a closed gripper, which the data cannot hold.
@@ -79,7 +79,7 @@ def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
         open_ = tf.cast(u >= p_gripper[:, :1], tf.float32) * tf.cast(
             u < p_gripper[:, :1] + p_gripper[:, 1:2], tf.float32)
         if gripper_rule is not None:
-            continuous, close, open_ = gripper_step(gripper_rule, continuous, close, open_)
+            continuous, close, open_ = gripper_or_move(gripper_rule, continuous, close, open_)
         if terminate_rule is None:
             terminate = tf.cast(tf.random.stateless_uniform((b, samples), seeds[3 * it + 2])
                                 < p_terminate[:, None], tf.float32)
@@ -112,10 +112,9 @@ def scripted_terminate_bits(gripper_closed, height, translation_z):
     return tf.cast(closed & high & (translation_z > 0.0), tf.float32)
 
 
-def gripper_step(gripper_closed, continuous, close, open_):
-    """``robot.mdp.without_gripper_motion`` on tensors: [B] states x [B, N] samples."""
-    closed = tf.cast(tf.reshape(gripper_closed, (-1, 1)), tf.float32) > 0.5
-    closed = tf.cast(closed, tf.float32)
+def gripper_or_move(gripper_closed, continuous, close, open_):
+    """``robot.mdp.gripper_or_move`` on tensors: [B] states x [B, N] samples."""
+    closed = tf.cast(tf.cast(tf.reshape(gripper_closed, (-1, 1)), tf.float32) > 0.5, tf.float32)
     changes = close * (1.0 - closed) + open_ * closed          # 1: the step works the gripper
     still = tf.constant([0.0, 0.0, 0.0, 0.0, 1.0])               # no translation, yaw 0
     continuous = continuous * (1.0 - changes[..., None]) + still * changes[..., None]

@@ -123,8 +123,8 @@ def write_export(exports: str, step: int, networks: dict, extra: dict | None = N
     ``bounds``: the (low, high) action bounds CEM should use with these weights (default: the
     RobotConfig defaults). ``termination``: the ``robot.termination`` the weights were trained
     under; with ``scripted``, CEM sets the terminate bit by algorithm 2 instead of sampling it.
-    ``gripper_moves``: the ``robot.gripper_moves`` of the data; false, CEM's gripper commands
-    carry no move.
+    ``gripper_moves``: the ``robot.gripper_moves`` of the data; false, CEM samples only actions
+    that work the gripper or move, as the cell executes them.
 
     The manifest goes last, so a reader never sees a half-written export as complete.
     """

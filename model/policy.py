@@ -35,7 +35,7 @@ class GreedyCEMPolicy:
         self.network = network
         # scripted: the terminate bit follows algorithm 2, as the cell records it (model.cem).
         self.termination = termination
-        # false: a gripper command carries no move, as the cell records it (model.cem).
+        # false: a step works the gripper or moves, as the cell records it (model.cem).
         self.gripper_moves = gripper_moves
         self.cem = cem_config or CEMConfig()
         low, high = (ACTION_LOW, ACTION_HIGH) if bounds is None else bounds

@@ -234,7 +234,7 @@ class SimCell(Robot):
             raise RuntimeError("execute_command after the episode ended; call reset first")
         recorded = mdp.check_action(action).copy()
         if not self.config.gripper_moves:
-            recorded = mdp.without_gripper_motion(recorded, self._closed)
+            recorded = mdp.gripper_or_move(recorded, self._closed)
         command = mdp.decode_action(recorded)
         if self.config.termination == "scripted":
             terminate = mdp.scripted_termination(self._closed, self.gripper_height(),

@@ -67,7 +67,7 @@ def check_action(action) -> np.ndarray:
     return a
 
 
-def without_gripper_motion(action, gripper_closed: bool) -> np.ndarray:
+def gripper_or_move(action, gripper_closed: bool) -> np.ndarray:
     """The action as a cell with ``robot.gripper_moves=false`` executes and records it, given
     whether the gripper was closed before it: a step either works the gripper or moves it. A
     command that changes the gripper (closes an open one, opens a closed one) holds the pose, so

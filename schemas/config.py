@@ -98,9 +98,10 @@ class RobotConfig(_Section):
     termination: str = _f("learned", choices=("learned", "scripted"),
                           doc="terminate action of the policy, or algorithm 2's heuristic")
     gripper_moves: bool = _f(True, doc="a step with a gripper command also moves the gripper "
-                             "(the paper's action space); false: it only opens or closes the "
-                             "fingers, holding the pose, and the action is recorded without "
-                             "the move")
+                             "(the paper's action space); false: a step works the gripper or "
+                             "moves it, not both (a command that changes the gripper holds the "
+                             "pose, one the gripper already obeys is dropped), recorded as "
+                             "executed")
     success_labeller: str = _f("ground_truth", choices=("ground_truth", "image_subtraction"),
                                doc="simulator truth, or the drop test of appendix D.3")
     action_repeat: int = _f(16, lo=1, hi=1000,

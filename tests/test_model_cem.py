@@ -123,7 +123,7 @@ def test_factorised_q_equals_the_whole_network_on_tiled_copies(state_inputs):
 
 
 def test_gripper_rule_makes_every_sample_the_action_the_cell_would_execute():
-    from robot.mdp import without_gripper_motion
+    from robot.mdp import gripper_or_move
 
     # A score that pays for closing while lifting: free sampling finds it in every state.
     seen = []
@@ -142,7 +142,7 @@ def test_gripper_rule_makes_every_sample_the_action_the_cell_would_execute():
     for i in range(B):
         samples = np.concatenate([s[i] for s in seen])
         for a in samples:
-            np.testing.assert_array_equal(a, without_gripper_motion(a, bool(closed[i])))
+            np.testing.assert_array_equal(a, gripper_or_move(a, bool(closed[i])))
             kinds.add((bool(closed[i]), a[5] > 0.5, a[6] > 0.5, bool(np.any(a[:3] != 0))))
     # Open grippers close in place; closed ones open in place; moves are sampled as before.
     assert {(False, True, False, False), (True, False, True, False), (False, False, False, True),

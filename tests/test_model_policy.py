@@ -117,7 +117,7 @@ def test_evaluate_refuses_an_export_that_does_not_fit_the_cell(exports, tmp_path
 def test_greedy_policy_follows_the_exports_gripper_step_rule(tmp_path):
     from model.export import write_export
     from model.network import InputSpec, QNetwork
-    from robot.mdp import without_gripper_motion
+    from robot.mdp import gripper_or_move
     from schemas.config import RobotConfig
 
     net = QNetwork(InputSpec(SIZE, "image"), "tiny", "polyak")   # reads no gripper state
@@ -131,7 +131,7 @@ def test_greedy_policy_follows_the_exports_gripper_step_rule(tmp_path):
     actions = policy.sample_actions(batch)
     assert ((actions[:, 5] > 0.5) | (actions[:, 6] > 0.5)).any()
     for a, closed in zip(actions, batch["observation/gripper_closed"]):
-        np.testing.assert_array_equal(a, without_gripper_motion(a, bool(closed)))
+        np.testing.assert_array_equal(a, gripper_or_move(a, bool(closed)))
     del batch["observation/gripper_closed"]
     with pytest.raises(UserError, match="no 'observation/gripper_closed'.*gripper_moves=false"):
         policy.sample_actions(batch)

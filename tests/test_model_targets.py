@@ -116,7 +116,7 @@ def test_image_size_mismatch_is_a_clear_error():
 
 def test_targets_follow_the_exports_gripper_step_rule(tmp_path):
     from model.export import load_export, write_export
-    from robot.mdp import without_gripper_motion
+    from robot.mdp import gripper_or_move
 
     polyak, lagged = _nets(0.0)
     nets = {"online": polyak, "polyak": polyak, "lagged": lagged}
@@ -127,7 +127,7 @@ def test_targets_follow_the_exports_gripper_step_rule(tmp_path):
                                           gripper_moves=moves))
         assert export.gripper_moves is moves
         _, next_action = compute_targets(export, batch, CEMConfig(), TargetConfig(), seed=2)
-        executed = [np.array_equal(a, without_gripper_motion(a, bool(closed)))
+        executed = [np.array_equal(a, gripper_or_move(a, bool(closed)))
                     for a, closed in zip(next_action, batch["next_observation/gripper_closed"])]
         if moves:
             moved = len(executed) - sum(executed)

@@ -245,10 +245,10 @@ def test_a_step_works_the_gripper_or_moves_unless_gripper_moves():
     np.testing.assert_array_equal(recorded[False, 1], mdp.make_action((0.03, 0.0, 0.04), 0.3))
     for closed in (False, True):
         np.testing.assert_array_equal(recorded[False, int(closed)],
-                                      mdp.without_gripper_motion(close_and_lift, closed))
+                                      mdp.gripper_or_move(close_and_lift, closed))
     # A move without a gripper command is the same under both rules.
     move = mdp.make_action((0.0, 0.0, 0.04))
-    np.testing.assert_array_equal(mdp.without_gripper_motion(move, True), move)
+    np.testing.assert_array_equal(mdp.gripper_or_move(move, True), move)
 
 
 def test_scripted_termination_rule():
