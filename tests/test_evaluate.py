@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.cli import invoke
 from robot import protocols
-from robot.cell import TRAY_CENTRE, SimCell
+from robot.cell import SimCell
 from robot.policies import ScriptedGrasp, make_policy
 from schemas.config import RobotConfig
 from schemas.errors import UserError
