@@ -1,0 +1,57 @@
+"""The diagnostic benchmarks' own arithmetic and their runs on real records on disk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines_testlib import make_export, write_episodes
+
+
+def test_close_height_bands_count_rate_and_auc():
+    from benchmarks.close_height import band_table
+
+    height = np.array([0.01, 0.02, 0.05, 0.06, 0.10, 0.20], np.float32)
+    success = np.array([1, 0, 1, 0, 0, 0], np.float32)
+    q = np.array([0.9, 0.1, 0.2, 0.8, 0.5, 0.5], np.float32)
+    rows = band_table(height, success, [0.03, 0.08], q)
+    assert [r["height_cm"] for r in rows] == ["0-3", "3-8", "8-", "all"]
+    assert [r["grasps"] for r in rows] == [2, 2, 2, 6]
+    assert [r["success"] for r in rows] == [0.5, 0.5, 0.0, 0.333]
+    # Within 0-3 cm the Q ranks the success first, within 3-8 cm last; the 8- band has no
+    # success to rank. Over all six: 5 of the 8 (success, failure) pairs are in order.
+    assert [r["auc"] for r in rows] == [1.0, 0.0, None, 0.625]
+    assert rows[0]["mean_q"] == 0.5
+    assert "auc" not in band_table(height, success, [0.03])[0]
+
+
+def test_close_height_runs_on_episode_files_with_an_export(tmp_path, capsys):
+    from benchmarks.close_height import main
+    from robot import mdp
+    from schemas.tfrecord_io import read_records
+
+    paths = write_episodes(tmp_path / "eps", files=2, per_file=4, seed=3)
+    exports = tmp_path / "exports"
+    make_export(exports)
+    assert main([str(tmp_path / "eps" / "*.tfrecord.gz"), "--export", str(exports)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    closing = [ep for p in paths for ep in read_records(str(p))
+               if any(mdp.decode_action(a).gripper == "close" for a in ep["action"])]
+    assert closing, "the fake episodes should close the gripper somewhere"
+    assert out["grasps"] == len(closing)
+    assert out["bands"][-1]["grasps"] == len(closing)
+    assert sum(b["grasps"] for b in out["bands"][:-1]) == len(closing)
+    assert out["export"].endswith("export-000000100")
+    assert all(b["mean_q"] is None or 0.0 < b["mean_q"] < 1.0 for b in out["bands"])
+
+
+def test_close_height_names_what_is_wrong(tmp_path):
+    from benchmarks.close_height import main
+
+    with pytest.raises(SystemExit, match="no episode files match"):
+        main([str(tmp_path / "none-*.tfrecord.gz")])
+    write_episodes(tmp_path / "eps", files=1, per_file=1)
+    with pytest.raises(SystemExit, match="--edges"):
+        main([str(tmp_path / "eps" / "*.tfrecord.gz"), "--edges", "3cm"])
