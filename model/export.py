@@ -164,6 +164,29 @@ def latest_export(exports: str) -> str | None:
     return max(manifests, key=lambda m: m.rstrip("/").split("/")[-2])[: -len(MANIFEST) - 1]
 
 
+def prune_exports(exports: str, keep: set[str]) -> list[str]:
+    """Remove the ``export-*`` directories under ``exports`` except those in ``keep`` (paths or
+    directory names), the newest complete one and any newer (perhaps still being written);
+    returns what was removed.
+
+    The manifest goes first, so an export whose removal is interrupted is no longer complete
+    (``latest_export`` ignores it) and the next prune finishes it."""
+    newest = latest_export(exports)
+    if newest is None:
+        return []
+    newest_name = newest.rstrip("/").rsplit("/", 1)[-1]
+    keep_names = {k.rstrip("/").rsplit("/", 1)[-1] for k in keep if k} | {newest_name}
+    removed = []
+    for path in fs.listdir(exports):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if not name.startswith("export-") or name in keep_names or name > newest_name:  # newer: maybe still being written
+            continue
+        fs.remove(fs.join(path, MANIFEST))
+        fs.remove(path, recursive=True)
+        removed.append(path)
+    return removed
+
+
 def resolve(path: str) -> str:
     """An export directory from an ``export-*`` or ``exports/`` path; UserError if none."""
     path = str(path).rstrip("/")

@@ -12,7 +12,8 @@ Each round is four jobs, each the command a user could run by hand:
             on-policy data so far, with targets from the newest export;
 4. train    ``finetune/train``: the balancer gives the steps this round may train (gradient steps
             per new on-policy transition); they run in chunks, each at the ramp's on-policy share
-            for the step where the chunk starts.
+            for the step where the chunk starts. Each chunk exports; of those exports, only the
+            one each round collected with (and finetuning's first and newest) are kept.
 
 ``finetune/state.json`` records the phases done (written atomically after each one). Every job
 is idempotent (collect completes its set, shard and relabel republish, train resumes from its
@@ -175,6 +176,18 @@ def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
         step = result.step
         state["steps_done"] = step - state["start_step"]
         write_state(p["state"], state)
+        prune_chunk_exports(state, p)
+
+
+def prune_chunk_exports(state: dict, p: dict) -> None:
+    """Every chunk exports; keep the export finetuning started from, the one each round
+    collected with, and the newest (a 10-round run would otherwise keep ~1000)."""
+    from model.export import export_dir, prune_exports
+
+    exports_dir = fs.join(p["train"], "exports")
+    keep = {export_dir(exports_dir, state["start_step"])}
+    keep.update(r["export"] for r in state["rounds"] if r.get("export"))
+    prune_exports(exports_dir, keep)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

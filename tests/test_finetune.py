@@ -102,6 +102,16 @@ def test_finetune_resumes_after_a_kill_in_every_phase(offline, tmp_path):
     labelled = dataset.read_manifest(str(run / "finetune" / "labelled" / "online" / "epoch-1"))
     assert labelled["counts"]["transitions"] == online
     assert not (run / "finetune" / "labelled" / "online" / "epoch-0").exists()
+    # Of the exports every training chunk wrote, the one finetuning started from and the one
+    # each round ended with (the next round's collection policy; the last is the newest) stay.
+    exports = run / "finetune" / "train" / "exports"
+    kept = sorted(p.name for p in exports.iterdir())
+    wanted = sorted({f"export-{4:09d}"} | {os.path.basename(r["export"])
+                                            for r in state["rounds"]})
+    assert kept == wanted, (kept, wanted)
+    assert len(wanted) == 3
+    assert all((exports / name / "manifest.json").exists() for name in kept)
+    assert state["steps_done"] > 2 * 5  # more chunks ran than exports were kept
     # The offline run was not touched.
     assert json.loads(json.dumps(dataset.read_manifest(str(offline / "transitions"))))
     ckpts = sorted(p.name for p in (offline / "train" / "checkpoints").glob("ckpt-*"))

@@ -15,7 +15,7 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 tf = pytest.importorskip("tensorflow")
 
-from model.export import load_export, write_export  # noqa: E402
+from model.export import load_export, prune_exports, write_export  # noqa: E402
 from model.network import DEFAULT_STATE_INPUTS, InputSpec, QNetwork  # noqa: E402
 from model.targets import compute_targets  # noqa: E402
 from schemas import fs  # noqa: E402
@@ -64,6 +64,24 @@ def test_round_trip_and_latest_complete_export(tmp_path):
     assert load_export(path) is loaded             # cached per process
     with pytest.raises(UserError, match="no complete export"):
         load_export(os.path.join(exports, "export-000000300"))
+
+
+def test_prune_keeps_the_named_and_the_newest_and_finishes_half_removed(tmp_path):
+    exports = str(tmp_path / "exports")
+    nets = _nets(0)
+    paths = {step: write_export(exports, step, nets) for step in (10, 20, 30, 40, 50)}
+    # A removal interrupted after the manifest went: no longer complete, finished next time.
+    os.remove(os.path.join(paths[30], "manifest.json"))
+    # A newer export still being written (no manifest yet) is not the newest complete one.
+    os.makedirs(os.path.join(exports, "export-000000060", "online"))
+    removed = prune_exports(exports, {paths[10], "export-000000020"})
+    assert sorted(os.path.basename(p) for p in removed) == ["export-000000030",
+                                                           "export-000000040"]
+    assert sorted(os.listdir(exports)) == ["export-000000010", "export-000000020",
+                                           "export-000000050", "export-000000060"]
+    assert load_export(exports).step == 50
+    assert prune_exports(exports, set()) == [paths[10], paths[20]]
+    assert sorted(os.listdir(exports)) == ["export-000000050", "export-000000060"]
 
 
 def test_corrupted_weights_name_the_file(tmp_path):
@@ -123,3 +141,9 @@ def test_round_trip_through_gcs(gcs):
     loaded = load_export(fs.join(gcs, "run", "exports"))
     assert loaded.step == 42
     _assert_same(loaded.polyak, nets["polyak"])
+    # Pruning in a bucket: the older export goes, files and all; the newest stays readable.
+    write_export(fs.join(gcs, "run", "exports"), 50, nets)
+    removed = prune_exports(fs.join(gcs, "run", "exports"), set())
+    assert removed == [path]
+    assert not fs.glob(fs.join(path, "*", "weights.npz"))
+    assert load_export(fs.join(gcs, "run", "exports")).step == 50
