@@ -2,6 +2,8 @@
 
 - The ramp: the on-policy share of every training batch grows linearly from ``start`` (1% in
   the paper) to ``end`` (50%) over ``ramp_steps`` gradient steps, then stays at ``end``.
+- Chunks: training runs in chunks of one share each; on the ramp they are short, past it
+  the rest of a round is one chunk.
 - The balancer: gradient steps are held at ``ratio`` per new on-policy transition (the paper
   keeps 6 to 11). Finetuning runs in rounds (collect, shard, relabel, train), so the balancer
   says how many steps a round may train given every on-policy transition collected so far and
@@ -21,6 +23,18 @@ def online_share(step: int, start: float = 0.01, end: float = 0.5, ramp_steps: i
     if ramp_steps <= 0 or step >= ramp_steps:
         return end
     return start + (end - start) * max(step, 0) / ramp_steps
+
+
+def chunk_end(step: int, until: int, ramp_steps: int, chunk: int) -> int:
+    """Where the training chunk that starts at finetuning step ``step`` (steps since finetuning
+    began) ends, ``until`` being the round's last step. On the ramp a chunk is ``chunk`` steps
+    (each chunk trains at one share) and never crosses the ramp's end; past the ramp the share
+    no longer changes, so one chunk takes the rest of the round."""
+    if chunk <= 0:
+        raise ValueError(f"ramp chunk must be positive, got {chunk}")
+    if step >= ramp_steps:
+        return until
+    return min(until, step + chunk, ramp_steps)
 
 
 def batch_split(batch_size: int, share: float) -> tuple[int, int]:

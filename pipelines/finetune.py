@@ -12,7 +12,8 @@ Each round is four jobs, each the command a user could run by hand:
             on-policy data so far, with targets from the newest export;
 4. train    ``finetune/train``: the balancer gives the steps this round may train (gradient steps
             per new on-policy transition); they run in chunks, each at the ramp's on-policy share
-            for the step where the chunk starts. Each chunk exports; of those exports, only the
+            for the step where the chunk starts (past the ramp, the rest of the round is one
+            chunk: restarting training every chunk costs about half the speed). Each chunk exports; of those exports, only the
             one each round collected with (and finetuning's first and newest) are kept.
 
 ``finetune/state.json`` records the phases done (written atomically after each one). Every job
@@ -28,7 +29,7 @@ import argparse
 import json
 import time
 
-from model.finetune_schedule import Balancer, online_share
+from model.finetune_schedule import Balancer, chunk_end, online_share
 from pipelines import dataset
 from pipelines.cli import add_config_arguments, config_args, config_from_args, invoke
 from schemas import fs
@@ -168,9 +169,11 @@ def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
     while step < until:
         share = online_share(step - state["start_step"], ft.ramp_start, ft.ramp_end,
                              ft.ramp_steps)
-        chunk_end = min(until, step + ft.ramp_chunk)
+        end = state["start_step"] + chunk_end(step - state["start_step"],
+                                              until - state["start_step"], ft.ramp_steps,
+                                              ft.ramp_chunk)
         result = train(train_cfg, [(off_dir, 1.0 - share), (on_dir, share)], p["train"],
-                       until_step=chunk_end, progress=False)
+                       until_step=end, progress=end - step > ft.ramp_chunk)
         print(f"finetune: step {result.step}/{until}, on-policy share {share:.3f}, "
               f"loss {result.loss:.4f}", flush=True)
         step = result.step

@@ -234,7 +234,8 @@ class FinetuneConfig(_Section):
     ramp_start: float = _f(0.01, lo=0.0, hi=1.0, doc="on-policy share of a batch at the start")
     ramp_end: float = _f(0.5, lo=0.0, hi=1.0, doc="on-policy share after the ramp")
     ramp_steps: int = _f(2000, lo=1, doc="finetuning steps over which the share ramps up")
-    ramp_chunk: int = _f(100, lo=1, doc="steps trained at one share before it is updated")
+    ramp_chunk: int = _f(100, lo=1, doc="steps trained at one share before it is updated, on "
+                         "the ramp; past it a round trains in one chunk")
     steps_per_transition: float = _f(6.0, lo=0.01, hi=1000.0,
                                      doc="balancer: gradient steps per new on-policy transition")
     seed: int = _f(1000, lo=0, doc="seed of the first round's collection")

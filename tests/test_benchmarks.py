@@ -55,3 +55,18 @@ def test_close_height_names_what_is_wrong(tmp_path):
     write_episodes(tmp_path / "eps", files=1, per_file=1)
     with pytest.raises(SystemExit, match="--edges"):
         main([str(tmp_path / "eps" / "*.tfrecord.gz"), "--edges", "3cm"])
+
+
+def test_finetune_chunks_trains_both_sides_and_reports_their_ratio(capsys):
+    from benchmarks.finetune_chunks import main
+
+    assert main(["--steps", "6", "--chunk", "2", "--repeats", "1", "--records", "32",
+                 "--set", "model.preset=tiny", "--set", "robot.image_size=32",
+                 "--set", "train.batch_size=8", "--set", "train.shuffle_buffer=16"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["chunked_steps_per_s"] > 0 and out["single_steps_per_s"] > 0
+    assert out["ratio"] == pytest.approx(out["chunked_steps_per_s"] / out["single_steps_per_s"],
+                                         rel=0.02)
+    assert (out["steps"], out["chunk"], out["model"]) == (6, 2, "tiny")
+    with pytest.raises(SystemExit, match="--share"):
+        main(["--share", "1.5"])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from model.finetune_schedule import Balancer, batch_split, online_share
+from model.finetune_schedule import Balancer, batch_split, chunk_end, online_share
 
 
 def test_ramp_goes_linearly_from_start_to_end_then_stays():
@@ -33,3 +33,16 @@ def test_balancer_holds_steps_per_transition():
     assert b.achieved(150, 900) == 6
     with pytest.raises(ValueError):
         Balancer(ratio=0)
+
+
+def test_chunks_are_short_on_the_ramp_and_one_past_it():
+    # Ramp of 250 steps in chunks of 100; a round from step 0 to 1000.
+    ends, step = [], 0
+    while step < 1000:
+        step = chunk_end(step, 1000, ramp_steps=250, chunk=100)
+        ends.append(step)
+    assert ends == [100, 200, 250, 1000]
+    assert chunk_end(40, 90, ramp_steps=250, chunk=100) == 90     # the round ends first
+    assert chunk_end(600, 900, ramp_steps=250, chunk=100) == 900   # a later round, past the ramp
+    with pytest.raises(ValueError, match="chunk"):
+        chunk_end(0, 10, ramp_steps=5, chunk=0)
