@@ -57,6 +57,58 @@ class TrainResult:
     steps_per_s: float
 
 
+class StepProgress:
+    """Training progress for a person: ``train: step S/U (P%), R steps/s, ETA T, loss, mean_q``.
+
+    Rates and the ETA count only the steps this run trained (a resumed run starts at its
+    checkpoint's step) and start after the first step, which includes tracing. On a terminal
+    the line is redrawn in place once a second; into a file or pipe a new line is written every
+    ``every`` seconds (10 by default), so logs stay short."""
+
+    def __init__(self, start: int, until: int, stream=None, every: float | None = None,
+                 clock=time.monotonic):
+        import sys
+
+        self.start, self.until = int(start), int(until)
+        self.stream = sys.stdout if stream is None else stream
+        isatty = getattr(self.stream, "isatty", lambda: False)()
+        self.inplace = bool(isatty)
+        self.every = (1.0 if self.inplace else 10.0) if every is None else float(every)
+        self.clock = clock
+        self.t_first = None      # time and step of the first step done (after tracing)
+        self.first_step = self.start
+        self.last_print = None
+
+    def rate(self, step: int) -> float:
+        """Steps per second since the first step of this run (0 until there is a measure)."""
+        if self.t_first is None or step <= self.first_step:
+            return 0.0
+        return (step - self.first_step) / max(self.clock() - self.t_first, 1e-9)
+
+    def line(self, step: int, loss: float, mean_q: float) -> str:
+        total = max(self.until, 1)
+        rate = self.rate(step)
+        eta = f"{(self.until - step) / rate:.0f} s" if rate > 0 else "?"
+        return (f"train: step {step}/{self.until} ({100 * step / total:.0f}%), "
+                f"{rate:.1f} steps/s, ETA {eta}, loss {loss:.4f}, mean_q {mean_q:.3f}")
+
+    def update(self, step: int, loss: float, mean_q: float) -> None:
+        now = self.clock()
+        done = step >= self.until
+        first = self.t_first is None
+        if first:   # the first step includes tracing: measure from its end
+            self.t_first, self.first_step, self.last_print = now, step, now
+        if not done and (first or now - self.last_print < self.every):
+            return
+        self.last_print = now
+        text = self.line(step, loss, mean_q)
+        if self.inplace:
+            self.stream.write("\r" + text + ("\n" if done else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
 def loss_fn(kind: str):
     if kind == "cross_entropy":
         # Targets dip below 0 by the step penalty (r = -0.05 + gamma * V with V near 0). Cross
@@ -282,12 +334,7 @@ class Trainer:
         start = self.restore()
         step = start
         writer = tf.summary.create_file_writer(self.local_logs_dir)
-        # Keras redraws the bar in place on any POSIX stream, so a log file would get a line per
-        # step: one redraw a second is plenty for a person and keeps logs short.
-        bar = keras.utils.Progbar(until, unit_name="step", interval=1.0) \
-            if progress and until > start else None
-        if bar is not None:
-            bar.update(start)
+        bar = StepProgress(start, until) if progress and until > start else None
         loss, t0, last_log, last_log_time = float("nan"), time.perf_counter(), step, None
         last_saved = start
         while step < until:
@@ -325,7 +372,7 @@ class Trainer:
                     writer.flush()
                     self._push_logs()
             if bar is not None:
-                bar.update(step, values=[("loss", loss), ("mean_q", float(out["mean_q"]))])
+                bar.update(step, loss, float(out["mean_q"]))
         writer.flush()
         elapsed = time.perf_counter() - t0
         if step != last_saved:

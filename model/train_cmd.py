@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
                         help="checkpoints/, exports/ and logs/ go here (local or gs://)")
     parser.add_argument("--until-step", type=int, default=None, metavar="N",
                         help="train until the global step reaches N (default: train.steps)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines (train: step S/U, steps/s, ETA, loss)")
     add_config_arguments(parser)
 
 

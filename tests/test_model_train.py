@@ -265,3 +265,46 @@ def test_runs_without_input_checkpoints_do_not_replay_the_same_batches(tmp_path)
     trainer.run(until_step=5, progress=False)
     resumed, _ = first_targets(tmp_path / "a")          # from the step-5 checkpoint
     assert not np.array_equal(resumed, fresh)
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_progress_of_a_resumed_run_counts_only_its_own_steps():
+    import io
+
+    from model.train import StepProgress
+
+    clock, out = _Clock(), io.StringIO()
+    bar = StepProgress(19000, 20000, stream=out, every=10, clock=clock)
+    clock.t = 30.0                       # the first step: tracing, not counted
+    bar.update(19001, 0.5, 0.1)
+    assert out.getvalue() == ""
+    for step in range(19002, 19102):     # 100 steps at 10 per second
+        clock.t += 0.1
+        bar.update(step, 0.5, 0.1)
+    lines = out.getvalue().splitlines()
+    assert lines == ["train: step 19101/20000 (96%), 10.0 steps/s, ETA 90 s, loss 0.5000, "
+                     "mean_q 0.100"]
+    for step in range(19102, 20001):
+        clock.t += 0.05                  # faster now: 20 per second
+        bar.update(step, 0.25, 0.2)
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("train: step 20000/20000 (100%), ") and last.endswith(
+        "ETA 0 s, loss 0.2500, mean_q 0.200")
+    assert len(out.getvalue().splitlines()) == 1 + 4 + 1   # every 10 s, and the last step
+
+
+def test_resumed_training_prints_its_progress(tmp_path, capsys):
+    pattern = write_shards(tmp_path / "labelled", 32, 2)
+    work = str(tmp_path / "work")
+    train(_config(), [(pattern, 1.0)], work, until_step=10, progress=False)
+    assert capsys.readouterr().out == ""
+    train(_config(), [(pattern, 1.0)], work, until_step=20)
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("train: step 20/20 (100%), ") and "loss " in out[-1]
