@@ -179,7 +179,8 @@ def prune_exports(exports: str, keep: set[str]) -> list[str]:
     removed = []
     for path in fs.listdir(exports):
         name = path.rstrip("/").rsplit("/", 1)[-1]
-        if not name.startswith("export-") or name in keep_names or name > newest_name:  # newer: maybe still being written
+        # A name after the newest complete one may still be being written: left alone.
+        if not name.startswith("export-") or name in keep_names or name > newest_name:
             continue
         fs.remove(fs.join(path, MANIFEST))
         fs.remove(path, recursive=True)
