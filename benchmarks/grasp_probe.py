@@ -1,7 +1,7 @@
 """Can the Q-network see whether a grasp will succeed? A supervised probe. Prints one JSON line.
 
     python -m benchmarks.grasp_probe "runs/demo/episodes/scripted-train/*.tfrecord.gz" \\
-        [--state close|final] [--steps 800] [--no-augment] [--preset demo]
+        [--state close|final] [--steps 800] [--no-augment] [--preset demo] [--set K=V]
 
 Q-learning can only carry reward back from states whose outcome the network can tell apart. This
 takes one state per episode (``close``: the step where the gripper is first told to close;
@@ -71,6 +71,9 @@ def main(argv=None) -> int:
                         help="train without the trainer's crop and colour jitter")
     parser.add_argument("--preset", default="demo",
                         help="config preset giving the network, batch, learning rate (demo)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides",
+                        metavar="KEY=VALUE",
+                        help="config override, e.g. train.learning_rate=0.0003 (repeatable)")
     parser.add_argument("--seed", type=int, default=0,
                         help="held-out split, initial weights and batches (default 0)")
     args = parser.parse_args(argv)
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"no episode files match {args.episodes}")
     data = probe_states(paths, args.state)
     n = len(data["success"])
-    cfg = load_config(args.preset)
+    cfg = load_config(args.preset, overrides=args.overrides)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(n)
     held, train = order[: n // 5], order[n // 5:]
@@ -129,7 +132,9 @@ def main(argv=None) -> int:
     print(json.dumps({"benchmark": "grasp_probe", "state": args.state, "episodes": n,
                       "successes": int(data["success"].sum()), "held_out": len(held),
                       "image_size": int(data["image"].shape[1]), "model": cfg.model.preset,
-                      "augment": not args.no_augment, "steps": args.steps, "curve": curve,
+                      "augment": not args.no_augment, "steps": args.steps,
+                      "learning_rate": cfg.train.learning_rate,
+                      "batch_size": cfg.train.batch_size, "curve": curve,
                       "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
     return 0
 

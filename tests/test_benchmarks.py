@@ -70,3 +70,16 @@ def test_finetune_chunks_trains_both_sides_and_reports_their_ratio(capsys):
     assert (out["steps"], out["chunk"], out["model"]) == (6, 2, "tiny")
     with pytest.raises(SystemExit, match="--share"):
         main(["--share", "1.5"])
+
+
+def test_grasp_probe_trains_on_episode_files_with_overrides(tmp_path, capsys):
+    from benchmarks.grasp_probe import main
+
+    write_episodes(tmp_path / "eps", files=2, per_file=8, seed=5)
+    assert main([str(tmp_path / "eps" / "*.tfrecord.gz"), "--steps", "4", "--eval-every", "2",
+                 "--set", "model.preset=tiny", "--set", "train.learning_rate=0.0003",
+                 "--set", "train.batch_size=4"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["model"], out["learning_rate"], out["batch_size"]) == ("tiny", 0.0003, 4)
+    assert [c["step"] for c in out["curve"]] == [2, 4]
+    assert out["episodes"] > 0 and out["held_out"] > 0
