@@ -83,3 +83,62 @@ def test_grasp_probe_trains_on_episode_files_with_overrides(tmp_path, capsys):
     assert (out["model"], out["learning_rate"], out["batch_size"]) == ("tiny", 0.0003, 4)
     assert [c["step"] for c in out["curve"]] == [2, 4]
     assert out["episodes"] > 0 and out["held_out"] > 0
+
+
+def test_target_vs_return_arithmetic():
+    from benchmarks.target_vs_return import compare, episode_returns
+
+    np.testing.assert_allclose(episode_returns(np.array([0.0, 0.0, 1.0]), 0.5), [0.25, 0.5, 1.0])
+    # Episode a succeeds at its third step, b fails at its second (steps given out of order).
+    rows = {"a": [(2, 1.0, True, 1.0), (0, 0.0, False, 0.45), (1, 0.0, False, 0.5)],
+            "b": [(1, 0.0, True, 0.0), (0, 0.0, False, 0.3)]}
+    out = compare(rows, gamma=0.5, max_steps_to_end=2)
+    assert (out["episodes"], out["successes"], out["transitions"]) == (2, 1, 5)
+    assert out["mean_return"] == pytest.approx((0.25 + 0.5 + 1.0) / 5)
+    assert out["mean_target"] == pytest.approx((1.0 + 0.45 + 0.5 + 0.0 + 0.3) / 5)
+    assert out["ratio"] == pytest.approx(2.25 / 1.75, abs=0.01)
+    assert out["by_outcome"]["failure"] == {"transitions": 2, "mean_target": 0.15,
+                                            "mean_return": 0.0}
+    assert [(k["steps_to_end"], k["transitions"], k["mean_target"], k["mean_return"])
+            for k in out["by_steps_to_end"]] == [("0", 2, 0.5, 0.5), ("1", 2, 0.4, 0.25),
+                                                 (">=2", 1, 0.45, 0.25)]
+    # An episode cut off without a terminal step has no known return: left out, counted.
+    cut = compare({**rows, "d": [(0, 0.0, False, 0.9)]}, gamma=0.5, max_steps_to_end=2)
+    assert (cut["episodes"], cut["unterminated_episodes"]) == (2, 1)
+    assert cut["mean_target"] == out["mean_target"]
+    with pytest.raises(SystemExit, match="episode b: steps"):
+        compare({"b": [(1, 0.0, True, 0.0)]}, gamma=0.5)
+    with pytest.raises(SystemExit, match="episode c: steps"):
+        compare({"c": [(0, 0.0, True, 0.0), (1, 1.0, True, 1.0)]}, gamma=0.5)
+    with pytest.raises(SystemExit, match="no episode with a terminal step"):
+        compare({"d": [(0, 0.0, False, 0.9)]}, gamma=0.5)
+
+
+def test_target_vs_return_on_a_real_relabel_output(tmp_path, capsys):
+    from benchmarks.target_vs_return import main
+    from pipelines_testlib import IN_PROCESS, qtopt, read_all
+
+    write_episodes(tmp_path / "episodes", files=2, per_file=3, seed=3)
+    assert qtopt("shard", "-i", f"{tmp_path}/episodes/*.gz", "-o", tmp_path / "transitions",
+                 "--num-shards", 2, *IN_PROCESS) == 0
+    export = make_export(tmp_path / "exports", step=100, seed=0)
+    assert qtopt("relabel", "-i", tmp_path / "transitions", "-e", export,
+                 "-o", tmp_path / "labelled", "--epoch", 0, *IN_PROCESS) == 0
+    labelled = tmp_path / "labelled" / "epoch-0"
+    assert main([str(labelled)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    records = read_all(labelled)
+    by_episode = {}
+    for r in records:
+        by_episode.setdefault(r["episode_id"], []).append(r)
+    ended = [rs for rs in by_episode.values() if any(r["is_terminal"] for r in rs)]
+    kept = [r for rs in ended for r in rs]
+    assert 0 < len(ended) and len(by_episode) == 6
+    assert (out["episodes"], out["unterminated_episodes"]) == (len(ended), 6 - len(ended))
+    assert out["transitions"] == len(kept)
+    assert out["mean_target"] == pytest.approx(np.mean([r["target"] for r in kept]), abs=1e-4)
+    scored = out["by_steps_to_end"][0]   # the scored step: its target is its reward
+    assert scored["transitions"] == len(ended)
+    assert scored["mean_target"] == pytest.approx(scored["mean_return"], abs=1e-4)
+    with pytest.raises(SystemExit, match="not labelled transitions"):
+        main([str(tmp_path / "transitions")])
