@@ -48,7 +48,7 @@ def compare(rows: dict, gamma: float, max_steps_to_end: int = 5, where: str = ""
     not. Episodes cut off without a terminal step (targets bootstrap past their end, so their
     return is unknown) are left out and counted. A success is an episode rewarded at its end."""
     targets, returns, to_end, success = [], [], [], []
-    scored, unterminated = 0, 0
+    unterminated = 0
     for episode_id, steps in rows.items():
         steps = sorted(steps)
         index = [s[0] for s in steps]
@@ -58,7 +58,6 @@ def compare(rows: dict, gamma: float, max_steps_to_end: int = 5, where: str = ""
         if not steps[-1][2]:
             unterminated += 1
             continue
-        scored += 1
         reward = np.array([s[1] for s in steps], np.float64)
         targets.append(np.array([s[3] for s in steps], np.float64))
         returns.append(episode_returns(reward, gamma))
@@ -74,7 +73,7 @@ def compare(rows: dict, gamma: float, max_steps_to_end: int = 5, where: str = ""
     by_k.append({"steps_to_end": f">={max_steps_to_end}",
                  **_stats(target[k >= max_steps_to_end], ret[k >= max_steps_to_end])})
     total = _stats(target, ret)
-    return {"episodes": scored, "unterminated_episodes": unterminated,
+    return {"episodes": len(targets), "unterminated_episodes": unterminated,
             "successes": int(sum(w[-1] for w in success)), **total,
             "ratio": round(total["mean_target"] / total["mean_return"], 2)
             if total["mean_return"] else None,

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import weakref
@@ -67,8 +68,6 @@ class StepProgress:
 
     def __init__(self, start: int, until: int, stream=None, every: float | None = None,
                  clock=time.monotonic):
-        import sys
-
         self.start, self.until = int(start), int(until)
         self.stream = sys.stdout if stream is None else stream
         isatty = getattr(self.stream, "isatty", lambda: False)()
