@@ -13,8 +13,8 @@ Each round is four jobs, each the command a user could run by hand:
 4. train    ``finetune/train``: the balancer gives the steps this round may train (gradient steps
             per new on-policy transition); they run in chunks, each at the ramp's on-policy share
             for the step where the chunk starts; past the ramp the rest of the round is one
-            chunk (``benchmarks.finetune_chunks``: 100-step chunks train at 0.875 times the
-            speed of one call). Each chunk exports; only the export each round collected
+            chunk (``benchmarks.finetune_chunks``: 100-step chunks train at 0.77-0.875 times
+            the speed of one call). Each chunk exports; only the export each round collected
             with, finetuning's first and the newest are kept.
 
 ``finetune/state.json`` records the phases done (written atomically after each one). Every job
