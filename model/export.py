@@ -26,6 +26,7 @@ import functools
 import hashlib
 import io
 import json
+import re
 import time
 from dataclasses import dataclass
 
@@ -156,12 +157,25 @@ def write_export(exports: str, step: int, networks: dict, extra: dict | None = N
     return path
 
 
+def complete_exports(exports: str) -> list[str]:
+    """The complete ``export-*`` directories under ``exports``, oldest (lowest step) first."""
+    manifests = fs.glob(fs.join(exports, "export-*", MANIFEST))
+    return sorted((m[: -len(MANIFEST) - 1] for m in manifests),
+                  key=lambda d: d.rstrip("/").rsplit("/", 1)[-1])
+
+
+def export_step(path: str) -> int:
+    """The training step in an export directory's name (``export-000001234`` -> 1234)."""
+    name = str(path).rstrip("/").rsplit("/", 1)[-1]
+    if not re.fullmatch(r"export-\d+", name):
+        raise UserError(f"{path}: not an export directory (export-<step>)")
+    return int(name.split("-", 1)[1])
+
+
 def latest_export(exports: str) -> str | None:
     """The complete ``export-*`` directory with the highest step under ``exports``, or None."""
-    manifests = fs.glob(fs.join(exports, "export-*", MANIFEST))
-    if not manifests:
-        return None
-    return max(manifests, key=lambda m: m.rstrip("/").split("/")[-2])[: -len(MANIFEST) - 1]
+    found = complete_exports(exports)
+    return found[-1] if found else None
 
 
 def prune_exports(exports: str, keep: set[str]) -> list[str]:

@@ -8,7 +8,9 @@
              (epoch K's targets come from the export at the end of epoch K-1; epoch 0's from
              the untrained network, as in any bootstrapped Q-learning)
 4. finetune  rounds of on-policy collect, shard, relabel, train  -> RUN/finetune/
-5. evaluate  scripted, offline and finetuned policies on test objects -> RUN/eval/<policy>/
+5. select    with ``finetune.select=train``: every round's export on train objects, the best
+             is the finetuned policy                        -> RUN/eval/select/
+6. evaluate  scripted, offline and finetuned policies on test objects -> RUN/eval/<policy>/
 
 and prints one table: each policy's success rate with its 95% interval on the test objects and
 the number of grasps it was trained on. Every phase is a ``qtopt`` command a user could run by
@@ -61,7 +63,8 @@ class Phases:
     def __init__(self, path: str, config: dict, label: str):
         self.path, self.label = path, label
         self.state = json.loads(fs.read_text(path)) if fs.exists(path) else {"done": []}
-        if self.state.get("config") not in (None, config):
+        stored = self.state.get("config")
+        if stored is not None and not same_config(stored, config):
             raise UserError(f"{path}: this run was made with another configuration; use "
                             "another run directory or remove it")
         self.state["config"] = config
@@ -78,6 +81,28 @@ class Phases:
         fs.write_text(self.path, json.dumps(self.state, indent=1, sort_keys=True))
 
 
+def same_config(stored: dict, current: dict) -> bool:
+    """Whether a run recorded with ``stored`` may go on under ``current``: equal, except that
+    an option added to the code since (missing from ``stored``) may hold its default, which
+    keeps the old behaviour."""
+    from schemas.config import Config
+
+    defaults = Config().to_dict()
+
+    def same(a, b, d) -> bool:
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            return a == b
+        for key in b:
+            if key not in a:
+                if not isinstance(d, dict) or key not in d or b[key] != d[key]:
+                    return False
+            elif not same(a[key], b[key], d.get(key) if isinstance(d, dict) else None):
+                return False
+        return set(a) <= set(b)
+
+    return same(stored, current, defaults)
+
+
 def _grasps(directory: str) -> int:
     """Episodes (grasp attempts) in a transition dataset, from its manifest."""
     return int(dataset.read_manifest(directory)["counts"]["episodes"])
@@ -91,6 +116,37 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['policy']} | {100 * r['rate']:.1f}% | {100 * r['ci95'][0]:.1f}-"
                      f"{100 * r['ci95'][1]:.1f}% | {r['attempts']} | {r['grasps']} |")
     return "\n".join(lines)
+
+
+def choose_finetuned(cfg, phase, run_dir: str, ft_state: dict, cargs: list) -> tuple[str, int]:
+    """The finetuned export the demo reports and its round: the last round's
+    (``finetune.select=last``), or the round export with the best grasping-with-replacement
+    success on *train* objects (``train``; the test objects stay unseen until the table)."""
+    from model.export import export_step
+
+    exports = fs.join(run_dir, "finetune", "train", "exports")
+    # Recorded as paths; joined again here so that a moved or copied run still resolves.
+    names = [r["export"].rstrip("/").rsplit("/", 1)[-1] for r in ft_state["rounds"]]
+    if not names:
+        raise UserError(f"{run_dir}/finetune/state.json: no finetuning round finished")
+    candidates = [fs.join(exports, n) for n in names]
+    if cfg.finetune.select == "last":
+        return candidates[-1], len(candidates) - 1
+    out = fs.join(run_dir, "eval", "select")
+    phase("select", lambda: invoke([
+        "evaluate", "--each", "--policy", ",".join(candidates), "--objects", "train",
+        "--out", out, *cargs, "--set", "evaluate.bin_trials=0"]))
+    best = json.loads(fs.read_text(fs.join(out, "each.json")))["best"]
+    steps = [export_step(c) for c in candidates]
+    k = steps.index(export_step(best))
+    return candidates[k], k
+
+
+def finetuned_line(row: dict) -> str:
+    how = ("the last round's" if row["select"] == "last" else
+           "the round export best on train objects, eval/select/each.md")
+    return (f"finetuned QT-Opt: {row['export']}, after round {row['round'] + 1} of "
+            f"{row['rounds']} ({how})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
     train_offline(cfg, phase, transitions, labelled, train_dir, args.epochs, cargs)
     phase("finetune", lambda: invoke(["finetune", "--run", run_dir, "--offline", transitions,
                                       "--init", train_dir, *cargs]))
-    finetuned = fs.join(run_dir, "finetune", "train", "exports")
+    ft_dir = fs.join(run_dir, "finetune")
+    ft_state = json.loads(fs.read_text(fs.join(ft_dir, "state.json")))
+    finetuned, chosen = choose_finetuned(cfg, phase, run_dir, ft_state, cargs)
     policies = [("scripted", "scripted"), ("offline QT-Opt", exports),
                 ("finetuned QT-Opt", finetuned)]
     for label, policy in policies:
@@ -141,9 +199,9 @@ def run(args: argparse.Namespace) -> int:
             "--out", fs.join(run_dir, "eval", name), *cargs]))
 
     offline_grasps = _grasps(transitions)
-    ft_state = json.loads(fs.read_text(fs.join(run_dir, "finetune", "state.json")))
-    online_grasps = sum(_grasps(fs.join(run_dir, "finetune", "transitions", f"round-{r:03d}"))
-                        for r in range(ft_state["round"]))
+    # The chosen round's export trained on the on-policy data of that round and those before.
+    online_grasps = sum(_grasps(fs.join(ft_dir, "transitions", f"round-{r:03d}"))
+                        for r in range(chosen + 1))
     rows = []
     for (label, _), grasps in zip(policies, (0, offline_grasps, offline_grasps + online_grasps)):
         result = json.loads(fs.read_text(fs.join(run_dir, "eval", label.split()[0],
@@ -151,7 +209,9 @@ def run(args: argparse.Namespace) -> int:
         r = result["replacement"]
         rows.append({"policy": label, "rate": r["rate"], "ci95": r["ci95"],
                      "attempts": r["attempts"], "grasps": grasps})
-    text = table(rows)
+    rows[-1].update(export=finetuned.rstrip("/").rsplit("/", 1)[-1], round=chosen,
+                    rounds=len(ft_state["rounds"]), select=cfg.finetune.select)
+    text = table(rows) + "\n\n" + finetuned_line(rows[-1])
     fs.write_text(fs.join(run_dir, "results.md"), text + "\n")
     fs.write_text(fs.join(run_dir, "results.json"), json.dumps(rows, indent=1))
     print(f"\ndemo: done in {time.monotonic() - t0:.0f} s (this invocation); results in "

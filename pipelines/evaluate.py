@@ -208,25 +208,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objects", default="test", help="train | test | comma-separated URDF "
                                                           "files (default: test)")
     parser.add_argument("--out", required=True, metavar="DIR", help="result directory")
+    parser.add_argument("--each", action="store_true",
+                        help="evaluate every complete export in --policy (an exports/ directory, "
+                             "or export directories separated by commas) into OUT/<export>/, "
+                             "rank them by grasping with replacement, write OUT/each.md")
     parser.add_argument("--workers", type=int, metavar="W",
                         help="local worker processes (default: pipeline.direct_num_workers)")
     add_config_arguments(parser)
     runner.add_beam_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
+def evaluate_policy(cfg, policy: str, objects_arg: str, out: str, workers: int | None,
+                    beam_args: list) -> dict:
+    """One policy's evaluation into ``out`` (resumable); returns and writes its result."""
     import dataclasses
 
-    from pipelines.cli import config_from_args
-    from robot import objects
-
-    cfg = config_from_args(args)
     ev = cfg.evaluate
-    objects.resolve(args.objects)  # unknown or malformed object files fail here, named
-    label = check_policy(args.policy, cfg.robot)
-    out = args.out.rstrip("/")
+    label = check_policy(policy, cfg.robot)
+    out = out.rstrip("/")
     fs.makedirs(out)
-    plan = {"out": out, "policy": args.policy, "policy_label": label, "objects": args.objects,
+    plan = {"out": out, "policy": policy, "policy_label": label, "objects": objects_arg,
             "robot": dataclasses.asdict(cfg.robot), "evaluate": dataclasses.asdict(ev)}
     identity = fs.join(out, "plan.json")
     if fs.exists(identity) and json.loads(fs.read_text(identity)) != plan:
@@ -236,13 +237,13 @@ def run(args: argparse.Namespace) -> int:
     todo = [e for e in elements(ev)
             if not fs.exists(fs.join(out, "attempts", f"{e[0]}-{e[1]:03d}.json"))]
     total = len(elements(ev))
-    print(f"evaluate: {label} on {args.objects} objects -> {out}: {total - len(todo)}/{total} "
+    print(f"evaluate: {label} on {objects_arg} objects -> {out}: {total - len(todo)}/{total} "
           f"robots and trials done", flush=True)
     t0 = time.monotonic()
     if todo:
         runner.quiet_beam_logging()
-        workers = args.workers if args.workers is not None else cfg.pipeline.direct_num_workers
-        options = runner.pipeline_options(args.beam_args, workers, "qtopt-evaluate")
+        workers = workers if workers is not None else cfg.pipeline.direct_num_workers
+        options = runner.pipeline_options(beam_args, workers, "qtopt-evaluate")
         pipeline = runner.new_pipeline(options)
         build(pipeline, todo, plan)
 
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
 
         with runner.progress("evaluate", poll if runner.is_local(options) else None, every=5.0):
             runner.run_pipeline(pipeline)
-    result = {"policy": label, "objects": args.objects, "evaluate": dataclasses.asdict(ev),
+    result = {"policy": label, "objects": objects_arg, "evaluate": dataclasses.asdict(ev),
               "robot": dataclasses.asdict(cfg.robot), "seconds": time.monotonic() - t0,
               **aggregate(out, ev)}
     if ev.gifs:
@@ -270,4 +271,82 @@ def run(args: argparse.Namespace) -> int:
         line += "; bin emptying first 10/20/30: " + "/".join(
             f"{100 * s['rate']:.0f}%" for s in fk.values())
     print(line, flush=True)
+    return result
+
+
+def candidate_exports(policy: str) -> list[str]:
+    """``--each``'s exports: a comma-separated list of export directories, or every complete
+    export in an ``exports/`` directory, oldest first."""
+    from model.export import complete_exports, export_step, resolve
+
+    if "," in policy:
+        found = [resolve(p) for p in policy.split(",") if p.strip()]
+    else:
+        found = complete_exports(policy)
+        if not found:
+            raise UserError(f"--policy {policy}: --each needs an exports/ directory with complete "
+                            "exports, or a comma-separated list of export directories")
+    names = [export_step(path) for path in found]  # names a directory not export-<step>
+    for path, step in zip(found, names):
+        if names.count(step) > 1:
+            raise UserError(f"--policy: {path} is listed twice (or another export of step "
+                            f"{step} is)")
+    return found
+
+
+def best_of(rows: list[dict]) -> dict:
+    """The row with the highest with-replacement success; a tie goes to the later export (it
+    trained on at least as much data)."""
+    return max(rows, key=lambda r: (r["rate"], r["step"]))
+
+
+def each_table(rows: list[dict], best: dict, objects_arg: str) -> str:
+    lines = [f"| export | step | success on {objects_arg} objects | 95% interval | attempts |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        mark = " (best)" if r is best else ""
+        lines.append(f"| {r['name']}{mark} | {r['step']} | {100 * r['rate']:.1f}% | "
+                     f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}% | {r['attempts']} |")
+    return "\n".join(lines)
+
+
+def run_each(cfg, args: argparse.Namespace) -> int:
+    """``--each``: evaluate every candidate export into OUT/<export-name>/ and pick the best by
+    grasping with replacement; OUT/each.json and OUT/each.md hold the table and the pick."""
+    from model.export import export_step
+
+    if cfg.evaluate.robots * cfg.evaluate.attempts == 0:
+        raise UserError("--each ranks exports by grasping with replacement: evaluate.robots "
+                        "and evaluate.attempts must be >= 1")
+    found = candidate_exports(args.policy)
+    out = args.out.rstrip("/")
+    rows = []
+    for k, path in enumerate(found):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        print(f"evaluate: --each {k + 1}/{len(found)}: {name}", flush=True)
+        result = evaluate_policy(cfg, path, args.objects, fs.join(out, name), args.workers,
+                                 args.beam_args)
+        r = result["replacement"]
+        rows.append({"export": path, "name": name, "step": export_step(path), "rate": r["rate"],
+                     "ci95": r["ci95"], "attempts": r["attempts"],
+                     "successes": r["successes"]})
+    best = best_of(rows)
+    text = each_table(rows, best, args.objects)
+    fs.write_text(fs.join(out, "each.json"), json.dumps(
+        {"objects": args.objects, "exports": rows, "best": best["export"]}, indent=1))
+    fs.write_text(fs.join(out, "each.md"), text + "\n")
+    print(text, flush=True)
+    print(f"evaluate: best on {args.objects} objects: {best['export']}", flush=True)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.cli import config_from_args
+    from robot import objects
+
+    cfg = config_from_args(args)
+    objects.resolve(args.objects)  # unknown or malformed object files fail here, named
+    if args.each:
+        return run_each(cfg, args)
+    evaluate_policy(cfg, args.policy, args.objects, args.out, args.workers, args.beam_args)
     return 0

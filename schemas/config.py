@@ -239,6 +239,9 @@ class FinetuneConfig(_Section):
     steps_per_transition: float = _f(6.0, lo=0.01, hi=1000.0,
                                      doc="balancer: gradient steps per new on-policy transition")
     seed: int = _f(1000, lo=0, doc="seed of the first round's collection")
+    select: str = _f("last", choices=("last", "train"),
+                     doc="the export `qtopt demo` reports as finetuned: the last round's (the "
+                         "paper), or the round export best on train objects")
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from schemas.errors import UserError
 SETS = ["robot.image_size=32", "model.preset=tiny", "train.batch_size=8", "train.steps=3",
         "train.epochs=2", "train.shuffle_buffer=16", "collect.episodes=6",
         "collect.episodes_per_block=3", "pipeline.num_shards=2", "pipeline.direct_num_workers=1",
-        "finetune.rounds=1", "finetune.episodes_per_round=2", "finetune.steps_per_transition=0.2",
-        "finetune.ramp_steps=10", "finetune.ramp_chunk=5", "cem.samples=16", "cem.elites=4",
+        "finetune.rounds=2", "finetune.episodes_per_round=2", "finetune.steps_per_transition=0.2",
+        "finetune.ramp_steps=10", "finetune.ramp_chunk=5", "finetune.select=train", "cem.samples=16", "cem.elites=4",
         "evaluate.robots=1", "evaluate.attempts=2", "evaluate.bin_trials=0"]
 ARGS = [a for s in SETS for a in ("--set", s)]
 
@@ -35,11 +35,23 @@ def test_demo_writes_the_table_under_one_run_directory(demo_run, capsys):
     assert {"relabel-0", "train-0", "relabel-1", "train-1"} <= set(state["done"])
     assert "relabel-2" not in state["done"]
     episodes = json.loads((demo_run / "transitions" / "scripted" / "manifest.json").read_text())
-    online = json.loads((demo_run / "finetune" / "transitions" / "round-000" /
-                         "manifest.json").read_text())
+    # finetune.select=train: both rounds' exports were evaluated on train objects and the
+    # finetuned row is the better one, counting the grasps of the rounds it trained on.
+    assert "select" in state["done"]
+    each = json.loads((demo_run / "eval" / "select" / "each.json").read_text())
+    ft_state = json.loads((demo_run / "finetune" / "state.json").read_text())
+    assert [r["export"] for r in each["exports"]] == [r["export"] for r in ft_state["rounds"]]
+    assert each["objects"] == "train"
+    chosen = rows[-1]["round"]
+    assert each["best"].endswith(rows[-1]["export"])
+    assert each["exports"][chosen]["rate"] == max(r["rate"] for r in each["exports"])
+    finetuned = json.loads((demo_run / "eval" / "finetuned" / "result.json").read_text())
+    assert finetuned["policy"].endswith(rows[-1]["export"])
+    online = [json.loads((demo_run / "finetune" / "transitions" / f"round-{r:03d}" /
+                          "manifest.json").read_text())["counts"]["episodes"] for r in (0, 1)]
     assert [r["grasps"] for r in rows] == [0, episodes["counts"]["episodes"],
                                            episodes["counts"]["episodes"]
-                                           + online["counts"]["episodes"]]
+                                           + sum(online[:chosen + 1])]
     for r in rows:
         assert r["attempts"] == 2 and 0.0 <= r["ci95"][0] <= r["rate"] <= r["ci95"][1] <= 1.0
     table = (demo_run / "results.md").read_text()
@@ -54,6 +66,24 @@ def test_demo_writes_the_table_under_one_run_directory(demo_run, capsys):
     # Another configuration in the same run directory is refused, naming the state file.
     with pytest.raises(UserError, match="demo-state.json: this run was made with another"):
         invoke(["demo", "--run", str(demo_run), *ARGS, "--set", "train.steps=4"])
+
+
+def test_a_run_goes_on_after_an_option_was_added_at_its_default():
+    from pipelines.demo import same_config
+    from schemas.config import Config
+
+    current = Config().to_dict()
+    older = json.loads(json.dumps(current))
+    del older["finetune"]["select"]                  # recorded before the option existed
+    assert same_config(older, current)
+    assert same_config(current, current)
+    changed = json.loads(json.dumps(current))
+    changed["finetune"]["select"] = "train"          # the new option away from its default
+    assert not same_config(older, changed)
+    assert not same_config(current, changed)
+    extra = json.loads(json.dumps(current))
+    extra["finetune"]["gone"] = 1                    # an option the code no longer has
+    assert not same_config(extra, current)
 
 
 def test_study_trains_and_evaluates_nested_subsets(demo_run, tmp_path):

@@ -116,3 +116,69 @@ def test_evaluate_refuses_bad_objects_and_policies(tmp_path):
     with pytest.raises(UserError, match="policy"):
         invoke(["evaluate", "--policy", str(tmp_path / "missing-export"), "--out",
                 str(tmp_path / "e2")])
+
+
+def _exports(directory, steps) -> list[str]:
+    pytest.importorskip("tensorflow")
+    from model.export import write_export
+    from model.network import InputSpec, QNetwork
+
+    paths = []
+    for k, step in enumerate(steps):
+        tf_nets = {name: QNetwork(InputSpec(16, "image+gripper+height"), "tiny",
+                                  f"{name}{k}") for name in ("online", "polyak", "lagged")}
+        paths.append(write_export(str(directory), step, tf_nets, termination="scripted",
+                                  gripper_moves=False))
+    return paths
+
+
+EACH = ["--set", "robot.image_size=16", "--set", "robot.max_steps=3", "--set", "cem.samples=8",
+        "--set", "cem.elites=2", "--set", "evaluate.robots=2", "--set", "evaluate.attempts=2",
+        "--set", "evaluate.bin_trials=0", "--workers", "1"]
+
+
+def test_evaluate_each_ranks_every_export_and_picks_the_best(tmp_path):
+    exports = tmp_path / "exports"
+    paths = _exports(exports, [10, 20])
+    (exports / "export-000000030").mkdir()       # half-written: no manifest, not a candidate
+    out = tmp_path / "each"
+    invoke(["evaluate", "--each", "--policy", str(exports), "--objects", "train",
+            "--out", str(out), *EACH])
+    each = json.loads((out / "each.json").read_text())
+    assert [r["step"] for r in each["exports"]] == [10, 20]
+    for row, path in zip(each["exports"], paths):
+        # Each row is that export's own evaluation, written beside the others.
+        result = json.loads((out / row["name"] / "result.json").read_text())
+        assert result["policy"] == f"export:{path.rstrip('/')}"
+        assert row["rate"] == result["replacement"]["rate"] and row["attempts"] == 4
+    best = max(each["exports"], key=lambda r: (r["rate"], r["step"]))
+    assert each["best"] == best["export"]
+    assert f"| {best['name']} (best) |" in (out / "each.md").read_text()
+    # A comma-separated list evaluates just those, in its order; one listed twice is refused.
+    out2 = tmp_path / "each2"
+    invoke(["evaluate", "--each", "--policy", paths[1] + "," + paths[0], "--objects", "train",
+            "--out", str(out2), *EACH])
+    assert [r["step"] for r in json.loads((out2 / "each.json").read_text())["exports"]] == [20,
+                                                                                          10]
+    with pytest.raises(UserError, match="export-000000010.*listed twice"):
+        invoke(["evaluate", "--each", "--policy", paths[0] + "," + paths[0], "--out",
+                str(tmp_path / "each3"), *EACH])
+
+
+def test_best_export_is_the_highest_rate_and_a_tie_goes_to_the_later():
+    from pipelines.evaluate import best_of
+
+    rows = [{"rate": 0.2, "step": 10}, {"rate": 0.3, "step": 20}, {"rate": 0.3, "step": 30},
+            {"rate": 0.1, "step": 40}]
+    assert best_of(rows) is rows[2]
+    assert best_of(rows[:2] + rows[3:]) is rows[1]
+
+
+def test_evaluate_each_refuses_a_directory_without_exports(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="--each needs an exports/ directory"):
+        invoke(["evaluate", "--each", "--policy", str(tmp_path / "empty"), "--out",
+                str(tmp_path / "e")])
+    with pytest.raises(UserError, match="no such export"):
+        invoke(["evaluate", "--each", "--policy", f"{tmp_path}/a,{tmp_path}/b", "--out",
+                str(tmp_path / "e")])

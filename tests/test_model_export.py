@@ -15,7 +15,8 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 tf = pytest.importorskip("tensorflow")
 
-from model.export import load_export, prune_exports, write_export  # noqa: E402
+from model.export import (complete_exports, export_step, load_export, prune_exports,  # noqa: E402
+                          write_export)
 from model.network import DEFAULT_STATE_INPUTS, InputSpec, QNetwork  # noqa: E402
 from model.targets import compute_targets  # noqa: E402
 from schemas import fs  # noqa: E402
@@ -62,6 +63,10 @@ def test_round_trip_and_latest_complete_export(tmp_path):
     for name in ("online", "polyak", "lagged"):
         _assert_same(loaded.networks[name], new[name])
     assert load_export(path) is loaded             # cached per process
+    # Complete exports only, oldest first; the step read back from the name.
+    assert [export_step(p) for p in complete_exports(exports)] == [100, 200]
+    with pytest.raises(UserError, match="not an export directory"):
+        export_step(str(tmp_path / "exports"))
     with pytest.raises(UserError, match="no complete export"):
         load_export(os.path.join(exports, "export-000000300"))
 
