@@ -160,13 +160,12 @@ def write_export(exports: str, step: int, networks: dict, extra: dict | None = N
 def complete_exports(exports: str) -> list[str]:
     """The complete ``export-*`` directories under ``exports``, oldest (lowest step) first."""
     manifests = fs.glob(fs.join(exports, "export-*", MANIFEST))
-    return sorted((m[: -len(MANIFEST) - 1] for m in manifests),
-                  key=lambda d: d.rstrip("/").rsplit("/", 1)[-1])
+    return sorted((m[: -len(MANIFEST) - 1] for m in manifests), key=fs.basename)
 
 
 def export_step(path: str) -> int:
     """The training step in an export directory's name (``export-000001234`` -> 1234)."""
-    name = str(path).rstrip("/").rsplit("/", 1)[-1]
+    name = fs.basename(path)
     if not re.fullmatch(r"export-\d+", name):
         raise UserError(f"{path}: not an export directory (export-<step>)")
     return int(name.split("-", 1)[1])
@@ -188,11 +187,11 @@ def prune_exports(exports: str, keep: set[str]) -> list[str]:
     newest = latest_export(exports)
     if newest is None:
         return []
-    newest_name = newest.rstrip("/").rsplit("/", 1)[-1]
-    keep_names = {k.rstrip("/").rsplit("/", 1)[-1] for k in keep if k} | {newest_name}
+    newest_name = fs.basename(newest)
+    keep_names = {fs.basename(k) for k in keep if k} | {newest_name}
     removed = []
     for path in fs.listdir(exports):
-        name = path.rstrip("/").rsplit("/", 1)[-1]
+        name = fs.basename(path)
         # A name after the newest complete one may still be being written: left alone.
         if not name.startswith("export-") or name in keep_names or name > newest_name:
             continue

@@ -137,7 +137,7 @@ def commit(out: str, run_id: str, names: list[str], manifest: dict) -> dict:
             raise RuntimeError(f"staged file {src} is missing: cannot publish {out}")
     keep = set(names)
     for path in fs.listdir(out):
-        name = path.rstrip("/").rsplit("/", 1)[-1]
+        name = fs.basename(path)
         if _is_ours(name) and name not in keep:
             fs.remove(path)
     write_json(fs.join(out, MANIFEST), manifest)
@@ -160,7 +160,7 @@ def progress_counts(out: str, run_id: str, seen: dict | None = None) -> dict:
     root = fs.join(out, STAGING, run_id, PROGRESS)
     out_counts = seen if seen is not None else {}
     for stage_dir in fs.listdir(root):
-        stage = stage_dir.rstrip("/").rsplit("/", 1)[-1]
+        stage = fs.basename(stage_dir)
         names = [p.rsplit("/", 1)[-1] for p in fs.listdir(stage_dir)]
         total = sum(int(n.rsplit("=", 1)[1]) for n in names if "=" in n)
         out_counts[stage] = max(out_counts.get(stage, (0, 0)), (len(names), total))

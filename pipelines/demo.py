@@ -126,7 +126,7 @@ def choose_finetuned(cfg, phase, run_dir: str, ft_state: dict, cargs: list) -> t
 
     exports = fs.join(run_dir, "finetune", "train", "exports")
     # Recorded as paths; joined again here so that a moved or copied run still resolves.
-    names = [r["export"].rstrip("/").rsplit("/", 1)[-1] for r in ft_state["rounds"]]
+    names = [fs.basename(r["export"]) for r in ft_state["rounds"]]
     if not names:
         raise UserError(f"{run_dir}/finetune/state.json: no finetuning round finished")
     candidates = [fs.join(exports, n) for n in names]
@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         r = result["replacement"]
         rows.append({"policy": label, "rate": r["rate"], "ci95": r["ci95"],
                      "attempts": r["attempts"], "grasps": grasps})
-    rows[-1].update(export=finetuned.rstrip("/").rsplit("/", 1)[-1], round=chosen,
+    rows[-1].update(export=fs.basename(finetuned), round=chosen,
                     rounds=len(ft_state["rounds"]), select=cfg.finetune.select)
     text = table(rows) + "\n\n" + finetuned_line(rows[-1])
     fs.write_text(fs.join(run_dir, "results.md"), text + "\n")

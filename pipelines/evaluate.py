@@ -315,14 +315,11 @@ def run_each(cfg, args: argparse.Namespace) -> int:
     grasping with replacement; OUT/each.json and OUT/each.md hold the table and the pick."""
     from model.export import export_step
 
-    if cfg.evaluate.robots * cfg.evaluate.attempts == 0:
-        raise UserError("--each ranks exports by grasping with replacement: evaluate.robots "
-                        "and evaluate.attempts must be >= 1")
     found = candidate_exports(args.policy)
     out = args.out.rstrip("/")
     rows = []
     for k, path in enumerate(found):
-        name = path.rstrip("/").rsplit("/", 1)[-1]
+        name = fs.basename(path)
         print(f"evaluate: --each {k + 1}/{len(found)}: {name}", flush=True)
         result = evaluate_policy(cfg, path, args.objects, fs.join(out, name), args.workers,
                                  args.beam_args)

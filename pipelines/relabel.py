@@ -57,7 +57,7 @@ def latest_epoch(root: str) -> Optional[int]:
     """The highest K with a complete ``<root>/epoch-K``, or None."""
     best = None
     for path in fs.listdir(root):
-        m = re.fullmatch(r"epoch-(\d+)", path.rstrip("/").rsplit("/", 1)[-1])
+        m = re.fullmatch(r"epoch-(\d+)", fs.basename(path))
         if m and fs.exists(fs.join(path, dataset.MANIFEST)):
             best = max(best or 0, int(m.group(1)))
     return best
@@ -116,7 +116,7 @@ def check_export(export_path: str, manifests: Sequence[tuple[str, dict]]):
 
 
 def target_version(export) -> str:
-    return export.path.rstrip("/").rsplit("/", 1)[-1]
+    return fs.basename(export.path)
 
 
 def _relabel_dofn():

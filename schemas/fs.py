@@ -60,6 +60,11 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
+def basename(path: str) -> str:
+    """The last name of a local or ``gs://`` path, a trailing slash ignored."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
 def exists(path: str) -> bool:
     fs, p = filesystem(path)
     return fs.exists(p)

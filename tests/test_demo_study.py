@@ -15,8 +15,9 @@ SETS = ["robot.image_size=32", "model.preset=tiny", "train.batch_size=8", "train
         "train.epochs=2", "train.shuffle_buffer=16", "collect.episodes=6",
         "collect.episodes_per_block=3", "pipeline.num_shards=2", "pipeline.direct_num_workers=1",
         "finetune.rounds=2", "finetune.episodes_per_round=2", "finetune.steps_per_transition=0.2",
-        "finetune.ramp_steps=10", "finetune.ramp_chunk=5", "finetune.select=train", "cem.samples=16", "cem.elites=4",
-        "evaluate.robots=1", "evaluate.attempts=2", "evaluate.bin_trials=0"]
+        "finetune.ramp_steps=10", "finetune.ramp_chunk=5", "finetune.select=train",
+        "cem.samples=16", "cem.elites=4", "evaluate.robots=1", "evaluate.attempts=2",
+        "evaluate.bin_trials=0"]
 ARGS = [a for s in SETS for a in ("--set", s)]
 
 
