@@ -186,7 +186,8 @@ class SimCell(Robot):
             pos = (xy[0], xy[1], TRAY_FLOOR_Z + 0.04 + 0.025 * i)
             orn = p.getQuaternionFromEuler((0.0, 0.0, yaw))
             try:
-                body = p.loadURDF(obj.path, pos, orn, flags=CACHED)
+                body = p.loadURDF(obj.path, pos, orn, flags=CACHED,
+                                  globalScaling=self.config.object_scale)
             except pybullet.error:
                 raise UserError(f"object file {obj.path}: pybullet cannot load it") from None
             # An object left at rest for a while (bullet's two seconds) sleeps and drops out of

@@ -25,6 +25,10 @@ import yaml
 
 from schemas.errors import ConfigError
 
+# Bumped whenever the simulated cell changes what it renders or how its objects behave (scene
+# settling, tray appearance, gripper geometry): episodes and exports of different versions differ.
+CELL_VERSION = 2
+
 
 def _f(default, *, lo=None, hi=None, choices=None, doc: str = ""):
     """A dataclass field with its constraints and one line of documentation."""
@@ -113,9 +117,19 @@ class RobotConfig(_Section):
     start_height: float = _f(0.25, lo=0.05, hi=0.35,
                              doc="gripper height above the tray floor at reset, metres")
     grip_force: float = _f(40.0, lo=1.0, hi=500.0, doc="finger motor force, newtons")
-    camera: str = _f("shoulder", choices=("shoulder", "facing"),
-                     doc="camera placement (robot/camera.py): over the arm's shoulder, or "
-                     "across the tray facing the arm")
+    camera: str = _f("workspace", choices=("workspace", "shoulder", "facing"),
+                     doc="camera placement (robot/camera.py): over the shoulder, framed on the "
+                     "workspace (default); the older wide shoulder view; or across the tray "
+                     "facing the arm")
+    object_scale: float = _f(0.8, lo=0.1, hi=3.0,
+                             doc="scale applied to every object model when it is loaded "
+                             "(random_urdfs at 1 are often wider than the gripper's opening)")
+
+    def cell_identity(self) -> str:
+        """What makes one cell's images and physics another's: recorded in every episode and
+        export, so data and policies of different cells are never mixed silently."""
+        return (f"cell-v{CELL_VERSION}/{self.camera}/{self.image_size}px/"
+                f"scale-{self.object_scale:g}")
 
     def check(self):
         if self.min_objects > self.max_objects:
