@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -71,22 +69,7 @@ def test_objects_are_resampled_within_the_configured_count():
 
 
 # ------------------------------------------------------------------------------ objects
-
-def test_object_split_is_disjoint_complete_and_by_parsed_id():
-    train = objects.random_urdfs("train")
-    test = objects.random_urdfs("test")
-    train_ids = {o.object_id for o in train}
-    test_ids = {o.object_id for o in test}
-    assert not train_ids & test_ids
-    assert len(train_ids) == 900 and len(test_ids) == 100
-    assert all(int(i) % 10 == 0 for i in test_ids)
-    assert all(int(i) % 10 != 0 for i in train_ids)
-    # ids like 100 and 010 end in 0 as numbers: test objects, whatever a glob would say.
-    assert {"000", "010", "100", "990"} <= test_ids
-    on_disk = {n for n in os.listdir(objects.RANDOM_URDFS) if n.isdigit()}
-    assert train_ids | test_ids == on_disk
-    assert all(os.path.isfile(o.path) for o in train + test)
-
+# The pools and the checks of object files: tests/test_robot_objects.py.
 
 def test_test_cell_only_draws_test_objects():
     cell = SimCell(RobotConfig(**SMALL), "test")
@@ -100,31 +83,6 @@ def test_user_urdf_files_are_accepted(tmp_path):
     cell = SimCell(RobotConfig(**SMALL, min_objects=2, max_objects=2), [path])
     cell.reset(0)
     assert cell.object_ids == ["023", "023"]
-
-
-@pytest.mark.parametrize("content, message", [
-    (None, "no such file"),
-    ("<robot><link", "not valid XML"),
-    ("<sdf><model/></sdf>", "not a URDF"),
-    ('<robot name="x"><link name="a"><visual><geometry><mesh filename="gone.obj"/>'
-     '</geometry></visual></link></robot>', "mesh gone.obj not found"),
-])
-def test_bad_object_files_are_named(tmp_path, content, message):
-    path = tmp_path / "thing.urdf"
-    if content is not None:
-        path.write_text(content)
-    with pytest.raises(UserError) as err:
-        objects.resolve(str(path))
-    assert str(path) in str(err.value) and message in str(err.value)
-
-
-def test_unknown_split_and_wrong_suffix_are_refused(tmp_path):
-    other = tmp_path / "thing.obj"
-    other.write_text("v 0 0 0\n")
-    with pytest.raises(UserError, match="expected a .urdf file"):
-        objects.resolve(str(other))
-    with pytest.raises(UserError, match="the list of URDF files is empty"):
-        objects.resolve(" , ")
 
 
 # ------------------------------------------------------------------------------ grasping
