@@ -37,11 +37,22 @@ TRAY_FLOOR_Z = 0.015                 # top of traybox.urdf's floor box
 TRAY_HALF = 0.25                     # the tray's rim, from its centre
 WORKSPACE_HALF = 0.17                # gripper x/y stay within the tray's flat floor
 SPAWN_HALF = 0.11                    # objects are dropped into the tray's centre region
-MAX_HEIGHT = 0.35                    # gripper height bounds above the tray floor
+MAX_HEIGHT = 0.25                    # gripper height bounds above the tray floor
 MIN_HEIGHT = 0.003
 
 TIME_STEP = 1.0 / 240.0
-SETTLE_SUBSTEPS = 50                # objects come to rest after being dropped in at reset
+# Objects are set down just above the floor (or the objects under them) and settle before step 0,
+# under heavy damping and in coarse time steps (the settling motion is not part of any episode):
+# until every object is slower than SETTLE_SPEED, or SETTLE_MAX_STEPS.
+SETTLE_TIME_STEP = 1.0 / 60.0
+SETTLE_DAMPING = 0.999
+SETTLE_SPEED = 0.005                 # m/s
+SETTLE_CHECK = 5                     # settling steps between speed checks
+SETTLE_MAX_STEPS = 200
+DROP_GAP = 0.003                     # m between an object's lowest point and what it is set on
+BULLET_DAMPING = 0.04                # bullet's default linear and angular damping
+AT_REST = 0.01                       # m/s: a settled object slower than this is put to sleep
+TRAY_COLOUR = (0.62, 0.6, 0.56, 1.0)  # plain: the textured floor is pixel noise at 64x64
 
 # Gripper geometry: the body frame sits at the grasp point, between the fingertips.
 FINGER_HALF = (0.01, 0.006, 0.03)    # half extents x, y (thickness), z (length)
@@ -115,6 +126,7 @@ class SimCell(Robot):
         p.loadURDF("plane.urdf", (0, 0, 0), flags=CACHED)
         self._tray = p.loadURDF("tray/traybox.urdf", (*TRAY_CENTRE, 0.0), useFixedBase=True,
                                 flags=CACHED)
+        p.changeVisualShape(self._tray, -1, textureUniqueId=-1, rgbaColor=TRAY_COLOUR)
         # The iiwa's detailed meshes would triple the camera's render time: the camera sees one
         # capsule per link, placed on the kinematic model's link frames after every step.
         for j, q in zip(self._arm_joints, ARM_REST):
@@ -166,8 +178,8 @@ class SimCell(Robot):
         return body
 
     def _start_position(self) -> tuple:
-        return (float(TRAY_CENTRE[0]), float(TRAY_CENTRE[1]),
-                TRAY_FLOOR_Z + self.config.start_height)
+        return (float(TRAY_CENTRE[0] + mdp.START_OFFSET[0]),
+                float(TRAY_CENTRE[1] + mdp.START_OFFSET[1]), TRAY_FLOOR_Z + self.config.start_height)
 
     def _drop_objects(self, rng: np.random.Generator, placements) -> None:
         p = self._p
@@ -181,23 +193,56 @@ class SimCell(Robot):
                 xy = TRAY_CENTRE + rng.uniform(-SPAWN_HALF, SPAWN_HALF, 2)
                 placements.append((self.pool[int(index)], (float(xy[0]), float(xy[1])),
                                    float(rng.uniform(-math.pi, math.pi))))
-        for i, (obj, xy, yaw) in enumerate(placements):
-            # Staggered drop heights keep the objects from starting inside one another.
-            pos = (xy[0], xy[1], TRAY_FLOOR_Z + 0.04 + 0.025 * i)
+        footprints = []
+        for obj, xy, yaw in placements:
             orn = p.getQuaternionFromEuler((0.0, 0.0, yaw))
             try:
-                body = p.loadURDF(obj.path, pos, orn, flags=CACHED,
+                body = p.loadURDF(obj.path, (xy[0], xy[1], 1.0), orn, flags=CACHED,
                                   globalScaling=self.config.object_scale)
             except pybullet.error:
                 raise UserError(f"object file {obj.path}: pybullet cannot load it") from None
-            # An object left at rest for a while (bullet's two seconds) sleeps and drops out of
-            # the solver until something touches it: long episodes get cheaper, nothing changes.
-            p.changeDynamics(body, -1, activationState=p.ACTIVATION_STATE_ENABLE_SLEEPING)
+            # Set down on the floor, or on top of the objects already under its footprint: a
+            # drop of millimetres leaves little motion to settle.
+            lo, hi = p.getAABB(body)
+            base = TRAY_FLOOR_Z
+            for flo, fhi in footprints:
+                if lo[0] < fhi[0] and hi[0] > flo[0] and lo[1] < fhi[1] and hi[1] > flo[1]:
+                    base = max(base, fhi[2])
+            dz = base + DROP_GAP - lo[2]
+            p.resetBasePositionAndOrientation(body, (xy[0], xy[1], 1.0 + dz), orn)
+            footprints.append(((lo[0], lo[1]), (hi[0], hi[1], hi[2] + dz)))
+            p.changeDynamics(body, -1, linearDamping=SETTLE_DAMPING,
+                             angularDamping=SETTLE_DAMPING,
+                             activationState=p.ACTIVATION_STATE_ENABLE_SLEEPING)
             self._bodies.append(body)
             self._objects.append(obj)
             self._object_ids.append(obj.object_id)
-        for _ in range(SETTLE_SUBSTEPS + 6 * len(placements)):
-            p.stepSimulation()
+        self._settle_objects()
+
+    def _settle_objects(self) -> None:
+        """Let the dropped objects come to rest before step 0, then restore the episode's
+        physics. Objects at rest sleep (out of the solver until something touches them), as
+        bullet would put them after two seconds: the episode's steps get cheaper, nothing moves."""
+        p = self._p
+        p.setPhysicsEngineParameter(fixedTimeStep=SETTLE_TIME_STEP)
+        steps = 0
+        while self._bodies and steps < SETTLE_MAX_STEPS:
+            for _ in range(SETTLE_CHECK):
+                p.stepSimulation()
+            steps += SETTLE_CHECK
+            if max(self.object_speeds()) < SETTLE_SPEED:
+                break
+        self.settle_steps = steps
+        p.setPhysicsEngineParameter(fixedTimeStep=TIME_STEP)
+        for body, speed in zip(self._bodies, self.object_speeds()):
+            p.changeDynamics(body, -1, linearDamping=BULLET_DAMPING,
+                             angularDamping=BULLET_DAMPING)
+            if speed < AT_REST:
+                p.changeDynamics(body, -1, activationState=p.ACTIVATION_STATE_SLEEP)
+
+    def object_speeds(self) -> list[float]:
+        """Linear speed of every object in the tray, m/s."""
+        return [math.hypot(*self._p.getBaseVelocity(b)[0]) for b in self._bodies]
 
     # ---------------------------------------------------------------------------- Robot API
 
@@ -406,6 +451,30 @@ class SimCell(Robot):
             self._size, self._size, self._view, self._proj, renderer=pybullet.ER_TINY_RENDERER,
             flags=pybullet.ER_NO_SEGMENTATION_MASK, shadow=0)
         return np.asarray(rgba, np.uint8).reshape(self._size, self._size, 4)[:, :, :3].copy()
+
+    def render_with_masks(self) -> tuple[np.ndarray, dict]:
+        """The camera image and, per pixel, which object (index into ``object_ids``, -1: none)
+        and whether a finger is seen there: for measuring what the camera shows."""
+        _, _, rgba, _, seg = self._p.getCameraImage(
+            self._size, self._size, self._view, self._proj, renderer=pybullet.ER_TINY_RENDERER,
+            flags=pybullet.ER_SEGMENTATION_MASK_OBJECT_AND_LINKINDEX, shadow=0)
+        seg = np.asarray(seg, np.int64).reshape(self._size, self._size)
+        body, link = np.where(seg >= 0, seg & ((1 << 24) - 1), -1), (seg >> 24) - 1
+        objects = np.full(seg.shape, -1, np.int64)
+        for i, b in enumerate(self._bodies):
+            objects[body == b] = i
+        fingers = (body == self._gripper) & (link >= 0)
+        image = np.asarray(rgba, np.uint8).reshape(self._size, self._size, 4)[:, :, :3].copy()
+        return image, {"objects": objects, "fingers": fingers}
+
+    def place_gripper(self, position, yaw: float = 0.0, substeps: int = 60) -> None:
+        """Hold the gripper at ``position`` (world frame) and ``yaw``, outside the MDP and its
+        bounds (benchmarks and calibration)."""
+        self._position = np.asarray(position, np.float64)
+        self._yaw = float(yaw)
+        self._hold_pose()
+        self.wait(substeps)
+        self._update_arm()
 
     def held_objects(self) -> list[int]:
         """Indices of objects touching the gripper with their centre above the success height."""

@@ -23,6 +23,9 @@ OBSERVATION_KEYS = (IMAGE, GRIPPER_CLOSED, GRIPPER_OPENING, HEIGHT)
 # Algorithm 2: the heuristic ends the episode once a closed gripper is above this height (metres
 # above the tray floor) and still being commanded upwards.
 SCRIPTED_TERMINATION_HEIGHT = 0.13
+# Where the gripper starts, relative to the tray centre (x towards the arm's base): at the
+# workspace's edge on the arm's side, so that neither it nor the arm hides the objects at step 0.
+START_OFFSET = (-0.17, 0.0)
 
 
 @dataclass(frozen=True)

@@ -61,9 +61,9 @@ class ScriptedGrasp(Policy):
     """Appendix B's exploration policy: a random (x, y), a descent in a few random steps, close,
     ascend back to the starting height, terminate.
 
-    The policy sees what any policy sees (image, gripper state, height). It knows the cell's
-    starting pose is the tray centre, so it reaches its random (x, y) by dead reckoning, and it
-    descends and ascends closed-loop on the observed height. When the descent stalls above the
+    The policy sees what any policy sees (image, gripper state, height). It knows where the
+    cell's starting pose is from the tray centre (``mdp.START_OFFSET``), so it reaches its
+    random (x, y) by dead reckoning, and it descends and ascends closed-loop on the observed height. When the descent stalls above the
     floor (fingers resting on an object) it backs off and retries a little to the side, at most
     ``retries`` times, then closes where it is. After closing it waits ``settle_steps`` steps
     (none by default: the cell's close command ends only when the fingers have stopped) and lifts
@@ -92,7 +92,9 @@ class ScriptedGrasp(Policy):
 
     def reset(self) -> None:
         rng = self.rng
-        self._offset = rng.uniform(-self.target_half, self.target_half, 2)
+        # Its aim is around the tray centre; the gripper starts at mdp.START_OFFSET from it.
+        self._offset = (rng.uniform(-self.target_half, self.target_half, 2)
+                        - np.asarray(mdp.START_OFFSET))
         self._yaw = float(rng.uniform(-self.yaw_range, self.yaw_range))
         self._close_at = float(rng.uniform(*self.close_height))
         self._descents = int(rng.integers(self.descent_steps[0], self.descent_steps[1] + 1))

@@ -180,7 +180,8 @@ def test_scripted_termination_follows_algorithm_2():
 
 
 def test_a_step_works_the_gripper_or_moves_unless_gripper_moves():
-    close_and_lift = mdp.make_action((0.03, 0.0, 0.04), 0.3, gripper="close")
+    # Downwards: the gripper starts near the top of its range.
+    close_and_lift = mdp.make_action((0.03, 0.0, -0.04), 0.3, gripper="close")
     rises, shifts, recorded = {}, {}, {}
     for moves in (True, False):
         cell = _cell(gripper_moves=moves)
@@ -193,14 +194,14 @@ def test_a_step_works_the_gripper_or_moves_unless_gripper_moves():
             shifts[moves, step] = cell.gripper_pose()[0][0] - x
             recorded[moves, step] = cell.last_action
     for step in range(2):   # the paper's rule: both steps move, and are recorded as sent
-        assert rises[True, step] > 0.03 and shifts[True, step] > 0.02
+        assert rises[True, step] < -0.03 and shifts[True, step] > 0.02
         np.testing.assert_array_equal(recorded[True, step], close_and_lift)
     # A close of an open gripper holds the pose and is recorded as a close alone ...
     assert abs(rises[False, 0]) < 0.003 and abs(shifts[False, 0]) < 0.003
     np.testing.assert_array_equal(recorded[False, 0], mdp.make_action(gripper="close"))
     # ... and a close of a closed one is no command: the step is its move.
-    assert rises[False, 1] > 0.03 and shifts[False, 1] > 0.02
-    np.testing.assert_array_equal(recorded[False, 1], mdp.make_action((0.03, 0.0, 0.04), 0.3))
+    assert rises[False, 1] < -0.03 and shifts[False, 1] > 0.02
+    np.testing.assert_array_equal(recorded[False, 1], mdp.make_action((0.03, 0.0, -0.04), 0.3))
     for closed in (False, True):
         np.testing.assert_array_equal(recorded[False, int(closed)],
                                       mdp.gripper_or_move(close_and_lift, closed))
