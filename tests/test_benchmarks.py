@@ -142,3 +142,50 @@ def test_target_vs_return_on_a_real_relabel_output(tmp_path, capsys):
     assert scored["mean_target"] == pytest.approx(scored["mean_return"], abs=1e-4)
     with pytest.raises(SystemExit, match="not labelled transitions"):
         main([str(tmp_path / "transitions")])
+
+
+def test_oracle_grasp_geometry():
+    import math
+
+    from benchmarks.oracle_grasp import ANGLES, _hull, _overlap, calipers
+
+    # A 2 x 6 cm rectangle turned by 30 degrees: 2 cm across at 30 degrees, 6 cm at 120.
+    turn = math.radians(30)
+    rot = np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
+    corners = np.array([[-0.01, -0.03], [0.01, -0.03], [0.01, 0.03], [-0.01, 0.03]]) @ rot.T
+    widths, middles = calipers(corners + [0.6, 0.0])
+    assert widths.min() == pytest.approx(0.02)
+    assert math.degrees(ANGLES[int(np.argmin(widths))]) == pytest.approx(30)
+    assert widths.max() == pytest.approx(math.hypot(0.02, 0.06), abs=1e-3)
+    assert middles[0] == pytest.approx(0.6)
+    hull = _hull(np.vstack([corners, [[0.0, 0.0], [0.005, 0.01]]]))
+    assert len(hull) == 4
+    square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float)
+    assert _overlap(square, square + 0.5) and not _overlap(square, square + [1.5, 0.0])
+
+
+def test_oracle_grasp_prints_one_line_with_its_figures(capfd):
+    from benchmarks.oracle_grasp import main
+
+    assert main(["--objects", "test", "--trays", "3", "--seed", "2"]) == 0
+    captured = capfd.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1, "pybullet's banners must not reach stdout"
+    out = json.loads(lines[0])
+    assert {"benchmark", "success", "ci95", "trays", "objects", "preset", "object_scale",
+            "failures", "moving_at_start", "seconds"} <= set(out)
+    assert (out["benchmark"], out["trays"], out["objects"]) == ("oracle_grasp", 3, "test")
+    assert out["object_scale"] == 0.8 and out["preset"] == "demo"
+    lo, hi = out["ci95"]
+    assert 0.0 < lo <= out["success"] <= hi <= 1.0, "the privileged grasp should hold something"
+    assert set(out["failures"]) == {"too_wide", "blocked", "slipped", "other"}
+    assert sum(out["failures"].values()) == round(3 * (1 - out["success"]))
+    assert 0.0 <= out["moving_at_start"] <= 1.0
+    assert "3/3 trays" in captured.err
+
+
+def test_oracle_grasp_names_bad_objects(tmp_path):
+    from benchmarks.oracle_grasp import main
+
+    with pytest.raises(SystemExit, match=f"{tmp_path}: is a directory"):
+        main(["--objects", str(tmp_path), "--trays", "1"])
