@@ -72,6 +72,25 @@ def expand(datasets) -> list[tuple[list[str], float]]:
     return out
 
 
+def dataset_cells(expanded) -> dict:
+    """{cell identity: dataset directory} of the published datasets ``expand``'s files lie in,
+    from their manifests; shards outside a published dataset say nothing."""
+    import json
+
+    from schemas.cells import of_manifest
+
+    found = {}
+    for directory in sorted({f.rsplit("/", 1)[0] for files, _ in expanded for f in files}):
+        path = fs.join(directory, DATASET_MANIFEST)
+        if fs.exists(path):
+            try:
+                manifest = json.loads(fs.read_text(path))
+            except ValueError:
+                raise UserError(f"{path}: not valid JSON") from None
+            found.setdefault(of_manifest(manifest), directory)
+    return found
+
+
 def default_cache_dir() -> str:
     return os.path.join(os.environ.get("QTOPT_STAGING_DIR")
                         or os.path.join(tempfile.gettempdir(), "qtopt-staging"), "shards")

@@ -11,7 +11,8 @@ Layout, on a local path or ``gs://``::
 ``manifest.json`` records the format version, the training step, the network preset, the input
 spec (image size, state inputs, action dimension), the action bounds CEM must use with these
 weights (from the robot's per-step limits), the termination mode of the data (learned or
-scripted, which decides how CEM treats the terminate bit) and a SHA-256 per weights file. The
+scripted, which decides how CEM treats the terminate bit), the identity of the cell the data
+came from (``cell``: policies run only in that cell) and a SHA-256 per weights file. The
 weights are plain ``.npz`` arrays keyed ``NNNN:<variable path>``, so any numpy can read them;
 loading rebuilds the network from the preset and checks every name and shape.
 
@@ -80,6 +81,14 @@ class Export:
         return bool(self.manifest.get("gripper_moves", True))
 
     @property
+    def cell(self) -> str:
+        """The identity of the cell whose data the export was trained on (``schemas.cells``);
+        exports written before identities existed were trained on the cell before them."""
+        from schemas.cells import of_manifest
+
+        return of_manifest(self.manifest)
+
+    @property
     def termination(self) -> str:
         """``robot.termination`` of the data the export was trained on (older exports: learned)."""
         return self.manifest.get("termination", "learned")
@@ -118,18 +127,23 @@ def assign_from_bytes(variables, data: bytes, where: str) -> None:
 
 
 def write_export(exports: str, step: int, networks: dict, extra: dict | None = None,
-                 bounds=None, termination: str = "learned", gripper_moves: bool = True) -> str:
+                 bounds=None, termination: str = "learned", gripper_moves: bool = True,
+                 cell: str | None = None) -> str:
     """Write the networks (``{"online": QNetwork, ...}``) as ``export-<step>``; returns its path.
 
     ``bounds``: the (low, high) action bounds CEM should use with these weights (default: the
     RobotConfig defaults). ``termination``: the ``robot.termination`` the weights were trained
     under; with ``scripted``, CEM sets the terminate bit by algorithm 2 instead of sampling it.
     ``gripper_moves``: the ``robot.gripper_moves`` of the data; false, CEM samples only actions
-    that work the gripper or move, as the cell executes them.
+    that work the gripper or move, as the cell executes them. ``cell``: the identity of the cell
+    whose data trained the weights (default: the default cell at the networks' image size);
+    policies refuse to run in any other.
 
     The manifest goes last, so a reader never sees a half-written export as complete.
     """
     from model.action_space import ACTION_HIGH, ACTION_LOW
+
+    from schemas.cells import default_cell
 
     low, high = (ACTION_LOW, ACTION_HIGH) if bounds is None else bounds
     first = next(iter(networks.values()))
@@ -149,6 +163,7 @@ def write_export(exports: str, step: int, networks: dict, extra: dict | None = N
         "action_bounds": {"low": [float(x) for x in low], "high": [float(x) for x in high]},
         "termination": termination,
         "gripper_moves": bool(gripper_moves),
+        "cell": cell or default_cell(first.spec.image_size),
         "networks": files,
         "created_unix": time.time(),
         **(extra or {}),

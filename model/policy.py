@@ -29,7 +29,7 @@ class GreedyCEMPolicy:
 
     def __init__(self, network: QNetwork, cem_config: CEMConfig | None = None, bounds=None,
                  seed: int = 0, where: str = "policy", termination: str = "learned",
-                 gripper_moves: bool = True):
+                 gripper_moves: bool = True, cell: str | None = None):
         from model.action_space import ACTION_HIGH, ACTION_LOW
 
         self.network = network
@@ -37,6 +37,8 @@ class GreedyCEMPolicy:
         self.termination = termination
         # false: a step works the gripper or moves, as the cell records it (model.cem).
         self.gripper_moves = gripper_moves
+        # The cell whose images the network learned from (None: not known, e.g. no export).
+        self.cell = cell
         self.cem = cem_config or CEMConfig()
         low, high = (ACTION_LOW, ACTION_HIGH) if bounds is None else bounds
         self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
@@ -55,17 +57,19 @@ class GreedyCEMPolicy:
         export = load_export(path, copies=(copy,))
         policy = cls(export.networks[copy], cem_config, export.bounds, seed,
                      where=f"export {export.path}", termination=export.termination,
-                     gripper_moves=export.gripper_moves)
+                     gripper_moves=export.gripper_moves, cell=export.cell)
         policy.name = f"greedy_cem({export.path.rstrip('/').rsplit('/', 1)[-1]}/{copy})"
         return policy
 
     def check_fits(self, robot_config) -> None:
-        """Refuse a cell this export was not trained for: another image size, termination mode,
-        gripper-step rule or action bounds.
+        """Refuse a cell this export was not trained for: another image size, cell (camera,
+        objects, cell version), termination mode, gripper-step rule or action bounds.
 
         Caught before any robot runs; otherwise the first observation fails deep inside a worker,
-        or CEM proposes moves the cell silently clips."""
+        CEM proposes moves the cell silently clips, or a policy runs on images it never saw."""
         from model.action_space import bounds_from_config
+        from schemas.cells import how_to_match
+        from schemas.specs import CELL_BEFORE_IDENTITIES
 
         size = self.network.spec.image_size
         if size != robot_config.image_size:
@@ -73,6 +77,17 @@ class GreedyCEMPolicy:
                             f"{robot_config.image_size}x{robot_config.image_size} "
                             f"(robot.image_size); use --set robot.image_size={size} or an export "
                             f"trained at {robot_config.image_size}")
+        current = robot_config.cell_identity()
+        if self.cell == CELL_BEFORE_IDENTITIES:
+            raise UserError(f"{self.where}: has no cell identity: it was trained on the cell as "
+                            f"it was before identities ({self.cell}), whose images and objects "
+                            f"differ from this one's ({current}); train an export on episodes "
+                            "collected by this cell")
+        if self.cell != current:
+            trained = self.cell or "an unknown cell"
+            raise UserError(f"{self.where}: trained on images of {trained} but this cell is "
+                            f"{current}; {how_to_match(trained, current)}, or use an export "
+                            f"trained on {current}")
         if self.termination != robot_config.termination:
             raise UserError(f"{self.where}: trained with robot.termination={self.termination} "
                             f"but the cell uses {robot_config.termination}; use --set "

@@ -41,7 +41,7 @@ from model.action_space import bounds_from_config
 from model.copies import TargetCopies
 from model.export import write_export
 from model.network import InputSpec, QNetwork
-from schemas import fs
+from schemas import cells, fs
 from schemas.errors import UserError
 
 
@@ -129,6 +129,16 @@ def make_optimizer(cfg):
     raise UserError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}")
 
 
+def check_cell(robot_config, found: dict) -> None:
+    """Refuse training data of several cells, or of another cell than the robot config's: the
+    export says it was trained on the config's cell, and policies run only there."""
+    cell = cells.one_cell(found, "training")
+    current = robot_config.cell_identity()
+    if cell is not None and cell != current:
+        raise UserError(f"training data {found[cell]} was made by {cell} but the robot "
+                        f"config is {current}; {cells.how_to_match(cell, current)}")
+
+
 class Trainer:
     """Networks, optimizer, input and checkpoint of one training run; ``run`` trains."""
 
@@ -162,6 +172,7 @@ class Trainer:
         input_key, expanded = "in-memory", None
         if input_dataset is None:
             expanded = data.expand(datasets)
+            check_cell(config.robot, data.dataset_cells(expanded))
             input_key = _fingerprint(expanded, cfg)
 
         self.checkpoint = tf.train.Checkpoint(
@@ -323,7 +334,8 @@ class Trainer:
                             extra={"config": self.config.to_dict()},
                             bounds=bounds_from_config(self.config.robot),
                             termination=self.config.robot.termination,
-                            gripper_moves=self.config.robot.gripper_moves)
+                            gripper_moves=self.config.robot.gripper_moves,
+                            cell=self.config.robot.cell_identity())
 
     # -- the loop
 

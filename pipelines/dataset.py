@@ -29,13 +29,14 @@ from typing import Iterable
 
 from schemas import fs
 from schemas.errors import UserError
-from schemas.specs import SCHEMA_VERSION
+from schemas.specs import SCHEMA_VERSION, SUPPORTED_VERSIONS
 
 MANIFEST = "manifest.json"
 CATALOGUE = "catalogue.parquet"
 DEAD_LETTER = "dead-letter.jsonl"
 STAGING = "_staging"
 PROGRESS = "_progress"
+REFUSED = "_refused.txt"
 FORMAT = "qtopt-dataset/1"
 
 
@@ -71,9 +72,10 @@ def read_manifest(directory: str) -> dict:
     if manifest.get("format") != FORMAT:
         raise UserError(f"{path}: not a qtopt dataset manifest (format {manifest.get('format')!r},"
                         f" expected {FORMAT!r})")
-    if int(manifest.get("schema_version", -1)) != SCHEMA_VERSION:
+    if int(manifest.get("schema_version", -1)) not in SUPPORTED_VERSIONS:
         raise UserError(f"{path}: schema version {manifest.get('schema_version')} is not "
-                        f"supported (this reader knows {SCHEMA_VERSION})")
+                        f"supported (this reader knows "
+                        f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
     return manifest
 
 
@@ -144,6 +146,24 @@ def commit(out: str, run_id: str, names: list[str], manifest: dict) -> dict:
     fs.remove(fs.join(out, STAGING), recursive=True)
     fs.remove_stale_temporaries(out)
     return manifest
+
+
+def refuse(out: str, run_id: str, reason: str) -> None:
+    """Publish nothing and leave ``reason`` for the launcher (``raise_refusal``): a job that
+    finds its input unusable only once it has read all of it, on whatever runner."""
+    fs.write_text(fs.join(staging_dir(out, run_id), REFUSED), reason)
+
+
+def raise_refusal(out: str, run_id: str) -> None:
+    """After a job ran: a one-line UserError with the reason it refused to publish, if it did;
+    its staged files are removed."""
+    path = fs.join(staging_dir(out, run_id), REFUSED)
+    if fs.exists(path):
+        reason = fs.read_text(path)
+        fs.remove(staging_dir(out, run_id), recursive=True)
+        if not fs.listdir(fs.join(out, STAGING)):
+            fs.remove(fs.join(out, STAGING), recursive=True)
+        raise UserError(reason)
 
 
 def mark_progress(out: str, run_id: str, stage: str, key: str, count: int = 1) -> None:

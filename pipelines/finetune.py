@@ -33,7 +33,7 @@ import time
 from model.finetune_schedule import Balancer, chunk_end, online_share
 from pipelines import dataset
 from pipelines.cli import add_config_arguments, config_args, config_from_args, invoke
-from schemas import fs
+from schemas import cells, fs
 from schemas.errors import UserError
 
 PHASES = ("collect", "shard", "relabel", "train")
@@ -194,6 +194,26 @@ def prune_chunk_exports(state: dict, p: dict) -> None:
     prune_exports(exports_dir, keep)
 
 
+def check_cells(cfg, offline: str, manifest: dict, init: str) -> None:
+    """Offline data, the offline run's weights and the on-policy data this config collects must
+    come from one cell; refused before any round otherwise."""
+    from model import export as exports
+
+    current = cfg.robot.cell_identity()
+    cell = cells.of_manifest(manifest)
+    if cell != current:
+        raise UserError(f"finetune: offline dataset {offline} was made by {cell} but on-policy "
+                        f"episodes would come from {current} (the robot config); "
+                        f"{cells.how_to_match(cell, current)}")
+    latest = exports.latest_export(fs.join(init, "exports"))
+    if latest is not None:
+        cell = cells.of_manifest(exports.read_manifest(latest))
+        if cell != current:
+            raise UserError(f"finetune: --init {init} was trained on {cell} (export {latest}) "
+                            f"but the robot config is {current}; start from a run trained on "
+                            "this cell's data")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, metavar="DIR",
                         help="run directory; finetuning writes RUN/finetune/")
@@ -211,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
         args.overrides = list(args.overrides) + [f"finetune.rounds={args.rounds}"]
     cfg = config_from_args(args)
     p = paths(args.run)
-    dataset.read_manifest(args.offline)  # a clear error now if the offline data is incomplete
+    # A clear error now if the offline data is incomplete or of another cell.
+    check_cells(cfg, args.offline, dataset.read_manifest(args.offline), args.init)
     fs.makedirs(p["root"])
     state = read_state(p["state"])
     if state["start_step"] is None:

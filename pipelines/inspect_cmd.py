@@ -54,7 +54,8 @@ def summarise(path: str, show_index: int = 0) -> dict:
         except RecordError as exc:
             raise exc.located(raw.path, raw.index, raw.offset) from None
         if kind is None:
-            kind, version = record["kind"], int(record["schema_version"])
+            # The version as stored: decoding reads an older record as the current one.
+            kind, version = record["kind"], codec.peek_kind(raw.data)[1]
         elif record["kind"] != kind:
             raise RecordError(f"mixed record kinds in one file ({kind} then {record['kind']})",
                               path, raw.index, raw.offset)

@@ -21,7 +21,8 @@ whatever the runner. Parallelism is per shard: give the job at least as many sha
 Input shard j (inputs in the order given) becomes output shard j, in the same order, so the
 shuffle of ``qtopt shard`` carries over. Damaged records go to ``dead-letter.jsonl`` with their
 file and offset, and ``records in = labelled + dead-lettered``. A missing, half-written or
-incompatible export is refused before any work starts.
+incompatible export (image size, or trained on another cell than the inputs), or inputs of two
+cells, are refused before any work starts.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from schemas import codec, fs
+from schemas import cells as cell_rules, codec, fs
 from schemas.errors import RecordError, UserError
 from schemas.specs import STATE_SCALARS
 from pipelines import dataset, records, runner
@@ -104,6 +105,14 @@ class TargetModel:
                                self.target_config, seed=seed)
 
 
+def input_cell(manifests: Sequence[tuple[str, dict]]) -> str:
+    """The one cell every input dataset was made by; UserError if they mix cells."""
+    found: dict = {}
+    for src, manifest in manifests:
+        found.setdefault(cell_rules.of_manifest(manifest), src)
+    return cell_rules.one_cell(found, "relabel")
+
+
 def check_export(export_path: str, manifests: Sequence[tuple[str, dict]]):
     """Load the export on the launcher and check it fits every input; UserError otherwise."""
     from model.export import load_export
@@ -112,6 +121,12 @@ def check_export(export_path: str, manifests: Sequence[tuple[str, dict]]):
     for src, manifest in manifests:
         for shape in manifest.get("image_shapes") or []:
             export.check_image_shape(tuple(shape), f"dataset {src}")
+        # Targets from a Q-function of another cell's images would be mixed into this one's.
+        cell = cell_rules.of_manifest(manifest)
+        if export.cell != cell:
+            raise UserError(f"export {export.path} was trained on {export.cell} but dataset "
+                            f"{src} was made by {cell}; relabel it with an export trained on "
+                            "that cell")
     return export
 
 
@@ -291,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
     out = epoch_dir(args.output.rstrip("/"), args.epoch)
     if any(out == src for src, _ in manifests):
         raise UserError("--output must differ from --input (a job never rewrites its input)")
+    cell = input_cell(manifests)
     runner.quiet_beam_logging()
     export = check_export(args.export, manifests)
     version = target_version(export)
@@ -298,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
                                       "qtopt-relabel", LOCAL_MODE)
     labeller = {"export_path": export.path, "cem_config": cfg.cem, "target_config": cfg.targets,
                 "intra_op_threads": runner.threads_per_worker(options)}
-    extra = {"created_by": "qtopt relabel", "epoch": args.epoch, "inputs": [s for s, _ in manifests],
+    extra = {"created_by": "qtopt relabel", "cell": cell, "epoch": args.epoch,
+             "inputs": [s for s, _ in manifests],
              "export": export.path, "export_step": export.step, "cem": vars_of(cfg.cem),
              "targets": vars_of(cfg.targets),
              "image_shapes": sorted({tuple(s) for _, m in manifests

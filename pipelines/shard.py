@@ -11,6 +11,11 @@ transition's place is the SHA-256 of (seed, episode id, step); its leading 8 byt
 and the rest order the shard. The same inputs and seed therefore give byte-identical shards on
 any runner, with any number of workers, in any order of arrival.
 
+Episodes of different cells (``schemas.cells``: camera, image size, object scale, cell version)
+are never mixed: the launcher looks at the first episode of each input directory before any
+work, and the job checks every episode and publishes nothing when it finds a second cell. The
+dataset's one cell goes into its manifest (``cell``) for the jobs downstream.
+
 A shard is sorted in memory by the worker that writes it, so at scale choose
 ``pipeline.num_shards`` so that data size / shards fits a worker (paper scale: 4 TB over 10000
 shards is 400 MB each).
@@ -23,7 +28,7 @@ import hashlib
 import re
 from typing import Iterable
 
-from schemas import codec, fs
+from schemas import cells as cell_rules, codec, fs
 from schemas.errors import RecordError, UserError
 from schemas.specs import STATE_SCALARS
 from pipelines import dataset, records, runner
@@ -61,6 +66,29 @@ def expand_inputs(inputs: list[tuple[str | None, str]], kind: str = "episode"
                 seen.add(path)
                 out.append((source, path))
     return out
+
+
+def first_cells(files: list[tuple[str | None, str]]) -> dict:
+    """{cell identity: file} from the first episode of the first file in each directory.
+
+    A cheap look before any work, enough for the usual mix (collect keeps one cell's episodes
+    per directory); the job itself checks every episode before it publishes.
+    """
+    found, seen = {}, set()
+    for _source, path in files:
+        directory = path.rsplit("/", 1)[0]
+        if directory in seen:
+            continue
+        seen.add(directory)
+        for raw in records.read_file(path):
+            if isinstance(raw, dict):  # damaged: the job dead-letters it
+                break
+            try:
+                found.setdefault(records.decode_as(raw, ("episode",))["cell"], path)
+            except RecordError:
+                pass
+            break
+    return found
 
 
 def _check_kind(path: str, kind: str) -> None:
@@ -124,7 +152,7 @@ def _beam_parts():
 
         def process(self, item):
             source, path = item
-            n = 0
+            n, cells = 0, set()
             for raw in records.read_file(path):
                 self.records_in.inc()
                 if isinstance(raw, dict):
@@ -139,6 +167,9 @@ def _beam_parts():
                     continue
                 if source:
                     episode["source"] = source
+                if episode["cell"] not in cells:
+                    cells.add(episode["cell"])
+                    yield beam.pvalue.TaggedOutput("cells", (episode["cell"], path))
                 n += 1
                 self.episodes.inc()
                 yield episode
@@ -222,7 +253,7 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
     read = (pipeline
             | "Files" >> beam.Create(files)  # Create redistributes its elements itself
             | "Read episodes" >> beam.ParDo(ReadEpisodes(out, run_id, mark_progress))
-            .with_outputs("dead", main="episodes"))
+            .with_outputs("dead", "cells", main="episodes"))
     episodes = read.episodes
 
     # No Flatten into the GroupByKey (an earlier version flattened a (shard, None) per index in,
@@ -249,7 +280,14 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
     dead = (read.dead | "All dead" >> beam.combiners.ToList()
             | "Write dead letters" >> beam.Map(write_dead))
 
-    def commit(_, infos, cat, n_dead, image_shapes):
+    def commit(_, infos, cat, n_dead, image_shapes, cells):
+        found: dict = {}
+        for cell, path in sorted(cells):
+            found.setdefault(cell, path)
+        try:
+            cell = cell_rules.one_cell(found, f"shard {out}")
+        except UserError as exc:
+            return dataset.refuse(out, run_id, str(exc))
         infos = sorted(list(infos) + _write_empty_shards(infos, staging, num_shards),
                        key=lambda i: i["name"])
         cat = cat[0]
@@ -264,6 +302,7 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
         manifest = {
             **manifest_extra,
             "kind": "transition",
+            **({"cell": cell} if cell else {}),
             "num_shards": num_shards,
             "shuffle_seed": seed,
             "image_shapes": sorted(list(s) for s in image_shapes),
@@ -283,7 +322,7 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
     return (pipeline
             | "Commit trigger" >> beam.Create([None])
             | "Commit" >> beam.Map(commit, AsList(shards), AsList(catalogue), AsList(dead),
-                                   AsList(shapes)))
+                                   AsList(shapes), AsList(read.cells)))
 
 
 # ------------------------------------------------------------------------------------ command
@@ -312,6 +351,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--num-shards must be >= 1, got {num_shards}")
     inputs = parse_inputs(args.input)
     files = expand_inputs(inputs)
+    cell_rules.one_cell(first_cells(files), f"shard {args.output}")
     out = args.output.rstrip("/")
     options = runner.pipeline_options(args.beam_args, cfg.direct_num_workers, "qtopt-shard")
     return execute(options, files, out, num_shards, seed,
@@ -338,6 +378,8 @@ def execute(options, files, out, num_shards, seed, manifest_extra) -> int:
           f"runner {runner.runner_name(options)})", flush=True)
     with runner.progress("shard", poll if local else None):
         result = runner.run_pipeline(pipeline)
+    if not runner.is_dry_run(pipeline.options):
+        dataset.raise_refusal(out, run_id)
     return report(pipeline, result, out, NAMESPACE, "shard")
 
 

@@ -63,5 +63,16 @@ class Robot(abc.ABC):
     def object_ids(self) -> list[str]:
         """Objects in the tray at the last reset."""
 
+    @property
+    def cell_identity(self) -> str:
+        """The cell's configuration identity, recorded in every episode so that data and
+        policies of different cells are never mixed: ``RobotConfig.cell_identity`` of the
+        robot's ``config``. A driver not configured by a RobotConfig defines its own."""
+        config = getattr(self, "config", None)
+        if config is None:
+            raise NotImplementedError(f"{type(self).__name__} has no RobotConfig: define "
+                                      "cell_identity")
+        return config.cell_identity()
+
     def close(self) -> None:
         """Release the simulator or hardware."""

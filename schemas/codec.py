@@ -14,7 +14,7 @@ import numpy as np
 from schemas import example_proto as pb
 from schemas.errors import RecordError
 from schemas.specs import (MAX_IMAGE_SIZE, SCHEMA_VERSION, SUPPORTED_VERSIONS, Field,
-                           RecordSpec, spec_for)
+                           RecordSpec, added_since, spec_for)
 
 
 # ---------------------------------------------------------------------------------- validation
@@ -97,6 +97,10 @@ def validate(record: Mapping[str, Any]) -> dict:
     version = record.get("schema_version")
     if version is None or int(version) not in SUPPORTED_VERSIONS:
         raise RecordError(_unsupported(version))
+    if int(version) != SCHEMA_VERSION:
+        # An older record reads as the current version, with what its version lacked filled in.
+        record = {**added_since(spec.kind, int(version)), **record,
+                  "schema_version": SCHEMA_VERSION}
     missing = [n for n in spec.names if n not in record]
     if missing:
         raise RecordError(f"{spec.kind} record lacks fields: {', '.join(missing)}")
@@ -247,13 +251,15 @@ def decode(data: bytes) -> dict:
     else:
         msg = pb.SequenceExample.FromString(bytes(data))
         features, lists = msg.context.feature, msg.feature_lists.feature_list
-    missing = [f.name for f in spec.fields if f.name not in features]
+    added = added_since(kind, version)
+    missing = [f.name for f in spec.fields if f.name not in features and f.name not in added]
     if lists is not None:
         missing += [f.name for f in spec.step_fields if f.name not in lists]
     if missing:
         raise RecordError(f"{kind} record lacks fields: {', '.join(missing)}")
     image_shape = _check_image_shape(features["image_shape"].int64_list.value)
-    out = {f.name: _take(features[f.name], f, image_shape, "") for f in spec.fields}
+    out = {f.name: _take(features[f.name], f, image_shape, "") if f.name in features
+           else added[f.name] for f in spec.fields}
     if lists is not None:
         for f in spec.step_fields:
             out[f.name] = [_take(v, f, image_shape, f" at step {t}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from schemas.codec import new_record
+from schemas.cells import default_cell
 from schemas.specs import ACTION_DIM, EPISODE, Field, RecordSpec, spec_for
 
 
@@ -65,6 +66,8 @@ def fake_record(kind: str, rng: np.random.Generator | int = 0, image_size: int =
     values = {f.name: _fake_value(f, rng, image_shape, record_id)
               for f in spec.fields if f.name not in _HEADER}
     if spec is EPISODE:
+        # The default cell, as an export written with the defaults names it.
+        values["cell"] = default_cell(image_size)
         n = int(rng.integers(1, 21)) if num_steps is None else int(num_steps)
         values["num_steps"] = np.int64(n)
         for f in spec.step_fields:

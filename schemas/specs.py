@@ -20,8 +20,13 @@ from typing import Optional
 
 # Version 2 added ``gripper_opening`` to every observation. Version 1 records lack it and cannot
 # be made whole by any default (it is a measurement): collect them again.
-SCHEMA_VERSION = 2
-SUPPORTED_VERSIONS = (2,)
+# Version 3 added the episode's ``cell``. A version 2 episode was made by the cell as it was
+# before cells had identities, so it reads as that cell, never as the current one.
+SCHEMA_VERSION = 3
+SUPPORTED_VERSIONS = (2, 3)
+CELL_BEFORE_IDENTITIES = "cell-v1 (before cell identities)"
+# What a field added in version V reads as in an older record: {V: {kind: {field: value}}}.
+ADDED_IN = {3: {"episode": {"cell": CELL_BEFORE_IDENTITIES}}}
 
 ACTION_LAYOUT = ("translation_x", "translation_y", "translation_z", "rotation_sin",
                  "rotation_cos", "gripper_close", "gripper_open", "terminate")
@@ -106,6 +111,8 @@ EPISODE = RecordSpec(
         Field("source", "string", doc="dataset the episode belongs to, e.g. scripted-train"),
         Field("policy", "string", doc="policy that acted: scripted, random, or an export"),
         Field("robot_id", "string", doc="simulated cell or real robot that ran the episode"),
+        Field("cell", "string", doc="the cell's configuration identity (RobotConfig."
+                                    "cell_identity): data of different cells is never mixed"),
         Field("object_ids", "string", (None,), doc="objects in the tray at reset"),
         Field("seed", "int64", doc="seed the episode was reset with"),
         Field("success", "bool", doc="an object was held above the success height at the end"),
@@ -153,6 +160,15 @@ LABELLED_TRANSITION = RecordSpec(
 )
 
 SPECS = {s.kind: s for s in (EPISODE, TRANSITION, LABELLED_TRANSITION)}
+
+
+def added_since(kind: str, version: int) -> dict:
+    """{field: value} that a ``kind`` record of an older supported ``version`` reads with."""
+    out = {}
+    for v, kinds in ADDED_IN.items():
+        if v > int(version):
+            out.update(kinds.get(kind, {}))
+    return out
 
 
 def spec_for(kind: str) -> RecordSpec:

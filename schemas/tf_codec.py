@@ -12,25 +12,32 @@ compat.ensure_compatible()  # a clear message instead of protobuf's duplicate-sy
 
 import tensorflow as tf  # noqa: E402
 
-from schemas.specs import RecordSpec, SCHEMA_VERSION, Field, spec_for
+from schemas.specs import SUPPORTED_VERSIONS, RecordSpec, Field, added_since, spec_for
 
 _TF_DTYPES = {"float32": tf.float32, "int64": tf.int64, "bool": tf.int64, "string": tf.string,
               "image": tf.string}
 
 
-def _feature(f: Field, sequence: bool = False):
+def _feature(f: Field, sequence: bool = False, default=None):
     dtype = _TF_DTYPES[f.dtype]
     if f.variable:
         return tf.io.RaggedFeature(dtype)
     shape = () if f.dtype == "image" else f.shape
     if sequence:
         return tf.io.FixedLenSequenceFeature(shape, dtype)
-    return tf.io.FixedLenFeature(shape, dtype)
+    return tf.io.FixedLenFeature(shape, dtype, default_value=default)
 
 
 def feature_spec(spec: RecordSpec) -> dict:
-    """``tf.io`` feature description of a record kind (the context, for episodes)."""
-    return {f.name: _feature(f) for f in spec.fields}
+    """``tf.io`` feature description of a record kind (the context, for episodes); a field that
+    older supported versions lack reads as the value they stand for."""
+    oldest = added_since(spec.kind, min(SUPPORTED_VERSIONS))
+    return {f.name: _feature(f, default=oldest.get(f.name)) for f in spec.fields}
+
+
+def _supported(version: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_any(tf.equal(tf.reshape(version, (-1, 1)),
+                                  tf.constant(SUPPORTED_VERSIONS, tf.int64)), axis=1)
 
 
 def sequence_feature_spec(spec: RecordSpec) -> dict:
@@ -71,12 +78,12 @@ def parse_batch(serialized: tf.Tensor, kind: str, image_shape, names=None,
         keep = set(names) | {"schema_version", "kind", "image_shape"}
         features = {k: v for k, v in features.items() if k in keep}
     parsed = tf.io.parse_example(serialized, features)
-    ok = tf.equal(parsed["schema_version"], tf.constant(SCHEMA_VERSION, tf.int64))
+    ok = _supported(parsed["schema_version"])
     message = f"{kind} record with an unsupported schema version (this reader knows " \
-              f"{SCHEMA_VERSION})"
+              f"{', '.join(map(str, SUPPORTED_VERSIONS))})"
     if sources is None:
-        tf.debugging.assert_equal(parsed["schema_version"],
-                                  tf.constant(SCHEMA_VERSION, tf.int64), message=message)
+        tf.debugging.Assert(tf.reduce_all(ok), [message, "version", tf.boolean_mask(
+            parsed["schema_version"], tf.logical_not(ok))[:1]])
     else:
         tf.debugging.Assert(tf.reduce_all(ok), [message, "in file", tf.boolean_mask(
             sources, tf.logical_not(ok))[:1], "version", tf.boolean_mask(
@@ -94,8 +101,9 @@ def parse_episode(serialized: tf.Tensor, image_shape) -> tuple[dict, dict]:
     context, steps = tf.io.parse_single_sequence_example(
         serialized, context_features=feature_spec(spec),
         sequence_features=sequence_feature_spec(spec))
-    tf.debugging.assert_equal(context["schema_version"], tf.constant(SCHEMA_VERSION, tf.int64),
-                              message="episode record with an unsupported schema version")
+    tf.debugging.Assert(tf.reduce_all(_supported(context["schema_version"])),
+                        ["episode record with an unsupported schema version",
+                         context["schema_version"]])
     return (_finish(spec, dict(context), tuple(image_shape), batched=False),
             _finish(spec, dict(steps), tuple(image_shape), batched=True))
 

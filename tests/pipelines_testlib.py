@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import schemas  # noqa: F401  (first: the tfrecord/tensorflow import hook)
-from schemas import tfrecord_io
+from schemas import codec, example_proto, tfrecord_io
 from schemas.fake import fake_records
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,16 +23,32 @@ IMAGE = 16
 
 
 def write_episodes(directory: Path, files: int = 3, per_file: int = 3, seed: int = 0,
-                   steps: int | None = None, prefix: str = "ep") -> list[Path]:
+                   steps: int | None = None, prefix: str = "ep", cell: str | None = None,
+                   before_cells: bool = False) -> list[Path]:
+    """Fake episodes of the default cell (``cell``: another identity); ``before_cells``: as
+    schema version 2 wrote them, without a cell."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(files):
         path = directory / f"{prefix}-{i}.tfrecord.gz"
         recs = fake_records("episode", per_file, seed=seed * 1000 + i, image_size=IMAGE,
                             num_steps=steps)
-        tfrecord_io.write_records(str(path), recs)
+        for rec in recs:
+            rec["cell"] = cell or rec["cell"]
+        with tfrecord_io.RecordWriter(str(path)) as writer:
+            for rec in recs:
+                data = codec.encode(rec)
+                writer.write(as_version_2(data) if before_cells else data)
         paths.append(path)
     return paths
+
+
+def as_version_2(episode: bytes) -> bytes:
+    """A serialised episode as schema version 2 wrote it: no cell."""
+    msg = example_proto.SequenceExample.FromString(episode)
+    msg.context.feature["schema_version"].int64_list.value[0] = 2
+    del msg.context.feature["cell"]
+    return msg.SerializeToString(deterministic=True)
 
 
 def qtopt(*args: str) -> int:
@@ -118,8 +134,10 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def make_export(exports: Path, image_size: int = IMAGE, step: int = 100, seed: int = 0) -> str:
-    """A real export of the tiny network (random weights), written by model.export."""
+def make_export(exports: Path, image_size: int = IMAGE, step: int = 100, seed: int = 0,
+                cell: str | None = None) -> str:
+    """A real export of the tiny network (random weights), written by model.export; of the
+    default cell unless ``cell`` names another."""
     import keras
 
     from model.export import write_export
@@ -129,4 +147,13 @@ def make_export(exports: Path, image_size: int = IMAGE, step: int = 100, seed: i
     keras.utils.set_random_seed(seed)
     cfg = ModelConfig(preset="tiny")
     nets = {n: build(cfg, image_size, name=n) for n in ("online", "polyak", "lagged")}
-    return write_export(str(exports), step, nets)
+    return write_export(str(exports), step, nets, cell=cell)
+
+
+def as_before_cells(export: str) -> str:
+    """An export as written before cell identities: its manifest names no cell."""
+    path = Path(export) / "manifest.json"
+    m = json.loads(path.read_text())
+    del m["cell"]
+    path.write_text(json.dumps(m, indent=2, sort_keys=True))
+    return export

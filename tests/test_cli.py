@@ -33,7 +33,7 @@ def test_inspect_describes_a_file_without_tensorflow(tmp_path):
     tfrecord_io.write_records(path, recs)
     out = qtopt("inspect", "--json", path, check_status=0).stdout
     info = json.loads(out)
-    assert info["kind"] == "episode" and info["schema_version"] == 2 and info["records"] == 3
+    assert info["kind"] == "episode" and info["schema_version"] == 3 and info["records"] == 3
     assert info["fields"]["observation/image"] == "uint8[5, 16, 16, 3]"
     assert info["fields"]["action"] == "float32[5, 8]"
     assert info["record"]["episode_id"] == recs[0]["episode_id"]
@@ -43,7 +43,7 @@ def test_inspect_describes_a_file_without_tensorflow(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "kind episode, schema version 2, 3 records" in proc.stdout
+    assert "kind episode, schema version 3, 3 records" in proc.stdout
 
 
 def test_inspect_bad_file_is_one_line_exit_2(tmp_path):

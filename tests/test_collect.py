@@ -102,6 +102,30 @@ def test_a_different_collection_is_not_mixed_into_a_directory(tmp_path):
     assert "holds a different collection" in proc.stderr and "seed" in proc.stderr
 
 
+def test_episodes_record_their_cell_and_shard_refuses_to_mix_two(tmp_path):
+    from schemas.config import RobotConfig
+
+    small, large = tmp_path / "scale-0.8", tmp_path / "scale-1"
+    for out, scale in ((small, "0.8"), (large, "1.0")):
+        proc = _collect(out, "--set", f"robot.object_scale={scale}", episodes=2, block=1)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    cells = {out: RobotConfig(image_size=16, max_objects=6, object_scale=scale).cell_identity()
+             for out, scale in ((small, 0.8), (large, 1.0))}
+    assert cells[small] != cells[large]
+    for out, cell in cells.items():
+        assert {e["cell"] for e in _episodes(out)} == {cell}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "shard", "-i", f"{small}/*.tfrecord.gz",
+         "-i", f"{large}/*.tfrecord.gz", "-o", str(tmp_path / "ds"),
+         "--direct_running_mode=in_memory"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "would mix data of different cells" in err, err
+    for out, cell in cells.items():
+        assert f"{cell} ({fs.glob(os.path.join(out, '*.tfrecord.gz'))[0]})" in err
+    assert not (tmp_path / "ds").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--objects", "/nowhere/thing.urdf"], "/nowhere/thing.urdf: no such file"),
     (["--episodes", "0"], "collect.episodes"),

@@ -117,3 +117,33 @@ def test_finetune_resumes_after_a_kill_in_every_phase(offline, tmp_path):
     ckpts = sorted(p.name for p in (offline / "train" / "checkpoints").glob("ckpt-*"))
     assert ckpts == ["ckpt-4.data-00000-of-00001", "ckpt-4.index"], ckpts
     assert '"ckpt-4"' in (offline / "train" / "checkpoints" / "checkpoint").read_text()
+
+
+def test_finetune_refuses_offline_data_or_weights_of_another_cell(offline, tmp_path):
+    import shutil
+
+    from model.export import latest_export
+    from schemas.config import RobotConfig
+    from schemas.errors import UserError
+
+    current = RobotConfig(image_size=32).cell_identity()
+    other = RobotConfig(image_size=32, object_scale=1.0).cell_identity()
+    run = tmp_path / "run"
+    base = ["finetune", "--run", run, "--offline", offline / "transitions", *ARGS]
+    # On-policy data of this config's cell would be mixed with offline data of another.
+    with pytest.raises(UserError) as err:
+        invoke([*base, "--init", offline / "train", "--set", "robot.object_scale=1"])
+    assert str(err.value) == (
+        f"finetune: offline dataset {offline / 'transitions'} was made by {current} but "
+        f"on-policy episodes would come from {other} (the robot config); use --set "
+        "robot.object_scale=0.8")
+    init = tmp_path / "init"
+    shutil.copytree(offline / "train", init)
+    manifest = json.loads(open(f"{latest_export(str(init / 'exports'))}/manifest.json").read())
+    manifest["cell"] = other
+    with open(f"{latest_export(str(init / 'exports'))}/manifest.json", "w") as f:
+        json.dump(manifest, f)
+    with pytest.raises(UserError, match=rf"--init {init} was trained on {other} .* but the robot "
+                                        rf"config is {current}"):
+        invoke([*base, "--init", init])
+    assert not run.exists()

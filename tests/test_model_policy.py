@@ -153,3 +153,38 @@ def test_greedy_policy_under_scripted_termination_follows_algorithm_2(exports):
                                               "observation/height": np.float32(height)})
         a = policy.sample_action(obs, 0)
         assert a[7] == float(scripted_termination(bool(closed), height, float(a[2])))
+
+
+def test_evaluate_refuses_an_export_of_another_cell(exports, tmp_path):
+    import json
+    import shutil
+
+    from model.export import latest_export
+    from pipelines.cli import invoke
+    from schemas.config import RobotConfig
+
+    path = latest_export(exports)
+    trained = RobotConfig(image_size=SIZE).cell_identity()
+    # The trainer records the cell of its robot config, which its data came from.
+    assert json.loads(open(f"{path}/manifest.json").read())["cell"] == trained
+    fits = ["--set", f"robot.image_size={SIZE}", "--set", "robot.max_translation=0.03"]
+    out = tmp_path / "eval"
+    other = RobotConfig(image_size=SIZE, camera="shoulder", object_scale=1.0).cell_identity()
+    with pytest.raises(UserError) as err:
+        invoke(["evaluate", "--policy", exports, "--objects", "test", "--out", str(out), *fits,
+                "--set", "robot.camera=shoulder", "--set", "robot.object_scale=1"])
+    assert str(err.value) == (
+        f"export {path}: trained on images of {trained} but this cell is {other}; use --set "
+        f"robot.camera=workspace --set robot.object_scale=0.8, or use an export trained on "
+        f"{other}")
+    # An export written before cells had identities was trained on the old cell.
+    old = tmp_path / "old" / "export-000000250"
+    shutil.copytree(path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["cell"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"export-000000250: has no cell identity: it was trained "
+                                        r"on the cell as it was before identities \(cell-v1 .*"
+                                        r"train an export on episodes collected by this cell"):
+        invoke(["evaluate", "--policy", str(old), "--objects", "test", "--out", str(out), *fits])
+    assert not out.exists() or not any(out.rglob("*.json"))   # refused before any robot ran

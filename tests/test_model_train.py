@@ -2,6 +2,7 @@
 checkpoint, refuses bad shards and checkpoints by name, and the Polyak/lag copies are exact."""
 
 import math
+import re
 import os
 import shutil
 
@@ -308,3 +309,38 @@ def test_resumed_training_prints_its_progress(tmp_path, capsys):
     train(_config(), [(pattern, 1.0)], work, until_step=20)
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("train: step 20/20 (100%), ") and "loss " in out[-1]
+
+
+def test_training_keeps_cells_apart_and_its_export_names_the_cell(tmp_path):
+    import json
+
+    from schemas.config import RobotConfig
+    from schemas.specs import CELL_BEFORE_IDENTITIES
+
+    current = RobotConfig(image_size=SIZE).cell_identity()
+    other = RobotConfig(image_size=SIZE, object_scale=1.0).cell_identity()
+    dirs = {}
+    for name, manifest in (("here", {"cell": current}), ("there", {"cell": other}),
+                           ("old", {})):  # a dataset published before cells had identities
+        dirs[name] = str(tmp_path / name)
+        write_shards(tmp_path / name, 16, 1)
+        (tmp_path / name / "manifest.json").write_text(json.dumps(manifest))
+    work = str(tmp_path / "work")
+    with pytest.raises(UserError) as err:
+        train(_config(), [(dirs["here"], 0.5), (dirs["there"], 0.5)], work, until_step=1,
+              progress=False)
+    assert str(err.value).startswith(
+        f"training would mix data of different cells: {current} ({dirs['here']}) and {other} "
+        f"({dirs['there']}); ")
+    with pytest.raises(UserError) as err:
+        train(_config(), [(dirs["there"], 1.0)], work, until_step=1, progress=False)
+    assert str(err.value) == (f"training data {dirs['there']} was made by {other} but the robot "
+                              f"config is {current}; use --set robot.object_scale=1")
+    with pytest.raises(UserError, match=rf"made by {re.escape(CELL_BEFORE_IDENTITIES)} but .*"
+                                        r"the cell itself has changed since"):
+        train(_config(), [(dirs["old"], 1.0)], work, until_step=1, progress=False)
+    assert not os.path.exists(os.path.join(work, "exports"))
+    # The robot config of that cell trains on its data, and the export says which cell it was.
+    train(_config("robot.object_scale=1"), [(dirs["there"], 1.0)], work, until_step=2,
+          progress=False)
+    assert load_export(os.path.join(work, "exports")).cell == other

@@ -12,9 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from pipelines_testlib import (IN_PROCESS, PYTHON, REPO, corrupt_record, dead_letters,
-                               make_export, manifest, qtopt, read_all, shard_bytes, truncate,
-                               write_episodes)
+from pipelines_testlib import (IN_PROCESS, PYTHON, REPO, as_before_cells, corrupt_record,
+                               dead_letters, make_export, manifest, qtopt, read_all, shard_bytes,
+                               truncate, write_episodes)
+from schemas.cells import default_cell
+from schemas.config import RobotConfig
+from schemas.specs import CELL_BEFORE_IDENTITIES
 
 CHUNK = 16
 
@@ -53,6 +56,7 @@ def test_every_transition_gains_its_target(data, labelled):
     m = manifest(labelled)
     assert m["kind"] == "labelled_transition" and m["target_version"] == "export-000000100"
     assert m["counts"]["dead_lettered"] == 0
+    assert m["cell"] == manifest(ds)["cell"] == default_cell(16)
     exp = load_export(export, copies=("polyak", "lagged"))
     for j, name in enumerate(sorted(shard_bytes(ds))):
         inputs = read_all_file(ds / name)
@@ -191,3 +195,36 @@ def test_several_inputs_are_labelled_together(data, tmp_path):
         out / "epoch-2" / "shard-00003-of-00004.tfrecord.gz")]
     assert tail == [(r["episode_id"], int(r["step"])) for r in read_all_file(
         half / "shard-00001-of-00002.tfrecord.gz")]
+
+
+def test_relabel_keeps_cells_apart(data, tmp_path, capsys):
+    _root, ds, export = data
+    scale_1 = RobotConfig(image_size=16, object_scale=1.0).cell_identity()
+    write_episodes(tmp_path / "episodes", files=1, per_file=2, seed=11, cell=scale_1)
+    other = tmp_path / "other"
+    assert qtopt("shard", "-i", f"{tmp_path}/episodes/*.gz", "-o", other, *IN_PROCESS) == 0
+    capsys.readouterr()
+    out = tmp_path / "labelled"
+
+    def error():
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        return err
+
+    # Two cells' transitions into one labelled set (finetune's offline + online mix).
+    assert relabel(ds, export, out, 1, "-i", other, *IN_PROCESS) == 2
+    err = error()
+    assert "would mix data of different cells" in err
+    assert f"{default_cell(16)} ({ds})" in err and f"{scale_1} ({other})" in err
+    # Targets from a Q-function trained on another cell's images.
+    assert relabel(other, export, out, 1, *IN_PROCESS) == 2
+    err = error()
+    assert f"was trained on {default_cell(16)} but dataset {other} was made by {scale_1}" in err
+    old = as_before_cells(make_export(tmp_path / "old", step=5))
+    assert relabel(ds, old, out, 1, *IN_PROCESS) == 2
+    assert f"was trained on {CELL_BEFORE_IDENTITIES} but dataset {ds}" in error()
+    assert not out.exists()
+    # An export of that cell labels it.
+    same = make_export(tmp_path / "same", step=5, cell=scale_1)
+    assert relabel(other, same, out, 1, *IN_PROCESS) == 0
+    assert manifest(out / "epoch-1")["cell"] == scale_1

@@ -14,6 +14,9 @@ import pytest
 from pipelines_testlib import (IN_PROCESS, PYTHON, REPO, corrupt_record, dead_letters, manifest,
                                qtopt, read_all, shard_bytes, truncate, write_episodes)
 from schemas import tfrecord_io
+from schemas.cells import default_cell
+from schemas.config import RobotConfig
+from schemas.specs import CELL_BEFORE_IDENTITIES
 
 # Locally shard runs in one process unless told otherwise.
 WORKER_PROCESSES = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
@@ -77,7 +80,7 @@ def test_shuffle_mixes_episodes_and_orders_by_salted_hash(sharded):
 
 def test_catalogue_and_manifest(episodes, sharded):
     m = manifest(sharded)
-    assert m["kind"] == "transition" and m["schema_version"] == 2
+    assert m["kind"] == "transition" and m["schema_version"] == 3
     assert m["counts"]["episodes"] == 13 and m["counts"]["dead_lettered"] == 0
     assert set(m["counts"]["by_source"]) == {"fake-source", "online"}
     assert m["counts"]["by_source"]["online"]["episodes"] == 4
@@ -87,8 +90,11 @@ def test_catalogue_and_manifest(episodes, sharded):
     assert sum(f["records"] for f in m["files"]) == m["counts"]["transitions"]
     table = pq.read_table(sharded / "catalogue.parquet")
     assert table.num_rows == 13
-    assert {"episode_id", "source", "policy", "robot_id", "object_ids", "success",
+    assert {"episode_id", "source", "policy", "robot_id", "cell", "object_ids", "success",
             "num_steps"} <= set(table.column_names)
+    # The cell every episode came from travels with the dataset, for the jobs downstream.
+    assert m["cell"] == default_cell(16) == RobotConfig(image_size=16).cell_identity()
+    assert set(table.column("cell").to_pylist()) == {default_cell(16)}
     eps = {e["episode_id"]: e for e in _episodes(f"{episodes}/*/*.gz")}
     for row in table.to_pylist():
         assert row["num_steps"] == int(eps[row["episode_id"]]["num_steps"])
@@ -261,4 +267,65 @@ def test_subsample_is_stable_and_nested(sharded, tmp_path):
     assert child == [k for k in parent if k[0] in ids[0.55]]
     m = manifest(outs[0.55])
     assert m["counts"]["episodes"] == len(ids[0.55]) and m["fraction"] == 0.55
+    assert m["cell"] == manifest(sharded)["cell"]
     assert pq.read_table(outs[0.55] / "catalogue.parquet").num_rows == len(ids[0.55])
+
+
+# Another cell at the test image size: the objects scaled as random_urdfs ships them.
+SCALE_1 = RobotConfig(image_size=16, object_scale=1.0).cell_identity()
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_shard_refuses_episodes_of_two_cells_before_any_work(tmp_path, capsys):
+    a = write_episodes(tmp_path / "a", files=2, per_file=2, seed=3)
+    b = write_episodes(tmp_path / "b", files=2, per_file=2, seed=4, cell=SCALE_1)
+    out = tmp_path / "ds"
+    assert qtopt("shard", "-i", f"{tmp_path}/a/*.gz", "-i", f"{tmp_path}/b/*.gz", "-o", out,
+                 *IN_PROCESS) == 2
+    err = _one_line_error(capsys)
+    assert f"{default_cell(16)} ({a[0]})" in err and f"{SCALE_1} ({b[0]})" in err
+    assert "would mix data of different cells" in err
+    assert not out.exists()
+
+
+def test_shard_finds_a_cell_mixed_into_one_directory_and_publishes_nothing(tmp_path, capsys):
+    # The look before work reads each directory's first file only: the job checks every episode.
+    write_episodes(tmp_path / "eps", files=1, per_file=2, seed=5, prefix="a")
+    other = write_episodes(tmp_path / "eps", files=1, per_file=2, seed=6, prefix="b",
+                           cell=SCALE_1)
+    out = tmp_path / "ds"
+    assert qtopt("shard", "-i", f"{tmp_path}/eps/a-*.gz", "-o", out, *IN_PROCESS) == 0
+    before = shard_bytes(out)
+    assert qtopt("shard", "-i", f"{tmp_path}/eps/*.gz", "-o", out, *IN_PROCESS) == 2
+    err = _one_line_error(capsys)
+    assert f"{SCALE_1} ({other[0]})" in err and default_cell(16) in err
+    # The previous publication stays whole and nothing of the refused run is left.
+    assert shard_bytes(out) == before and manifest(out)["cell"] == default_cell(16)
+    assert not (out / "_staging").exists()
+
+
+def test_episodes_of_the_old_layout_read_as_the_old_cell_and_are_not_mixed(tmp_path, capsys):
+    old = write_episodes(tmp_path / "old", files=2, per_file=2, seed=7, before_cells=True)
+    write_episodes(tmp_path / "new", files=1, per_file=2, seed=8)
+    episode = next(tfrecord_io.read_records(str(old[0])))
+    assert episode["cell"] == CELL_BEFORE_IDENTITIES != default_cell(16)
+    assert int(episode["schema_version"]) == 3  # read as the current layout
+    from pipelines.inspect_cmd import summarise
+    info = summarise(str(old[0]))  # inspect tells the version stored
+    assert info["schema_version"] == 2 and info["record"]["cell"] == CELL_BEFORE_IDENTITIES
+    out = tmp_path / "ds"
+    assert qtopt("shard", "-i", f"{tmp_path}/new/*.gz", "-i", f"{tmp_path}/old/*.gz", "-o", out,
+                 *IN_PROCESS) == 2
+    err = _one_line_error(capsys)
+    assert f"{CELL_BEFORE_IDENTITIES} ({old[0]})" in err and default_cell(16) in err
+    assert not out.exists()
+    # On their own they still shard, as what they are.
+    assert qtopt("shard", "-i", f"{tmp_path}/old/*.gz", "-o", out, *IN_PROCESS) == 0
+    assert manifest(out)["cell"] == CELL_BEFORE_IDENTITIES
+    assert set(pq.read_table(out / "catalogue.parquet").column("cell").to_pylist()) == \
+        {CELL_BEFORE_IDENTITIES}

@@ -131,3 +131,28 @@ def test_catalogue_schema_matches_rows():
     assert table.column("episode_id").to_pylist() == [e["episode_id"] for e in episodes]
     assert table.column("object_ids").to_pylist()[0] == episodes[0]["object_ids"]
     assert "schema_version" in table.column_names
+
+
+def test_version_2_records_read_as_the_cell_before_identities():
+    from schemas import example_proto
+
+    episode = fake.fake_record("episode", image_size=8, num_steps=2)
+    msg = example_proto.SequenceExample.FromString(codec.encode(episode))
+    msg.context.feature["schema_version"].int64_list.value[0] = 2
+    del msg.context.feature["cell"]  # as version 2 wrote it
+    old = msg.SerializeToString()
+    as_written = {k: v for k, v in episode.items() if k != "cell"} | {"schema_version": 2}
+    for decoded in (codec.decode(old), codec.validate(as_written)):
+        assert decoded["cell"] == specs.CELL_BEFORE_IDENTITIES
+        assert int(decoded["schema_version"]) == specs.SCHEMA_VERSION
+    # Re-encoded, it keeps saying which cell it came from.
+    assert codec.decode(codec.encode(codec.decode(old)))["cell"] == specs.CELL_BEFORE_IDENTITIES
+    context, _ = tf_codec.parse_episode(tf.constant(old), (8, 8, 3))
+    assert context["cell"].numpy().decode() == specs.CELL_BEFORE_IDENTITIES
+    # Transitions did not change between the two versions: both read.
+    transition = fake.fake_record("transition", image_size=8)
+    msg = example_proto.Example.FromString(codec.encode(transition))
+    msg.features.feature["schema_version"].int64_list.value[0] = 2
+    parsed = tf_codec.parse_batch(tf.constant([msg.SerializeToString()]), "transition", (8, 8, 3))
+    assert parsed["episode_id"].numpy()[0].decode() == transition["episode_id"]
+    assert codec.decode(msg.SerializeToString())["episode_id"] == transition["episode_id"]
