@@ -2,7 +2,8 @@
 
 Each command lives in a module with ``add_arguments(parser)`` and ``run(args) -> int``, imported
 only when that command runs, so ``qtopt inspect`` never imports TensorFlow and ``--help`` is fast.
-A ``UserError`` (bad file, record or option) prints one line and exits with status 2.
+A ``UserError`` (bad file, record or option) prints one line and exits with status 2; a job that
+published with dead letters beyond ``--max-dead-fraction`` exits with status 3.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import schemas  # noqa: F401  (installs the tfrecord/tensorflow import hook first)
-from schemas.errors import UserError
+from schemas.errors import DeadLettered, UserError
 
 # name -> (module, one-line help). Add a command by adding a line here.
 COMMANDS = {
@@ -32,6 +33,8 @@ COMMANDS = {
     "finetune": ("pipelines.finetune", "joint finetuning: rounds of on-policy collect, shard, "
                                        "relabel, train"),
     "study": ("pipelines.study", "dataset-size study: subsample, train, evaluate each subset"),
+    "curve": ("pipelines.curve", "a run's learning curve: every kept export on train objects "
+                                 "against gradient steps and grasps"),
     "demo": ("pipelines.demo", "the whole system end to end on local defaults (make demo)"),
     "train": ("model.train_cmd", "train the Q-function on labelled shards; checkpoints, exports"),
 }
@@ -95,6 +98,10 @@ def invoke(argv: list[str]) -> int:
     except SystemExit as exc:
         raise UserError(f"qtopt {' '.join(map(str, argv))}: invalid arguments") from exc
     status = int(module.run(args) or 0)
+    if status == DeadLettered.exit_status:  # published, with dead letters: the chain stops
+        raise DeadLettered(f"qtopt {name} published its output but dead-lettered input records "
+                           "(its line above names them); allow them with --set "
+                           "pipeline.max_dead_fraction=F")
     if status:
         raise UserError(f"qtopt {name} exited with status {status}")
     return status

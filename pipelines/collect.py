@@ -39,6 +39,12 @@ def shard_name(seed: int, start: int, end: int) -> str:
     return f"episodes-s{seed}-{start:07d}-{end:07d}.tfrecord.gz"
 
 
+def block_size(name: str) -> int | None:
+    """Episodes a collect shard holds, from its name; None for any other name."""
+    m = _SHARD.match(name)
+    return int(m.group(3)) - int(m.group(2)) if m else None
+
+
 def episode_seed(seed: int, index: int) -> int:
     """The reset seed of episode ``index``: independent streams for every (seed, index)."""
     import numpy as np

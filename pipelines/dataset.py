@@ -85,6 +85,11 @@ def shard_paths(directory: str, manifest: dict | None = None) -> list[str]:
     return [fs.join(directory, f["name"]) for f in manifest["files"]]
 
 
+def file_records(directory: str, manifest: dict) -> dict:
+    """{shard path: records} as the manifest says: what a job reading it must account for."""
+    return {fs.join(directory, f["name"]): int(f["records"]) for f in manifest["files"]}
+
+
 def write_json(path: str, value) -> None:
     fs.write_text(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
 
@@ -101,6 +106,69 @@ def check_shard_outputs(job: str, out: str, infos: list, letters: list, count: i
         raise RuntimeError(f"{job} job for {out}: the runner lost or repeated dead letters; "
                            "not published")
     return infos
+
+
+def shard_accounting(job: str, out: str, unit: str, infos: list, letters: list,
+                     left_out: dict | None = None) -> dict:
+    """The accounting of a one-shard-in, one-shard-out job from its shard infos (each with
+    ``records_in``: the input shard's records as its manifest says, or as counted); checked."""
+    return check_accounting(job, out, accounting(
+        unit, sum(i["records_in"] for i in infos), sum(i["records"] for i in infos), letters,
+        left_out))
+
+
+def accounting(unit: str, records_in: int, records_out: int, letters: list,
+               left_out: dict | None = None) -> dict:
+    """The manifest's ``accounting``: ``records_in = records_out + records_dead_lettered`` plus
+    any records the job was asked to leave out (``left_out``: reason -> count)."""
+    from pipelines.records import dead_records
+
+    return {"unit": unit, "records_in": int(records_in), "records_out": int(records_out),
+            "records_dead_lettered": dead_records(letters), "dead_letters": len(letters),
+            "left_out": {k: int(v) for k, v in sorted((left_out or {}).items())}}
+
+
+def check_accounting(job: str, out: str, acc: dict) -> dict:
+    """RuntimeError (nothing is published) unless every input record is accounted for."""
+    total = acc["records_out"] + acc["records_dead_lettered"] + sum(acc["left_out"].values())
+    if total != acc["records_in"]:
+        raise RuntimeError(f"{job} job for {out}: {acc['records_in']} {acc['unit']} in but "
+                           f"{acc['records_out']} out, {acc['records_dead_lettered']} "
+                           f"dead-lettered and {sum(acc['left_out'].values())} left out; "
+                           "not published")
+    return acc
+
+
+def dead_letter_status(label: str, out: str, manifest: dict, max_dead_fraction: float,
+                       stream=None) -> int:
+    """After publishing: one line on stderr if anything was dead-lettered; the exit status,
+    ``DEAD_LETTERED`` (3) unless the share dead-lettered is within ``max_dead_fraction``."""
+    import sys
+
+    from schemas.errors import DeadLettered
+
+    acc = manifest.get("accounting") or {}
+    dead, total = acc.get("records_dead_lettered", 0), acc.get("records_in", 0)
+    if not dead:
+        return 0
+    first = ""
+    path = fs.join(out, manifest.get("dead_letter", DEAD_LETTER))
+    try:
+        letter = json.loads(fs.read_text(path).splitlines()[0])
+        where = [letter.get("file") or "?"]
+        if letter.get("index") is not None:
+            where.append(f"record {letter['index']}")
+        if letter.get("offset") is not None:
+            where.append(f"offset {letter['offset']}")
+        first = f" (first: {', '.join(where)}: {letter.get('reason')})"
+    except (OSError, ValueError, IndexError):
+        pass
+    allowed = total > 0 and dead / total <= max_dead_fraction
+    tail = (f"; within --max-dead-fraction {max_dead_fraction:g}" if allowed else
+            f"; exit status {DeadLettered.exit_status} (allow with --max-dead-fraction)")
+    print(f"{label}: {dead} of {total} {acc.get('unit', 'records')} dead-lettered{first}, "
+          f"see {path}{tail}", file=stream or sys.stderr, flush=True)
+    return 0 if allowed else DeadLettered.exit_status
 
 
 def write_dead_letters(path: str, letters: Iterable[dict]) -> int:

@@ -148,12 +148,14 @@ def _relabel_dofn():
         """
 
         def __init__(self, export_path, cem_config, target_config, out, run_id, count,
-                     chunk_size, version, intra_op_threads=None, mark_progress=False):
+                     chunk_size, version, intra_op_threads=None, mark_progress=False,
+                     expected=None):
             self.export_path, self.cem_config, self.target_config = (export_path, cem_config,
                                                                      target_config)
             self.out, self.run_id, self.count = out, run_id, count
             self.chunk_size, self.version = chunk_size, version
             self.intra_op_threads, self.mark_progress = intra_op_threads, mark_progress
+            self.expected = dict(expected or {})
             self._shared = shared.Shared()
             self.records_in = Metrics.counter(NAMESPACE, "records_in")
             self.labelled = Metrics.counter(NAMESPACE, "labelled")
@@ -175,7 +177,7 @@ def _relabel_dofn():
             letters, written = [], 0
             with RecordWriter(staged) as writer:
                 chunk = []
-                for raw in records.read_file(path):
+                for raw in records.read_counted(path, self.expected.get(path)):
                     self.records_in.inc()
                     if isinstance(raw, dict):
                         letters.append(raw)
@@ -194,6 +196,7 @@ def _relabel_dofn():
             for letter in letters:
                 yield beam.pvalue.TaggedOutput("dead", letter)
             yield {"name": name, "records": written, "dead_lettered": len(letters),
+                   "records_in": written + records.dead_records(letters),
                    "bytes": fs.size(staged)}
 
         def _label(self, shard, chunk, writer, letters) -> int:
@@ -229,11 +232,13 @@ def _relabel_dofn():
 
 
 def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, labeller: dict,
-          chunk_size: int, version: str, manifest_extra: dict, mark_progress: bool = False):
+          chunk_size: int, version: str, manifest_extra: dict, mark_progress: bool = False,
+          expected: dict | None = None):
     """Add the relabel job to ``pipeline``: shards -> labelled shards in staging -> commit.
 
     ``labeller``: ``export_path``, ``cem_config``, ``target_config`` and optionally
-    ``intra_op_threads`` (TensorFlow threads per worker process).
+    ``intra_op_threads`` (TensorFlow threads per worker process). ``expected``: {shard path:
+    records} from the input manifests, so a shard that lost records is dead-lettered for them.
     """
     beam, RelabelShard = _relabel_dofn()
     count = len(shards)
@@ -242,10 +247,13 @@ def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, labell
              | "Shards" >> beam.Create(shards)  # Create redistributes its elements itself
              | "Relabel shards" >> beam.ParDo(RelabelShard(
                  out=out, run_id=run_id, count=count, chunk_size=chunk_size, version=version,
-                 mark_progress=mark_progress, **labeller)).with_outputs("dead", main="files"))
+                 mark_progress=mark_progress, expected=expected, **labeller))
+             .with_outputs("dead", main="files"))
 
     def commit(_, infos, letters):
         infos = dataset.check_shard_outputs("relabel", out, infos, letters, count)
+        acc = dataset.shard_accounting("relabel", out, "transitions", infos, letters)
+        infos = [{k: v for k, v in i.items() if k != "records_in"} for i in infos]
         dataset.write_dead_letters(fs.join(staging, dataset.DEAD_LETTER), letters)
         manifest = {
             **manifest_extra,
@@ -254,6 +262,7 @@ def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, labell
             "num_shards": count,
             "counts": {"transitions": sum(i["records"] for i in infos),
                        "dead_lettered": len(letters)},
+            "accounting": acc,
             "files": infos,
             "dead_letter": dataset.DEAD_LETTER,
         }
@@ -268,6 +277,7 @@ def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, labell
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.cli import add_config_arguments
+    from pipelines.shard import add_max_dead_fraction
 
     parser.add_argument("--input", "-i", action="append", required=True, metavar="DIR",
                         help="transition dataset from qtopt shard; repeat to mix several")
@@ -278,6 +288,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="labelled root: the job writes DIR/epoch-K")
     parser.add_argument("--epoch", type=int, required=True, metavar="K",
                         help="epoch number; rerunning an epoch replaces it")
+    add_max_dead_fraction(parser)
     add_config_arguments(parser)
     runner.add_beam_arguments(parser)
 
@@ -299,7 +310,10 @@ def plan(inputs: Sequence[str]) -> tuple[list[tuple[str, dict]], list[tuple[int,
 def run(args: argparse.Namespace) -> int:
     from pipelines.cli import config_from_args
 
+    from pipelines.shard import max_dead_fraction
+
     cfg = config_from_args(args)
+    allowed = max_dead_fraction(args, cfg)
     if args.epoch < 0:
         raise UserError(f"--epoch must be >= 0, got {args.epoch}")
     manifests, shards = plan(args.input)
@@ -320,8 +334,11 @@ def run(args: argparse.Namespace) -> int:
              "targets": vars_of(cfg.targets),
              "image_shapes": sorted({tuple(s) for _, m in manifests
                                      for s in m.get("image_shapes") or []})}
+    expected = {}
+    for src, manifest in manifests:
+        expected.update(dataset.file_records(src, manifest))
     return execute(options, shards, out, labeller, cfg.pipeline.relabel_batch_size, version, extra,
-                   sum(m["counts"]["transitions"] for _, m in manifests))
+                   sum(m["counts"]["transitions"] for _, m in manifests), expected, allowed)
 
 
 def vars_of(section) -> dict:
@@ -330,14 +347,15 @@ def vars_of(section) -> dict:
     return dataclasses.asdict(section)
 
 
-def execute(options, shards, out, labeller, chunk_size, version, extra, total=None) -> int:
+def execute(options, shards, out, labeller, chunk_size, version, extra, total=None,
+            expected=None, max_dead_fraction=0.0) -> int:
     from pipelines.shard import report
 
     run_id = dataset.new_run_id()
     local = runner.is_local(options)
     pipeline = runner.new_pipeline(options)
     build(pipeline, shards, out, run_id, labeller, chunk_size, version, extra,
-          mark_progress=local)
+          mark_progress=local, expected=expected)
 
     seen: dict = {}
 
@@ -351,4 +369,4 @@ def execute(options, shards, out, labeller, chunk_size, version, extra, total=No
           f"{runner.runner_name(options)})", flush=True)
     with runner.progress("relabel", poll if local else None):
         result = runner.run_pipeline(pipeline)
-    return report(pipeline, result, out, NAMESPACE, "relabel")
+    return report(pipeline, result, out, NAMESPACE, "relabel", max_dead_fraction)

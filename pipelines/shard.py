@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 from typing import Iterable
 
@@ -52,12 +53,13 @@ def expand_inputs(inputs: list[tuple[str | None, str]], kind: str = "episode"
                   ) -> list[tuple[str | None, str]]:
     """(source, file) for every file the globs match, each file once; UserError if one is empty.
 
-    The first file of each glob is peeked at, so pointing the job at the wrong kind of records
-    fails here, before any work starts.
+    Names starting with ``_`` or ``.`` (``_SUCCESS.json``, ``_collect.json``) are not record
+    files and are skipped, so ``DIR/*`` means DIR's episode files. The first file of each glob
+    is peeked at, so pointing the job at the wrong kind of records fails here, before any work.
     """
     seen, out = set(), []
     for source, pattern in inputs:
-        paths = fs.glob(pattern)
+        paths = [p for p in fs.glob(pattern) if not fs.basename(p).startswith(("_", "."))]
         if not paths:
             raise UserError(f"input {pattern}: no files match")
         _check_kind(paths[0], kind)
@@ -66,6 +68,33 @@ def expand_inputs(inputs: list[tuple[str | None, str]], kind: str = "episode"
                 seen.add(path)
                 out.append((source, path))
     return out
+
+
+def expected_counts(files: list[tuple[str | None, str]]) -> dict:
+    """{file: episodes it should hold} where that is known: from the collection's
+    ``_SUCCESS.json`` (its ``files``), else from a collect shard's name
+    (``episodes-s<seed>-<first>-<end>``). Other files are counted as read."""
+    from pipelines.collect import DONE, block_size
+
+    found: dict = {}
+    listed: dict = {}
+    for _source, path in files:
+        directory = path.rsplit("/", 1)[0] if "/" in path else "."
+        if directory not in listed:
+            listed[directory] = {}
+            done = fs.join(directory, DONE)
+            if fs.exists(done):
+                try:
+                    listed[directory] = {name: int(info["records"]) for name, info in
+                                         json.loads(fs.read_text(done)).get("files", {}).items()}
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise UserError(f"{done}: not a collection summary (invalid JSON or "
+                                    "files list)") from None
+        name = fs.basename(path)
+        n = listed[directory].get(name, block_size(name))
+        if n is not None:
+            found[path] = n
+    return found
 
 
 def first_cells(files: list[tuple[str | None, str]]) -> dict:
@@ -106,6 +135,31 @@ def _check_kind(path: str, kind: str) -> None:
 
 # ------------------------------------------------------------------------------- the element work
 
+# Where an episode was read (file and record index), to drop all but the first copy of an id.
+ORIGIN = "_origin"
+
+
+def _origin(path: str, index: int) -> str:
+    return f"{path}\x00{int(index)}"
+
+
+def duplicate_ids(ids: list) -> dict:
+    """{episode id: [(file, index), ...]} for every id read more than once, copies in order."""
+    where: dict = {}
+    for episode_id, path, index in ids:
+        where.setdefault(episode_id, []).append((path, int(index)))
+    return {i: sorted(w) for i, w in where.items() if len(w) > 1}
+
+
+def duplicate_message(out: str, dups: dict) -> str:
+    episode_id = min(dups)
+    (a, i), (b, j) = dups[episode_id][:2]
+    where = f"{a} (record {i}) and {b} (record {j})" if a != b else f"{a} (records {i} and {j})"
+    return (f"shard {out}: episode {episode_id} is in {where}; {len(dups)} episode id(s) read "
+            "more than once, nothing published (pass --drop-duplicates to keep the first copy "
+            "of each)")
+
+
 def shuffle_key(seed: int, episode_id: str, step: int) -> bytes:
     return hashlib.sha256(f"{seed}\x00{episode_id}\x00{int(step)}".encode()).digest()
 
@@ -142,27 +196,30 @@ def _beam_parts():
     from apache_beam.metrics import Metrics
 
     class ReadEpisodes(beam.DoFn):
-        """(source, file) -> decoded episodes; damaged records to the 'dead' output."""
+        """(source, file) -> decoded episodes; damaged records to the 'dead' output, each
+        episode's (id, file, index) to 'ids' and the file's record count to 'counted'."""
 
-        def __init__(self, out, run_id, mark):
-            self.out, self.run_id, self.mark = out, run_id, mark
+        def __init__(self, out, run_id, mark, expected):
+            self.out, self.run_id, self.mark, self.expected = out, run_id, mark, expected
             self.records_in = Metrics.counter(NAMESPACE, "records_in")
             self.episodes = Metrics.counter(NAMESPACE, "episodes")
             self.dead = Metrics.counter(NAMESPACE, "dead_lettered")
 
         def process(self, item):
             source, path = item
-            n, cells = 0, set()
-            for raw in records.read_file(path):
+            n, dead, cells = 0, 0, set()
+            for raw in records.read_counted(path, self.expected.get(path)):
                 self.records_in.inc()
                 if isinstance(raw, dict):
                     self.dead.inc()
+                    dead += raw["records"]
                     yield beam.pvalue.TaggedOutput("dead", raw)
                     continue
                 try:
                     episode = records.decode_as(raw, ("episode",))
                 except RecordError as exc:
                     self.dead.inc()
+                    dead += 1
                     yield beam.pvalue.TaggedOutput("dead", records.letter_from_error(exc, "decode"))
                     continue
                 if source:
@@ -172,7 +229,10 @@ def _beam_parts():
                     yield beam.pvalue.TaggedOutput("cells", (episode["cell"], path))
                 n += 1
                 self.episodes.inc()
+                episode[ORIGIN] = _origin(path, raw.index)
+                yield beam.pvalue.TaggedOutput("ids", (episode["episode_id"], path, raw.index))
                 yield episode
+            yield beam.pvalue.TaggedOutput("counted", n + dead)
             if self.mark:
                 dataset.mark_progress(self.out, self.run_id, "read",
                                       hashlib.sha1(path.encode()).hexdigest()[:12], n)
@@ -244,17 +304,34 @@ def _write_catalogue(rows: list, staging: str) -> dict:
 
 
 def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
-          num_shards: int, seed: int, manifest_extra: dict, mark_progress: bool = False):
-    """Add the shard job to ``pipeline``: files -> staged shards -> commit (manifest last)."""
+          num_shards: int, seed: int, manifest_extra: dict, mark_progress: bool = False,
+          expected: dict | None = None, drop_duplicates: bool = False):
+    """Add the shard job to ``pipeline``: files -> staged shards -> commit (manifest last).
+
+    ``expected``: {file: episodes it holds} where known (``expected_counts``). An episode id
+    read twice refuses the job, or with ``drop_duplicates`` keeps the copy read first (by
+    file name and record index)."""
     beam, ReadEpisodes, ToTransitions, WriteShard = _beam_parts()
     from schemas.catalogue import catalogue_row
 
     staging = dataset.staging_dir(out, run_id)
     read = (pipeline
             | "Files" >> beam.Create(files)  # Create redistributes its elements itself
-            | "Read episodes" >> beam.ParDo(ReadEpisodes(out, run_id, mark_progress))
-            .with_outputs("dead", "cells", main="episodes"))
+            | "Read episodes" >> beam.ParDo(ReadEpisodes(out, run_id, mark_progress,
+                                                         dict(expected or {})))
+            .with_outputs("dead", "cells", "ids", "counted", main="episodes"))
     episodes = read.episodes
+    if drop_duplicates:
+        # Every copy after the first of an id, by origin; only built when asked for, since the
+        # episodes then wait for all ids to be read.
+        later = (read.ids
+                 | "Key ids" >> beam.Map(lambda t: (t[0], (t[1], t[2])))
+                 | "Group ids" >> beam.GroupByKey()
+                 | "Later copies" >> beam.FlatMap(
+                     lambda kv: [(_origin(p, i), True) for p, i in sorted(kv[1])[1:]]))
+        episodes = (episodes
+                    | "Drop later copies" >> beam.Filter(
+                        lambda e, drop: e[ORIGIN] not in drop, beam.pvalue.AsDict(later)))
 
     # No Flatten into the GroupByKey (an earlier version flattened a (shard, None) per index in,
     # so that empty shards got written): Beam's FnApiRunner in multi_processing mode dropped
@@ -273,14 +350,7 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
               | "Image shapes" >> beam.Map(lambda e: tuple(int(v) for v in e["image_shape"]))
               | "Distinct shapes" >> beam.Distinct())
 
-    def write_dead(letters):
-        dataset.write_dead_letters(fs.join(staging, dataset.DEAD_LETTER), letters)
-        return len(letters)
-
-    dead = (read.dead | "All dead" >> beam.combiners.ToList()
-            | "Write dead letters" >> beam.Map(write_dead))
-
-    def commit(_, infos, cat, n_dead, image_shapes, cells):
+    def commit(_, infos, cat, letters, image_shapes, cells, ids, counted):
         found: dict = {}
         for cell, path in sorted(cells):
             found.setdefault(cell, path)
@@ -288,6 +358,10 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
             cell = cell_rules.one_cell(found, f"shard {out}")
         except UserError as exc:
             return dataset.refuse(out, run_id, str(exc))
+        dups = duplicate_ids(ids)
+        if dups and not drop_duplicates:
+            return dataset.refuse(out, run_id, duplicate_message(out, dups))
+        dropped = sum(len(w) - 1 for w in dups.values())
         infos = sorted(list(infos) + _write_empty_shards(infos, staging, num_shards),
                        key=lambda i: i["name"])
         cat = cat[0]
@@ -299,6 +373,10 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
             raise RuntimeError(f"shard job for {out}: wrote {written} transitions in "
                                f"{len(infos)} shards, but its episodes hold {expected} in "
                                f"{num_shards}; not published")
+        dataset.write_dead_letters(fs.join(staging, dataset.DEAD_LETTER), letters)
+        acc = dataset.check_accounting("shard", out, dataset.accounting(
+            "episodes", sum(counted), cat["episodes"], letters,
+            {"duplicate_episodes": dropped} if drop_duplicates else None))
         manifest = {
             **manifest_extra,
             "kind": "transition",
@@ -308,9 +386,10 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
             "image_shapes": sorted(list(s) for s in image_shapes),
             "counts": {"episodes": cat["episodes"],
                        "transitions": sum(i["records"] for i in infos),
-                       "dead_lettered": n_dead[0],
+                       "dead_lettered": len(letters),
                        "by_source": cat["by_source"],
                        "duplicate_episode_ids": len(cat["duplicate_episode_ids"])},
+            "accounting": acc,
             "files": infos,
             "catalogue": dataset.CATALOGUE,
             "dead_letter": dataset.DEAD_LETTER,
@@ -321,8 +400,9 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
     AsList = beam.pvalue.AsList  # noqa: N806
     return (pipeline
             | "Commit trigger" >> beam.Create([None])
-            | "Commit" >> beam.Map(commit, AsList(shards), AsList(catalogue), AsList(dead),
-                                   AsList(shapes), AsList(read.cells)))
+            | "Commit" >> beam.Map(commit, AsList(shards), AsList(catalogue), AsList(read.dead),
+                                   AsList(shapes), AsList(read.cells), AsList(read.ids),
+                                   AsList(read.counted)))
 
 
 # ------------------------------------------------------------------------------------ command
@@ -337,14 +417,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-shards", type=int, default=None,
                         help="override pipeline.num_shards")
     parser.add_argument("--seed", type=int, default=None, help="override pipeline.shuffle_seed")
+    parser.add_argument("--drop-duplicates", action="store_true",
+                        help="keep the first copy (by file name, then record) of an episode id "
+                             "read more than once, instead of refusing the job")
+    add_max_dead_fraction(parser)
     add_config_arguments(parser)
     runner.add_beam_arguments(parser)
+
+
+def add_max_dead_fraction(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-dead-fraction", type=float, default=None, metavar="F",
+                        help="share of the input records that may be dead-lettered with exit "
+                             "status 0 (default pipeline.max_dead_fraction, 0: any dead letter "
+                             "exits 3, after publishing)")
+
+
+def max_dead_fraction(args, cfg) -> float:
+    """``--max-dead-fraction``, else ``pipeline.max_dead_fraction``; checked like the option."""
+    value = args.max_dead_fraction
+    if value is None:
+        return cfg.pipeline.max_dead_fraction
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"--max-dead-fraction must be in [0, 1], got {value:g}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.cli import config_from_args
 
-    cfg = config_from_args(args).pipeline
+    config = config_from_args(args)
+    allowed = max_dead_fraction(args, config)
+    cfg = config.pipeline
     num_shards = args.num_shards if args.num_shards is not None else cfg.num_shards
     seed = args.seed if args.seed is not None else cfg.shuffle_seed
     if num_shards < 1:
@@ -356,15 +459,19 @@ def run(args: argparse.Namespace) -> int:
     options = runner.pipeline_options(args.beam_args, cfg.direct_num_workers, "qtopt-shard")
     return execute(options, files, out, num_shards, seed,
                    {"inputs": [{"source": s, "glob": g} for s, g in inputs],
-                    "input_files": len(files), "created_by": "qtopt shard"})
+                    "input_files": len(files), "created_by": "qtopt shard"},
+                   expected=expected_counts(files), drop_duplicates=args.drop_duplicates,
+                   max_dead_fraction=allowed)
 
 
-def execute(options, files, out, num_shards, seed, manifest_extra) -> int:
+def execute(options, files, out, num_shards, seed, manifest_extra, expected=None,
+            drop_duplicates=False, max_dead_fraction=0.0) -> int:
     runner.quiet_beam_logging()
     run_id = dataset.new_run_id()
     local = runner.is_local(options)
     pipeline = runner.new_pipeline(options)
-    build(pipeline, files, out, run_id, num_shards, seed, manifest_extra, mark_progress=local)
+    build(pipeline, files, out, run_id, num_shards, seed, manifest_extra, mark_progress=local,
+          expected=expected, drop_duplicates=drop_duplicates)
 
     seen: dict = {}
 
@@ -380,11 +487,13 @@ def execute(options, files, out, num_shards, seed, manifest_extra) -> int:
         result = runner.run_pipeline(pipeline)
     if not runner.is_dry_run(pipeline.options):
         dataset.raise_refusal(out, run_id)
-    return report(pipeline, result, out, NAMESPACE, "shard")
+    return report(pipeline, result, out, NAMESPACE, "shard", max_dead_fraction)
 
 
-def report(pipeline, result, out: str, namespace: str, label: str) -> int:
-    """Print the job's one-line JSON summary: counts from the manifest, metrics from Beam."""
+def report(pipeline, result, out: str, namespace: str, label: str,
+           max_dead_fraction: float = 0.0) -> int:
+    """Print the job's one-line JSON summary (counts and accounting from the manifest, metrics
+    from Beam); the exit status: 3 when more was dead-lettered than allowed."""
     import json
 
     if runner.is_dry_run(pipeline.options):
@@ -397,6 +506,7 @@ def report(pipeline, result, out: str, namespace: str, label: str) -> int:
     if "target_x1e6" in metrics:  # relabel's distribution of targets, in millionths
         value = metrics.pop("target_x1e6")
         metrics["mean_target"] = None if value is None else value / 1e6
-    print(json.dumps({"output": out, "counts": manifest["counts"], "metrics": metrics},
+    print(json.dumps({"output": out, "counts": manifest["counts"],
+                      "accounting": manifest.get("accounting"), "metrics": metrics},
                      sort_keys=True), flush=True)
-    return 0
+    return dataset.dead_letter_status(label, out, manifest, max_dead_fraction)

@@ -33,6 +33,7 @@ def keep(episode_id: str, fraction: float, seed: int) -> bool:
 
 def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction: float,
           seed: int, mark_progress: bool = False):
+    """Add the subsample job to ``pipeline``: shards -> filtered shards in staging -> commit."""
     import apache_beam as beam
     from apache_beam.metrics import Metrics
 
@@ -40,6 +41,7 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
     staging = dataset.staging_dir(out, run_id)
     shards = [(i, p) for i, p in enumerate(dataset.shard_paths(src, manifest_in))]
     count = len(shards)
+    expected = dataset.file_records(src, manifest_in)
 
     class FilterShard(beam.DoFn):
         def __init__(self):
@@ -52,13 +54,14 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
 
             index, path = item
             name = dataset.shard_name(index, count)
-            n = dead = 0
+            n = dead = dead_records = left = 0
             with RecordWriter(fs.join(staging, name)) as w:
-                for raw in records.read_file(path):
+                for raw in records.read_counted(path, expected.get(path)):
                     self.records_in.inc()
                     if isinstance(raw, dict):
                         self.dead.inc()
                         dead += 1
+                        dead_records += raw["records"]
                         yield beam.pvalue.TaggedOutput("dead", raw)
                         continue
                     try:
@@ -66,6 +69,7 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
                     except RecordError as exc:
                         self.dead.inc()
                         dead += 1
+                        dead_records += 1
                         yield beam.pvalue.TaggedOutput("dead",
                                                        records.letter_from_error(exc, "decode"))
                         continue
@@ -73,9 +77,12 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
                         w.write(raw.data)
                         n += 1
                         self.kept.inc()
+                    else:
+                        left += 1
             if mark_progress:
                 dataset.mark_progress(out, run_id, "write", name, n)
             yield {"name": name, "records": n, "dead_lettered": dead,
+                   "records_in": n + left + dead_records, "not_selected": left,
                    "bytes": fs.size(fs.join(staging, name))}
 
     parts = (pipeline
@@ -84,6 +91,11 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
 
     def commit(_, infos, letters):
         infos = dataset.check_shard_outputs("subsample", out, infos, letters, count)
+        acc = dataset.shard_accounting(
+            "subsample", out, "records", infos, letters,
+            {"not_selected": sum(i["not_selected"] for i in infos)})
+        infos = [{k: v for k, v in i.items() if k not in ("records_in", "not_selected")}
+                 for i in infos]
         dataset.write_dead_letters(fs.join(staging, dataset.DEAD_LETTER), letters)
         names = [i["name"] for i in infos] + [dataset.DEAD_LETTER]
         counts = {"transitions": sum(i["records"] for i in infos), "dead_lettered": len(letters)}
@@ -97,6 +109,7 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
                     if key in manifest_in}
         manifest.update({"created_by": "qtopt subsample", "subsample_of": src,
                          "fraction": fraction, "subsample_seed": seed, "counts": counts,
+                         "accounting": acc,
                          "files": infos, "dead_letter": dataset.DEAD_LETTER})
         if dataset.CATALOGUE in names:
             manifest["catalogue"] = dataset.CATALOGUE
@@ -126,6 +139,7 @@ def _filter_catalogue(src: str, dst: str, fraction: float, seed: int) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.cli import add_config_arguments
+    from pipelines.shard import add_max_dead_fraction
 
     parser.add_argument("--input", "-i", required=True, metavar="DIR",
                         help="a complete dataset (from qtopt shard, relabel or subsample)")
@@ -135,15 +149,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="salt of the hash (default pipeline.shuffle_seed); the same salt "
                              "nests the subsets")
+    add_max_dead_fraction(parser)
     add_config_arguments(parser)
     runner.add_beam_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.cli import config_from_args
-    from pipelines.shard import report
+    from pipelines.shard import max_dead_fraction, report
 
-    cfg = config_from_args(args).pipeline
+    config = config_from_args(args)
+    allowed = max_dead_fraction(args, config)
+    cfg = config.pipeline
     if not 0.0 < args.fraction <= 1.0:
         raise UserError(f"--fraction must be in (0, 1], got {args.fraction}")
     seed = args.seed if args.seed is not None else cfg.shuffle_seed
@@ -168,4 +185,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"subsample: {src} -> {out} ({args.fraction:g} of episodes, salt {seed})", flush=True)
     with runner.progress("subsample", poll if local else None):
         result = runner.run_pipeline(pipeline)
-    return report(pipeline, result, out, NAMESPACE, "subsample")
+    return report(pipeline, result, out, NAMESPACE, "subsample", allowed)

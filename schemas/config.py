@@ -235,6 +235,10 @@ class PipelineConfig(_Section):
     shuffle_seed: int = _f(0, lo=0, doc="salt of the deterministic shuffle")
     direct_num_workers: int = _f(0, lo=0, doc="local worker processes; 0 means one per core")
     relabel_batch_size: int = _f(256, lo=1, doc="transitions per model call in relabel")
+    max_dead_fraction: float = _f(0.0, lo=0.0, hi=1.0,
+                                  doc="share of a job's input records it may dead-letter and "
+                                  "still exit 0 (shard, relabel, subsample; above it they "
+                                  "publish and exit 3)")
 
 
 @dataclass(frozen=True)
@@ -265,6 +269,8 @@ class EvaluateConfig(_Section):
     SECTION = "evaluate"
     robots: int = _f(4, lo=1, doc="grasping with replacement: robots (cells)")
     attempts: int = _f(50, lo=1, doc="grasping with replacement: attempts per robot")
+    curve_attempts: int = _f(25, lo=1, doc="attempts per robot for each point of a learning "
+                             "curve and for choosing the finetuned export on train objects")
     objects_per_robot: int = _f(5, lo=1, hi=50,
                                 doc="objects in each robot's tray (grasped ones are put back)")
     bin_objects: int = _f(28, lo=1, hi=60, doc="bin emptying: objects in the tray")

@@ -1,7 +1,8 @@
 """Error types shared by every package.
 
 A ``UserError`` is a problem with the user's input (a file, a record, an option): the CLI prints its
-message on one line and exits with status 2, without a traceback. Anything else is a bug.
+message on one line and exits with status 2, without a traceback. A job that published its output
+but dead-lettered input records exits with status 3 (``DeadLettered``). Anything else is a bug.
 """
 
 from __future__ import annotations
@@ -11,6 +12,12 @@ class UserError(Exception):
     """Bad input from the user; the message names the file, record or option at fault."""
 
     exit_status = 2
+
+
+class DeadLettered(UserError):
+    """A job published its output but dead-lettered more of its input than allowed."""
+
+    exit_status = 3
 
 
 class ConfigError(UserError):

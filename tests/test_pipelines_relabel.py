@@ -107,16 +107,23 @@ def test_damaged_shards_are_dead_lettered_and_counted(data, tmp_path, capsys):
     offset = corrupt_record(bad / names[0], 1)
     truncate(bad / names[1], 0.5)
     capsys.readouterr()
-    assert relabel(bad, export, tmp_path / "out", 0, *IN_PROCESS) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # Published, with dead letters: exit status 3 and one line on stderr naming them.
+    assert relabel(bad, export, tmp_path / "out", 0, *IN_PROCESS) == 3
+    captured = capsys.readouterr()
+    assert len(captured.err.strip().splitlines()) == 1
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     metrics = summary["metrics"]
     letters = dead_letters(tmp_path / "out" / "epoch-0")
     assert metrics["records_in"] == metrics["labelled"] + metrics["dead_lettered"]
     assert metrics["dead_lettered"] == len(letters) == 2
     assert {"file": str(bad / names[0]), "index": 1, "offset": offset, "stage": "read",
-            "reason": "bad data checksum (corrupted record)"} in letters
+            "reason": "bad data checksum (corrupted record)", "records": 1} in letters
     assert any(d["file"] == str(bad / names[1]) and "truncated" in d["reason"] for d in letters)
     assert manifest(tmp_path / "out" / "epoch-0")["counts"]["transitions"] == metrics["labelled"]
+    # The truncated shard's unread remainder counts as what its input manifest says it held.
+    acc = manifest(tmp_path / "out" / "epoch-0")["accounting"]
+    assert acc["records_in"] == manifest(ds)["counts"]["transitions"]
+    assert acc["records_in"] == acc["records_out"] + acc["records_dead_lettered"]
 
 
 def test_missing_or_incompatible_export_fails_before_work(data, tmp_path, capsys):

@@ -131,7 +131,7 @@ def test_all_inputs_damaged_gives_empty_shards_in_worker_processes(tmp_path):
     (src / "x.tfrecord.gz").write_bytes(b"\x1f\x8b" + os.urandom(3000))
     out = tmp_path / "out"
     assert qtopt("shard", "-i", f"{src}/*.gz", "-o", out, "--num-shards", 3,
-                 *WORKER_PROCESSES) == 0
+                 *WORKER_PROCESSES) == 3
     m = manifest(out)
     assert [f["records"] for f in m["files"]] == [0, 0, 0]
     assert m["counts"]["transitions"] == 0 and m["counts"]["dead_lettered"] == 1
@@ -146,7 +146,7 @@ def test_damaged_inputs_are_dead_lettered(episodes, tmp_path, capsys):
     truncate(paths[0])
     offset = corrupt_record(paths[1], 2)
     out = tmp_path / "out"
-    assert qtopt("shard", "-i", f"{src}/*.gz", "-o", out, "--num-shards", 2, *IN_PROCESS) == 0
+    assert qtopt("shard", "-i", f"{src}/*.gz", "-o", out, "--num-shards", 2, *IN_PROCESS) == 3
     letters = dead_letters(out)
     by_file = {(d["file"], d["index"]): d for d in letters}
     assert (str(paths[1]), 2) in by_file and by_file[(str(paths[1]), 2)]["offset"] == offset

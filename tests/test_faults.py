@@ -1,0 +1,227 @@
+"""Fault injection: damaged, missing or duplicated inputs for every job, on real files.
+
+Each case asserts the exit status (0 ok, 2 refused, 3 published with dead letters), the one
+line that names the file at fault, the accounting ``records in = out + dead-lettered`` and that
+nothing already published changed when a job refuses.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+
+import pytest
+
+from pipelines_testlib import (IMAGE, IN_PROCESS, corrupt_record, dead_letters, make_export,
+                               manifest, qtopt, read_all, shard_bytes, write_episodes)
+from schemas import codec, tfrecord_io
+
+FILES, PER_FILE, STEPS = 5, 6, 3
+EPISODES = FILES * PER_FILE
+
+
+def collect_name(first: int, end: int) -> str:
+    return f"episodes-s0-{first:07d}-{end:07d}.tfrecord.gz"
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """Thirty fake episodes laid out as ``qtopt collect`` leaves them: shards named by their
+    index range, ``_collect.json`` and ``_SUCCESS.json`` beside them."""
+    root = tmp_path_factory.mktemp("faults")
+    src = root / "episodes"
+    paths = write_episodes(src, files=FILES, per_file=PER_FILE, steps=STEPS, seed=5)
+    for i, path in enumerate(paths):
+        path.rename(src / collect_name(i * PER_FILE, (i + 1) * PER_FILE))
+    (src / "_collect.json").write_text("{}")
+    (src / "_SUCCESS.json").write_text(json.dumps({"episodes": EPISODES}))
+    return src
+
+
+def damage(path, fault: str) -> None:
+    """Break a record file in place the way disks, copies and people do."""
+    data = path.read_bytes()
+    if fault == "truncated":           # a copy cut at half its bytes
+        path.write_bytes(data[: len(data) // 2])
+    elif fault == "flipped":           # one record's data damaged, the gzip layer intact
+        corrupt_record(path, 1)
+    elif fault == "random":            # replaced by noise of the same size
+        path.write_bytes(os.urandom(len(data)))
+    elif fault == "empty":
+        path.write_bytes(b"")
+    else:
+        raise ValueError(fault)
+
+
+def err_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def balanced(acc: dict, records_in: int) -> None:
+    assert acc["records_in"] == records_in
+    assert acc["records_out"] + acc["records_dead_lettered"] + sum(acc["left_out"].values()) \
+        == records_in
+
+
+# ------------------------------------------------------------------------------------ shard
+
+FAULTS = ["truncated", "flipped", "random", "empty"]
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_shard_accounts_for_every_episode_of_a_damaged_file(collection, tmp_path, fault,
+                                                            capsys):
+    src = tmp_path / "episodes"
+    shutil.copytree(collection, src)
+    bad = src / collect_name(PER_FILE, 2 * PER_FILE)
+    damage(bad, fault)
+    out = tmp_path / "transitions"
+    capsys.readouterr()
+    # ``DIR/*``: the collection's _SUCCESS.json and _collect.json are not record files.
+    assert qtopt("shard", "-i", f"{src}/*", "-o", out, "--num-shards", 2, *IN_PROCESS) == 3
+    m = manifest(out)
+    acc = m["accounting"]
+    balanced(acc, EPISODES)
+    assert acc["unit"] == "episodes" and acc["records_out"] == m["counts"]["episodes"]
+    letters = dead_letters(out)
+    assert {d["file"] for d in letters} == {str(bad)}
+    assert sum(d["records"] for d in letters) == acc["records_dead_lettered"]
+    lost = {"flipped": 1, "random": PER_FILE, "empty": PER_FILE}.get(fault)
+    if lost is not None:
+        assert acc["records_dead_lettered"] == lost
+    line = err_line(capsys)
+    assert line.startswith(f"shard: {acc['records_dead_lettered']} of {EPISODES} episodes "
+                           f"dead-lettered (first: {bad}, record ")
+    assert f"see {out}/dead-letter.jsonl" in line
+    # Within --max-dead-fraction the same run exits 0, and still says what it lost.
+    assert qtopt("shard", "-i", f"{src}/*", "-o", out, "--num-shards", 2,
+                 "--max-dead-fraction", 0.2, *IN_PROCESS) == 0
+    assert "within --max-dead-fraction 0.2" in err_line(capsys)
+    assert manifest(out)["accounting"] == acc
+
+
+def test_shard_of_whole_files_exits_0_and_balances(collection, tmp_path, capsys):
+    out = tmp_path / "t"
+    assert qtopt("shard", "-i", f"{collection}/*", "-o", out, "--num-shards", 2,
+                 *IN_PROCESS) == 0
+    assert capsys.readouterr().err == ""
+    acc = manifest(out)["accounting"]
+    balanced(acc, EPISODES)
+    assert acc["records_out"] == EPISODES and acc["dead_letters"] == 0
+
+
+def test_shard_refuses_duplicated_episode_ids_naming_both_files(collection, tmp_path, capsys):
+    src = tmp_path / "episodes"
+    shutil.copytree(collection, src)
+    first = src / collect_name(0, PER_FILE)
+    copy = src / "copy-of-first.tfrecord.gz"
+    shutil.copy(first, copy)
+    out = tmp_path / "transitions"
+    assert qtopt("shard", "-i", f"{collection}/*", "-o", out, "--num-shards", 2,
+                 *IN_PROCESS) == 0
+    published = shard_bytes(out)
+    capsys.readouterr()
+    assert qtopt("shard", "-i", f"{src}/*", "-o", out, "--num-shards", 2, *IN_PROCESS) == 2
+    line = err_line(capsys)
+    assert str(copy) in line and str(first) in line and "--drop-duplicates" in line
+    assert f"{PER_FILE} episode id(s) read more than once" in line
+    assert shard_bytes(out) == published and not (out / "_staging").exists()
+    # Asked to, it keeps the first copy of each (by file name): the same data as without it.
+    assert qtopt("shard", "-i", f"{src}/*", "-o", out, "--num-shards", 2, "--drop-duplicates",
+                 *IN_PROCESS) == 0
+    m = manifest(out)
+    balanced(m["accounting"], EPISODES + PER_FILE)
+    assert m["accounting"]["left_out"] == {"duplicate_episodes": PER_FILE}
+    assert m["counts"]["episodes"] == EPISODES and m["counts"]["duplicate_episode_ids"] == 0
+    assert shard_bytes(out) == published
+
+
+@pytest.mark.parametrize("fault", ["schema_version", "image_shape", "nan"])
+def test_shard_dead_letters_a_record_that_breaks_its_spec(collection, tmp_path, fault, capsys):
+    from schemas import example_proto
+
+    src = tmp_path / "episodes"
+    shutil.copytree(collection, src)
+    bad = src / collect_name(2 * PER_FILE, 3 * PER_FILE)
+    raws = [r.data for r in tfrecord_io.iter_raw(str(bad))]
+    msg = example_proto.SequenceExample.FromString(raws[2])
+    if fault == "schema_version":
+        msg.context.feature["schema_version"].int64_list.value[0] = 99
+    elif fault == "image_shape":
+        msg.context.feature["image_shape"].int64_list.value[0] = IMAGE + 1
+    else:
+        steps = msg.feature_lists.feature_list["reward"].feature
+        steps[0].float_list.value[0] = float("nan")
+    raws[2] = msg.SerializeToString()
+    with tfrecord_io.RecordWriter(str(bad)) as w:
+        for data in raws:
+            w.write(data)
+    out = tmp_path / "t"
+    capsys.readouterr()
+    assert qtopt("shard", "-i", f"{src}/*.gz", "-o", out, "--num-shards", 2, *IN_PROCESS) == 3
+    assert f"1 of {EPISODES} episodes dead-lettered (first: {bad}, record 2, offset " \
+        in err_line(capsys)
+    (letter,) = dead_letters(out)
+    assert letter["stage"] == "decode" and letter["index"] == 2
+    balanced(manifest(out)["accounting"], EPISODES)
+
+
+# ---------------------------------------------------------------------------------- relabel
+
+@pytest.fixture(scope="module")
+def transitions(collection, tmp_path_factory):
+    root = tmp_path_factory.mktemp("relabel-faults")
+    ds = root / "transitions"
+    assert qtopt("shard", "-i", f"{collection}/*.gz", "-o", ds, "--num-shards", 3,
+                 *IN_PROCESS) == 0
+    return ds, make_export(root / "exports", step=100)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_relabel_accounts_for_every_transition_of_a_damaged_shard(transitions, tmp_path, fault,
+                                                                  capsys):
+    ds, export = transitions
+    bad_ds = tmp_path / "transitions"
+    shutil.copytree(ds, bad_ds)
+    total = manifest(ds)["counts"]["transitions"]
+    name = manifest(ds)["files"][1]["name"]
+    held = manifest(ds)["files"][1]["records"]
+    damage(bad_ds / name, fault)
+    out = tmp_path / "labelled"
+    capsys.readouterr()
+    assert qtopt("relabel", "-i", bad_ds, "-e", export, "-o", out, "--epoch", 0,
+                 *IN_PROCESS) == 3
+    m = manifest(out / "epoch-0")
+    acc = m["accounting"]
+    balanced(acc, total)
+    assert acc["records_out"] == m["counts"]["transitions"] == len(read_all(out / "epoch-0"))
+    lost = {"flipped": 1, "random": held, "empty": held}.get(fault)
+    if lost is not None:
+        assert acc["records_dead_lettered"] == lost
+    line = err_line(capsys)
+    assert line.startswith(f"relabel: {acc['records_dead_lettered']} of {total} transitions "
+                           f"dead-lettered (first: {bad_ds / name}, record ")
+    assert f"see {out}/epoch-0/dead-letter.jsonl" in line
+
+
+def test_relabel_refuses_missing_manifest_and_half_written_export(transitions, tmp_path,
+                                                                  capsys):
+    ds, export = transitions
+    half = tmp_path / "transitions"
+    shutil.copytree(ds, half)
+    (half / "manifest.json").unlink()
+    out = tmp_path / "labelled"
+    capsys.readouterr()
+    assert qtopt("relabel", "-i", half, "-e", export, "-o", out, "--epoch", 0,
+                 *IN_PROCESS) == 2
+    assert f"dataset {half} has no manifest.json" in err_line(capsys)
+    exports = tmp_path / "exports"
+    shutil.copytree(export, exports / "export-000000007")
+    (exports / "export-000000007" / "manifest.json").unlink()
+    assert qtopt("relabel", "-i", ds, "-e", exports, "-o", out, "--epoch", 0, *IN_PROCESS) == 2
+    assert f"{exports}: no complete export" in err_line(capsys)
+    assert not out.exists()
