@@ -47,7 +47,8 @@ def expand(datasets) -> list[tuple[list[str], float]]:
     """``[(glob or list of globs, weight), ...]`` -> ``[(sorted files, weight), ...]``.
 
     A directory stands for its ``*.tfrecord*`` shards and must hold the ``manifest.json`` its
-    writer publishes last, so that a half-written dataset is never trained on.
+    writer publishes last, so that a half-written dataset is never trained on. Names starting
+    with ``_`` or ``.`` in a glob's matches (``_SUCCESS.json``) are skipped.
     """
     out = []
     for patterns, weight in datasets:
@@ -55,7 +56,8 @@ def expand(datasets) -> list[tuple[list[str], float]]:
             patterns = [patterns]
         files = []
         for pattern in patterns:
-            matched = fs.glob(pattern)
+            # Names starting with _ or . are a job's bookkeeping, never shards.
+            matched = [m for m in fs.glob(pattern) if not fs.basename(m).startswith(("_", "."))]
             if not matched and fs.exists(pattern):  # a dataset directory
                 if not fs.exists(fs.join(pattern, DATASET_MANIFEST)):
                     raise UserError(f"{pattern}: no {DATASET_MANIFEST} (the job that writes this "
@@ -165,6 +167,19 @@ def check_shards(paths, image_shape, names=None) -> None:
         if shape != tuple(image_shape):
             raise UserError(f"{path}: images are {shape} but the model expects "
                             f"{tuple(image_shape)} (robot.image_size)")
+
+
+def find_damaged(expanded, cache_dir: str | None = None) -> RecordError | None:
+    """The first fault in any file of ``expand``'s output, by our own CRC-checking reader,
+    located by file (the remote URL of a staged copy), record and offset; None if all read.
+
+    TensorFlow's reader reports a damaged record without naming its file; this finds it."""
+    for files, _ in expanded:
+        for local, name in zip(stage(files, cache_dir), files):
+            for item in tfrecord_io.scan(local):
+                if isinstance(item, RecordError):
+                    return RecordError(item.reason, name, item.index, item.offset)
+    return None
 
 
 def _records(files: list[str], seed: int, training: bool, sources=None) -> tf.data.Dataset:

@@ -170,8 +170,9 @@ class Trainer:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
 
         input_key, expanded = "in-memory", None
+        self.expanded = None
         if input_dataset is None:
-            expanded = data.expand(datasets)
+            expanded = self.expanded = data.expand(datasets)
             check_cell(config.robot, data.dataset_cells(expanded))
             input_key = _fingerprint(expanded, cfg)
 
@@ -327,6 +328,13 @@ class Trainer:
                     _upload(local, fs.join(self.logs_dir, rel))
                     self._pushed_logs[local] = n
 
+    def _damaged_input(self, step: int, exc) -> UserError:
+        found = data.find_damaged(self.expanded) if self.expanded else None
+        if found is None:
+            return UserError(f"training input at step {step}: {_op_message(exc)}")
+        return UserError(f"{found} (training input at step {step}; nothing saved after "
+                         "the last checkpoint)")
+
     def export(self) -> str:
         return write_export(fs.join(self.workdir, "exports"), int(self.step.numpy()),
                             {"online": self.online, "polyak": self.polyak,
@@ -354,6 +362,8 @@ class Trainer:
             except tf.errors.InvalidArgumentError as exc:
                 raise UserError(f"training input at step {step + 1}: "
                                 f"{_op_message(exc)}") from None
+            except tf.errors.DataLossError as exc:  # a damaged shard: TensorFlow names no file
+                raise self._damaged_input(step + 1, exc) from None
             out = self.train_step(inputs, target)
             if not bool(out["finite"]):
                 latest = self.manager.latest_checkpoint

@@ -225,3 +225,37 @@ def test_relabel_refuses_missing_manifest_and_half_written_export(transitions, t
     assert qtopt("relabel", "-i", ds, "-e", exports, "-o", out, "--epoch", 0, *IN_PROCESS) == 2
     assert f"{exports}: no complete export" in err_line(capsys)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------ train
+
+TRAIN = ["--set", "model.preset=tiny", "--set", f"robot.image_size={IMAGE}",
+         "--set", "train.batch_size=4", "--set", "train.shuffle_buffer=8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def labelled(transitions, tmp_path_factory):
+    ds, export = transitions
+    out = tmp_path_factory.mktemp("train-faults") / "labelled"
+    assert qtopt("relabel", "-i", ds, "-e", export, "-o", out, "--epoch", 0, *IN_PROCESS) == 0
+    return out / "epoch-0"
+
+
+@pytest.mark.parametrize("fault", ["flipped", "truncated"])
+def test_train_names_a_damaged_labelled_shard(labelled, tmp_path, fault, capsys):
+    data = tmp_path / "epoch-0"
+    shutil.copytree(labelled, data)
+    name = manifest(labelled)["files"][2]["name"]
+    if fault == "flipped":
+        offset = corrupt_record(data / name, 1)
+        where = f"{data / name}, record 1, offset {offset}: bad data checksum"
+    else:
+        raw = gzip.decompress((data / name).read_bytes())
+        (data / name).write_bytes(gzip.compress(raw[: len(raw) * 2 // 3], mtime=0))
+        where = f"{data / name}, record "
+    capsys.readouterr()
+    assert qtopt("train", "--data", data, "--workdir", tmp_path / "w", "--until-step", 40,
+                 *TRAIN) == 2
+    line = err_line(capsys)
+    assert line.startswith(f"qtopt train: error: {where}") and "Traceback" not in line
+    assert not (tmp_path / "w" / "exports").exists()
