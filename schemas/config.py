@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -342,6 +343,25 @@ def _merge(base: dict, update: Mapping[str, Any]) -> dict:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as PyYAML reads it, except that ``1e-3`` is a number: YAML 1.1 wants a dot
+    (``1.0e-3``), and a learning rate written the usual way must not become a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def presets_dir() -> Path:
     """Where the preset YAML files are: the source tree, or the installed data directory."""
     candidates = [Path(__file__).resolve().parent.parent / "configs",
@@ -365,7 +385,7 @@ def _read_yaml(path: Path, what: str) -> dict:
     except OSError as exc:
         raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = _yaml(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -379,7 +399,7 @@ def parse_override(text: str) -> dict:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.batch_size=64")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     out: dict = value

@@ -65,3 +65,19 @@ def test_construction_validates_directly():
     with pytest.raises(ConfigError, match="robot.image_size: must be <= 472"):
         RobotConfig(image_size=1000)
     assert parse_override("a.b.c=1.5") == {"a": {"b": {"c": 1.5}}}
+
+
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-3 as a string; options must not.
+    from schemas.config import load_config
+
+    path = tmp_path / "lr.yaml"
+    path.write_text("train:\n  learning_rate: 1e-4\n  l2: 5E-5\n")
+    cfg = load_config("demo", [str(path)])
+    assert cfg.train.learning_rate == 1e-4 and cfg.train.l2 == 5e-5
+    cfg = load_config("demo", overrides=["train.learning_rate=1e-3", "train.l2=+7e-05"])
+    assert cfg.train.learning_rate == 1e-3 and cfg.train.l2 == 7e-5
+    # Still a string where one is meant, and still refused where a number is not one.
+    assert load_config("demo", overrides=["collect.objects=1e3x"]).collect.objects == "1e3x"
+    with pytest.raises(ConfigError, match="train.learning_rate: expected a number"):
+        load_config("demo", overrides=["train.learning_rate=fast"])
