@@ -56,6 +56,12 @@ class TrainResult:
     export_path: str | None
     loss: float
     steps_per_s: float
+    until_step: int | None = None
+
+    @property
+    def trained(self) -> int:
+        """Steps this run trained (0 when the workdir was already at its target)."""
+        return self.step - self.start_step
 
 
 class StepProgress:
@@ -335,6 +341,13 @@ class Trainer:
         return UserError(f"{found} (training input at step {step}; nothing saved after "
                          "the last checkpoint)")
 
+    def export_if_missing(self) -> str:
+        """The complete export of the current step, written only if it is not there yet."""
+        from model.export import MANIFEST, export_dir
+
+        path = export_dir(fs.join(self.workdir, "exports"), int(self.step.numpy()))
+        return path if fs.exists(fs.join(path, MANIFEST)) else self.export()
+
     def export(self) -> str:
         return write_export(fs.join(self.workdir, "exports"), int(self.step.numpy()),
                             {"online": self.online, "polyak": self.polyak,
@@ -347,10 +360,17 @@ class Trainer:
 
     # -- the loop
 
-    def run(self, until_step: int | None = None, progress: bool = True) -> TrainResult:
+    def run(self, until_step: int | None = None, progress: bool = True,
+            steps: int | None = None) -> TrainResult:
+        """Train until the global step reaches ``until_step`` (default ``train.steps``), or
+        ``steps`` more than the workdir's checkpoint. A workdir already there trains nothing
+        and only writes its export if that is missing."""
         cfg = self.config.train
-        until = cfg.steps if until_step is None else int(until_step)
         start = self.restore()
+        until = (start + int(steps) if steps is not None else
+                 cfg.steps if until_step is None else int(until_step))
+        if until <= start:
+            return TrainResult(start, start, self.export_if_missing(), float("nan"), 0.0, until)
         step = start
         writer = tf.summary.create_file_writer(self.local_logs_dir)
         bar = StepProgress(start, until) if progress and until > start else None
@@ -401,7 +421,7 @@ class Trainer:
         self._push_logs()
         export_path = self.export()
         return TrainResult(step, start, export_path, loss,
-                           (step - start) / elapsed if step > start else 0.0)
+                           (step - start) / elapsed if step > start else 0.0, until)
 
 
 def _pull_newest(remote_dir: str, local_dir: str, input_subdir: str) -> None:
@@ -485,6 +505,25 @@ def export_weights(config, workdir: str) -> str:
     trainer = Trainer(config, [], workdir, input_dataset=iter(()))
     trainer.restore()
     return trainer.export()
+
+
+def export_only(config, workdir: str, until_step: int | None = None,
+                steps: int | None = None) -> TrainResult:
+    """``qtopt train`` without ``--data``: the export of ``workdir``'s newest checkpoint, or of
+    the untrained network at step 0 (what epoch 0 relabels with), written if missing. Refused
+    when the target step lies beyond the checkpoint: that needs data."""
+    import dataclasses
+
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                   checkpoint_input=False))
+    trainer = Trainer(config, [], workdir, input_dataset=iter(()))
+    start = trainer.restore()
+    until = (start + int(steps) if steps is not None else
+             config.train.steps if until_step is None else int(until_step))
+    if until > start:
+        raise UserError(f"--data: needed to train {workdir} from step {start} to {until} "
+                        "(without it, train only exports: --until-step 0, or --steps 0)")
+    return TrainResult(start, start, trainer.export_if_missing(), float("nan"), 0.0, until)
 
 
 def train(config, datasets, workdir: str, until_step: int | None = None,

@@ -1,9 +1,13 @@
 """``qtopt train``: fit the Q-function to labelled shards, checkpoint, export.
 
+    qtopt train --workdir work/train --until-step 0       # the untrained export, for epoch 0
     qtopt train --data work/labelled/epoch-0 --workdir work/train --until-step 1000
+    qtopt train --data work/labelled/epoch-1 --workdir work/train --steps 1000   # 1000 more
     qtopt train --data 'offline/*.tfrecord.gz@0.9' --data 'online/*.tfrecord.gz@0.1' ...
 
-Rerunning the same command after a kill resumes from the newest checkpoint in ``--workdir``.
+Rerunning the same command after a kill resumes from the newest checkpoint in ``--workdir``; a
+workdir already at its target step says so and trains nothing. Without ``--data`` the command
+only exports (the newest checkpoint, or the untrained network at step 0).
 Both ``--data`` and ``--workdir`` may be ``gs://`` (any fsspec URL): shards are copied and
 checkpoints and logs staged locally under ``$QTOPT_STAGING_DIR`` (default: the temp directory),
 with every checkpoint copied up to ``--workdir`` as soon as it is saved.
@@ -18,13 +22,18 @@ from schemas.errors import UserError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--data", action="append", required=True, metavar="GLOB[@WEIGHT]",
+    parser.add_argument("--data", action="append", default=[], metavar="GLOB[@WEIGHT]",
                         help="labelled shards (a glob or a directory); repeat to mix datasets, "
-                             "each drawn with probability proportional to its weight (default 1)")
+                             "each drawn with probability proportional to its weight (default 1)."
+                             " Without it train only exports: --until-step 0 writes the "
+                             "untrained network's export-000000000")
     parser.add_argument("--workdir", required=True,
                         help="checkpoints/, exports/ and logs/ go here (local or gs://)")
-    parser.add_argument("--until-step", type=int, default=None, metavar="N",
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--until-step", type=int, default=None, metavar="N",
                         help="train until the global step reaches N (default: train.steps)")
+    target.add_argument("--steps", type=int, default=None, metavar="N",
+                        help="train N steps more than the workdir's newest checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines (train: step S/U, steps/s, ETA, loss)")
     add_config_arguments(parser)
 
@@ -45,12 +54,22 @@ def parse_data(values) -> list[tuple[str, float]]:
 
 def run(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for flag, value in (("--until-step", args.until_step), ("--steps", args.steps)):
+        if value is not None and value < 0:
+            raise UserError(f"{flag} must be >= 0, got {value}")
     config = config_from_args(args)
     datasets = parse_data(args.data)
-    from model.train import Trainer
+    from model.train import Trainer, export_only
 
-    result = Trainer(config, datasets, args.workdir).run(args.until_step,
-                                                         progress=not args.no_progress)
+    if not datasets:
+        result = export_only(config, args.workdir, args.until_step, args.steps)
+    else:
+        result = Trainer(config, datasets, args.workdir).run(
+            args.until_step, progress=not args.no_progress, steps=args.steps)
+    if not result.trained:
+        print(f"train: {args.workdir} is at step {result.step} (target {result.until_step}): "
+              f"nothing to train; export {result.export_path}")
+        return 0
     if result.start_step:
         print(f"resumed at step {result.start_step}")
     print(f"step {result.step}: loss {result.loss:.4f}, {result.steps_per_s:.1f} steps/s, "
