@@ -8,8 +8,9 @@
              (epoch K's targets come from the export at the end of epoch K-1; epoch 0's from
              the untrained network, as in any bootstrapped Q-learning)
 4. finetune  rounds of on-policy collect, shard, relabel, train  -> RUN/finetune/
-5. select    with ``finetune.select=train``: every round's export on train objects, the best
-             is the finetuned policy                        -> RUN/eval/select/
+5. curve     every kept export on train objects against gradient steps and grasps
+             -> RUN/learning_curve.{png,csv,json}, RUN/eval/curve/; with ``finetune.select=train``
+             the round export best there is the finetuned policy
 6. evaluate  scripted, offline and finetuned policies on test objects -> RUN/eval/<policy>/
 
 and prints one table: each policy's success rate with its 95% interval on the test objects and
@@ -24,7 +25,7 @@ import argparse
 import json
 import time
 
-from pipelines import dataset
+from pipelines import curve, dataset
 from pipelines.cli import add_config_arguments, config_args, config_from_args, invoke
 from schemas import fs
 from schemas.errors import UserError
@@ -121,30 +122,27 @@ def table(rows: list[dict]) -> str:
 def choose_finetuned(cfg, phase, run_dir: str, ft_state: dict, cargs: list) -> tuple[str, int]:
     """The finetuned export the demo reports and its round: the last round's
     (``finetune.select=last``), or the round export with the best grasping-with-replacement
-    success on *train* objects (``train``; the test objects stay unseen until the table)."""
-    from model.export import export_step
-
+    success on *train* objects (``train``; the test objects stay unseen until the table), read
+    off the learning curve (``qtopt curve``), which evaluates every round export there anyway.
+    A tie goes to the later round."""
     exports = fs.join(run_dir, "finetune", "train", "exports")
     # Recorded as paths; joined again here so that a moved or copied run still resolves.
     names = [fs.basename(r["export"]) for r in ft_state["rounds"]]
     if not names:
         raise UserError(f"{run_dir}/finetune/state.json: no finetuning round finished")
     candidates = [fs.join(exports, n) for n in names]
+    phase("curve", lambda: curve.curve(cfg, run_dir, cargs))
     if cfg.finetune.select == "last":
         return candidates[-1], len(candidates) - 1
-    out = fs.join(run_dir, "eval", "select")
-    phase("select", lambda: invoke([
-        "evaluate", "--each", "--policy", ",".join(candidates), "--objects", "train",
-        "--out", out, *cargs, "--set", "evaluate.bin_trials=0"]))
-    best = json.loads(fs.read_text(fs.join(out, "each.json")))["best"]
-    steps = [export_step(c) for c in candidates]
-    k = steps.index(export_step(best))
+    points = json.loads(fs.read_text(fs.join(run_dir, f"{curve.CURVE}.json")))
+    rate = {fs.basename(p["export"]): p["rate"] for p in points if p["phase"] == "finetune"}
+    k = max(range(len(names)), key=lambda i: (rate[names[i]], i))
     return candidates[k], k
 
 
 def finetuned_line(row: dict) -> str:
     how = ("the last round's" if row["select"] == "last" else
-           "the round export best on train objects, eval/select/each.md")
+           "the round export best on train objects, learning_curve.csv")
     return (f"finetuned QT-Opt: {row['export']}, after round {row['round'] + 1} of "
             f"{row['rounds']} ({how})")
 

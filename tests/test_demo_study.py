@@ -17,6 +17,7 @@ SETS = ["robot.image_size=32", "model.preset=tiny", "train.batch_size=8", "train
         "finetune.rounds=2", "finetune.episodes_per_round=2", "finetune.steps_per_transition=0.2",
         "finetune.ramp_steps=10", "finetune.ramp_chunk=5", "finetune.select=train",
         "cem.samples=16", "cem.elites=4", "evaluate.robots=1", "evaluate.attempts=2",
+        "evaluate.curve_attempts=2",
         "evaluate.bin_trials=0"]
 ARGS = [a for s in SETS for a in ("--set", s)]
 
@@ -36,20 +37,33 @@ def test_demo_writes_the_table_under_one_run_directory(demo_run, capsys):
     assert {"relabel-0", "train-0", "relabel-1", "train-1"} <= set(state["done"])
     assert "relabel-2" not in state["done"]
     episodes = json.loads((demo_run / "transitions" / "scripted" / "manifest.json").read_text())
-    # finetune.select=train: both rounds' exports were evaluated on train objects and the
-    # finetuned row is the better one, counting the grasps of the rounds it trained on.
-    assert "select" in state["done"]
-    each = json.loads((demo_run / "eval" / "select" / "each.json").read_text())
+    # The learning curve: every offline export past step 0 and both rounds' exports, on train
+    # objects. finetune.select=train: the finetuned row is the better round export there,
+    # counting the grasps of the rounds it trained on.
+    assert "curve" in state["done"]
+    points = json.loads((demo_run / "learning_curve.json").read_text())
     ft_state = json.loads((demo_run / "finetune" / "state.json").read_text())
-    assert [r["export"] for r in each["exports"]] == [r["export"] for r in ft_state["rounds"]]
-    assert each["objects"] == "train"
+    offline = [p for p in points if p["phase"] == "offline"]
+    assert [p["step"] for p in offline] == [3, 6]
+    finetune = [p for p in points if p["phase"] == "finetune"]
+    assert [p["step"] for p in finetune] == [int(r["export"].rsplit("-", 1)[1])
+                                             for r in ft_state["rounds"]]
+    each = json.loads((demo_run / "eval" / "curve" / "each.json").read_text())
+    assert each["objects"] == "train" and len(each["exports"]) == len(points)
+    assert all(p["attempts"] == 2 for p in points)   # evaluate.curve_attempts=2, one robot
     chosen = rows[-1]["round"]
-    assert each["best"].endswith(rows[-1]["export"])
-    assert each["exports"][chosen]["rate"] == max(r["rate"] for r in each["exports"])
+    assert finetune[chosen]["export"].endswith(rows[-1]["export"])
+    assert finetune[chosen]["rate"] == max(p["rate"] for p in finetune)
+    assert all(finetune[chosen]["rate"] > p["rate"] for p in finetune[chosen + 1:])
+    assert (demo_run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (demo_run / "learning_curve.csv").read_text().startswith("phase,round,step,grasps")
     finetuned = json.loads((demo_run / "eval" / "finetuned" / "result.json").read_text())
     assert finetuned["policy"].endswith(rows[-1]["export"])
     online = [json.loads((demo_run / "finetune" / "transitions" / f"round-{r:03d}" /
                           "manifest.json").read_text())["counts"]["episodes"] for r in (0, 1)]
+    assert [p["grasps"] for p in finetune] == [episodes["counts"]["episodes"] + sum(online[:k + 1])
+                                               for k in range(2)]
+    assert all(p["grasps"] == episodes["counts"]["episodes"] for p in offline)
     assert [r["grasps"] for r in rows] == [0, episodes["counts"]["episodes"],
                                            episodes["counts"]["episodes"]
                                            + sum(online[:chosen + 1])]
