@@ -16,12 +16,16 @@ ones. The launcher then writes, in ``--out``:
 
 A greedy policy is the export's Polyak network, maximised by CEM, with no exploration
 (``pi_eval``). An export whose image size or action bounds do not match the cell's configuration
-is refused before any robot runs.
+is refused before any robot runs. An ``exports/`` directory stands for its newest export, resolved
+once: ``result.json``, the report and the plot name the export evaluated (path, step and the
+SHA-256 of its manifest, which holds every weights file's), and an output directory holding an
+evaluation of another export is refused, not reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 
@@ -106,6 +110,48 @@ def check_policy(policy: str, robot_config) -> str:
     return f"export:{policy.rstrip('/')}"
 
 
+def export_identity(policy: str) -> dict | None:
+    """The export a policy argument names, resolved now (an ``exports/`` directory: its newest
+    complete export): path, step and the SHA-256 of its manifest. None for built-in policies."""
+    if policy in ("scripted", "random"):
+        return None
+    from model.export import MANIFEST, resolve
+
+    path = resolve(policy)
+    text = fs.read_bytes(fs.join(path, MANIFEST))
+    try:
+        step = int(json.loads(text)["step"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{fs.join(path, MANIFEST)}: not an export manifest") from None
+    return {"path": path, "step": step, "sha256": hashlib.sha256(text).hexdigest()}
+
+
+def describe_export(identity: dict) -> str:
+    return f"{identity['path']} (step {identity['step']}, sha256 {identity['sha256'][:12]})"
+
+
+def check_plan(out: str, plan: dict) -> None:
+    """Refuse an output directory holding another evaluation: another export above all."""
+    identity = fs.join(out, "plan.json")
+    if not fs.exists(identity):
+        return
+    try:
+        stored = json.loads(fs.read_text(identity))
+    except ValueError:
+        raise UserError(f"{identity}: not valid JSON; use another --out") from None
+    if stored == plan:
+        return
+    old, new = stored.get("export"), plan.get("export")
+    if old and new and old != new:
+        raise UserError(f"--out {out} holds an evaluation of export {describe_export(old)}, "
+                        f"not {describe_export(new)}; use another directory")
+    # Recorded before exports were identified: goes on only if it named this export itself.
+    if "export" not in stored and stored == {k: v for k, v in plan.items() if k != "export"}:
+        return
+    raise UserError(f"--out {out} holds an evaluation with other settings; use another "
+                    "directory")
+
+
 def aggregate(out: str, ev) -> dict:
     from robot import protocols
 
@@ -132,9 +178,12 @@ def aggregate(out: str, ev) -> dict:
 
 
 def write_report(out: str, result: dict) -> None:
-    lines = [f"# Evaluation: {result['policy']}", "",
-             f"Objects: {result['objects']}. Seed {result['evaluate']['seed']}. "
-             f"{result['seconds']:.0f} s.", ""]
+    lines = [f"# Evaluation: {result['policy']}", ""]
+    if result.get("export"):
+        e = result["export"]
+        lines += [f"Export: {e['path']}, step {e['step']}, manifest SHA-256 {e['sha256']}.", ""]
+    lines += [f"Objects: {result['objects']}. Seed {result['evaluate']['seed']}. "
+              f"{result['seconds']:.0f} s.", ""]
     if "replacement" in result:
         r = result["replacement"]
         lines += ["## Grasping with replacement", "",
@@ -177,7 +226,11 @@ def plot(out: str, result: dict) -> None:
     ax.set_xticks(range(len(bars)), [name for name, _ in bars], fontsize=8)
     ax.set_ylim(0, 100)
     ax.set_ylabel("grasp success, % (95% CI)")
-    ax.set_title(result["policy"][-40:], fontsize=9)
+    title = result["policy"][-40:]
+    if result.get("export"):
+        e = result["export"]
+        title = f"{fs.basename(e['path'])} (step {e['step']}, sha256 {e['sha256'][:12]})"
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -225,15 +278,17 @@ def evaluate_policy(cfg, policy: str, objects_arg: str, out: str, workers: int |
 
     ev = cfg.evaluate
     label = check_policy(policy, cfg.robot)
+    export = export_identity(policy)
+    if export is not None:  # the workers load this export, whatever appears beside it later
+        policy, label = export["path"], f"export:{export['path']}"
     out = out.rstrip("/")
     fs.makedirs(out)
     plan = {"out": out, "policy": policy, "policy_label": label, "objects": objects_arg,
             "robot": dataclasses.asdict(cfg.robot), "evaluate": dataclasses.asdict(ev)}
-    identity = fs.join(out, "plan.json")
-    if fs.exists(identity) and json.loads(fs.read_text(identity)) != plan:
-        raise UserError(f"--out {out} holds an evaluation with other settings; use another "
-                        "directory")
-    fs.write_text(identity, json.dumps(plan, indent=1, sort_keys=True))
+    if export is not None:
+        plan["export"] = export
+    check_plan(out, plan)
+    fs.write_text(fs.join(out, "plan.json"), json.dumps(plan, indent=1, sort_keys=True))
     todo = [e for e in elements(ev)
             if not fs.exists(fs.join(out, "attempts", f"{e[0]}-{e[1]:03d}.json"))]
     total = len(elements(ev))
@@ -255,7 +310,7 @@ def evaluate_policy(cfg, policy: str, objects_arg: str, out: str, workers: int |
             runner.run_pipeline(pipeline)
     result = {"policy": label, "objects": objects_arg, "evaluate": dataclasses.asdict(ev),
               "robot": dataclasses.asdict(cfg.robot), "seconds": time.monotonic() - t0,
-              **aggregate(out, ev)}
+              **({"export": export} if export else {}), **aggregate(out, ev)}
     if ev.gifs:
         result["gifs"] = render_gifs(out)
     fs.write_text(fs.join(out, "result.json"), json.dumps(result, indent=1, sort_keys=True))
@@ -277,10 +332,12 @@ def evaluate_policy(cfg, policy: str, objects_arg: str, out: str, workers: int |
 def candidate_exports(policy: str) -> list[str]:
     """``--each``'s exports: a comma-separated list of export directories, or every complete
     export in an ``exports/`` directory, oldest first."""
-    from model.export import complete_exports, export_step, resolve
+    from model.export import MANIFEST, complete_exports, export_step, resolve
 
     if "," in policy:
         found = [resolve(p) for p in policy.split(",") if p.strip()]
+    elif fs.exists(fs.join(policy, MANIFEST)):  # one export directory: a list of one
+        found = [policy.rstrip("/")]
     else:
         found = complete_exports(policy)
         if not found:

@@ -3,6 +3,7 @@ job end to end with real physics."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -182,3 +183,36 @@ def test_evaluate_each_refuses_a_directory_without_exports(tmp_path):
     with pytest.raises(UserError, match="no such export"):
         invoke(["evaluate", "--each", "--policy", f"{tmp_path}/a,{tmp_path}/b", "--out",
                 str(tmp_path / "e")])
+
+
+# The robots run in this process: these tests are about bookkeeping, not the runner.
+ONE_PROCESS = ["--direct_running_mode=in_memory"]
+
+
+def test_an_evaluation_names_its_export_and_refuses_another(tmp_path):
+    exports = tmp_path / "exports"
+    (first,) = _exports(exports, [10])
+    out = tmp_path / "eval"
+    invoke(["evaluate", "--policy", str(exports), "--objects", "train", "--out", str(out),
+            *EACH, *ONE_PROCESS])
+    result = json.loads((out / "result.json").read_text())
+    manifest_sha = hashlib.sha256((exports / "export-000000010" / "manifest.json")
+                                  .read_bytes()).hexdigest()
+    assert result["export"] == {"path": first, "step": 10, "sha256": manifest_sha}
+    assert result["policy"] == f"export:{first}"
+    assert f"Export: {first}, step 10, manifest SHA-256 {manifest_sha}." in \
+        (out / "report.md").read_text()
+    # A newer export in the same exports/ directory is another policy: refused, not reused.
+    (second,) = _exports(exports, [20])
+    with pytest.raises(UserError, match=r"holds an evaluation of export .*export-000000010 "
+                                        r"\(step 10, sha256 [0-9a-f]{12}\), not "
+                                        r".*export-000000020 \(step 20"):
+        invoke(["evaluate", "--policy", str(exports), "--objects", "train", "--out", str(out),
+                *EACH, *ONE_PROCESS])
+    assert json.loads((out / "result.json").read_text()) == result
+    # --each on one export directory evaluates that one.
+    each = tmp_path / "each"
+    invoke(["evaluate", "--each", "--policy", second, "--objects", "train", "--out", str(each),
+            *EACH, *ONE_PROCESS])
+    rows = json.loads((each / "each.json").read_text())["exports"]
+    assert [r["step"] for r in rows] == [20]
