@@ -11,7 +11,9 @@ and an id that depend only on (--seed, i, --source), so rerunning the same comma
 runs exactly the missing indices and the directory ends up with N episodes, none twice.
 ``_collect.json`` records what the directory holds, and a rerun with a different policy, object
 set, seed or robot configuration is refused rather than mixed in. ``_SUCCESS.json`` is written
-when the set is complete.
+when the set is complete: the counts, and every shard with its episodes and bytes (what
+``qtopt shard`` accounts for). A directory holding more of the collection than ``--episodes``
+asks for is refused, so the summary always describes every file there.
 """
 
 from __future__ import annotations
@@ -258,15 +260,20 @@ def summarise(out: str, seed: int, n: int) -> dict:
 
     episodes = successes = 0
     ids = set()
+    files = {}
     for start, end, path in existing_blocks(out, seed):
         if start >= n:
             continue
+        held = 0
         for raw in iter_raw(path):
             context = pb.SequenceExample.FromString(raw.data).context.feature
             ids.add(bytes(context["episode_id"].bytes_list.value[0]).decode())
             successes += int(context["success"].int64_list.value[0])
-            episodes += 1
-    return {"episodes": episodes, "unique_ids": len(ids), "successes": successes}
+            held += 1
+        episodes += held
+        files[os.path.basename(path)] = {"records": held, "bytes": fs.size(path)}
+    return {"episodes": episodes, "unique_ids": len(ids), "successes": successes,
+            "files": files}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -286,12 +293,19 @@ def run(args: argparse.Namespace) -> int:
     if not dry:
         fs.remove_stale_temporaries(out)
     done = existing_blocks(out, plan["seed"])
+    beyond = max((end for _start, end, _path in done), default=0)
+    if beyond > n:
+        raise UserError(f"--out {out} already holds episodes up to index {beyond - 1} of this "
+                        f"collection; --episodes {n} would describe only part of it (use "
+                        f"--episodes {beyond} or more, or another directory)")
     blocks = missing_blocks(n, done, per_block)
     have = n - sum(e - s for s, e in blocks)
     print(f"collect: {plan['policy_label']} on {plan['source']} -> {out}: {have}/{n} episodes "
           f"present, {len(blocks)} blocks to run", flush=True)
     t0 = time.monotonic()
     counts: dict = {}
+    if blocks and not dry:  # the summary describes a complete set; this one is growing
+        fs.remove(fs.join(out, DONE))
     if blocks or dry:
         runner.quiet_beam_logging()
         pipeline = runner.new_pipeline(options)
@@ -325,6 +339,7 @@ def run(args: argparse.Namespace) -> int:
               "episodes_per_s": round(new / elapsed, 3) if new else 0.0,
               "steps_per_episode": round(counts["steps"] / new, 2) if new else None,
               "policy": plan["policy_label"], "source": plan["source"], "seed": plan["seed"]}
+    report["files"] = summary["files"]
     if counts.get("labelled"):
         report["labeller_agreement"] = round(counts["labeller_agrees"] / counts["labelled"], 4)
         report["labeller_checked"] = int(counts["labelled"])

@@ -179,3 +179,29 @@ def test_render_writes_a_gif_of_chosen_episodes(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "render", shard, "--episodes",
                           "7", "--out", str(movie)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--episodes: 7 not found" in bad.stderr
+
+
+def test_success_file_lists_every_shard_and_fewer_episodes_are_refused(tmp_path, capsys):
+    from pipelines_testlib import IN_PROCESS, manifest, qtopt
+
+    out = tmp_path / "eps"
+    proc = _collect(out, episodes=4)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = (out / "_SUCCESS.json").read_text()
+    files = json.loads(summary)["files"]
+    assert {name: f["records"] for name, f in files.items()} == {
+        "episodes-s0-0000000-0000002.tfrecord.gz": 2, "episodes-s0-0000002-0000004.tfrecord.gz": 2}
+    assert all(f["bytes"] == (out / name).stat().st_size for name, f in files.items())
+    # Asking for fewer than the directory holds would leave a summary of part of it.
+    fewer = _collect(out, episodes=2)
+    assert fewer.returncode == 2
+    assert fewer.stderr.strip() == (
+        f"qtopt collect: error: --out {out} already holds episodes up to index 3 of this "
+        "collection; --episodes 2 would describe only part of it (use --episodes 4 or more, or "
+        "another directory)")
+    assert (out / "_SUCCESS.json").read_text() == summary
+    # Shard reads the whole directory and accounts for what the summary lists.
+    assert qtopt("shard", "-i", f"{out}/*", "-o", tmp_path / "t", "--num-shards", 1,
+                 *IN_PROCESS) == 0
+    acc = manifest(tmp_path / "t")["accounting"]
+    assert acc["records_in"] == acc["records_out"] == 4
