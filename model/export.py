@@ -12,7 +12,8 @@ Layout, on a local path or ``gs://``::
 spec (image size, state inputs, action dimension), the action bounds CEM must use with these
 weights (from the robot's per-step limits), the termination mode of the data (learned or
 scripted, which decides how CEM treats the terminate bit), the identity of the cell the data
-came from (``cell``: policies run only in that cell) and a SHA-256 per weights file. The
+came from (``cell``: policies run only in that cell) and a SHA-256 per weights file, all of
+which loading checks, whichever copies it loads. The
 weights are plain ``.npz`` arrays keyed ``NNNN:<variable path>``, so any numpy can read them;
 loading rebuilds the network from the preset and checks every name and shape.
 
@@ -258,11 +259,13 @@ def _load(path: str, manifest_text: str, copies: tuple) -> Export:
 
     manifest = json.loads(manifest_text)
     spec = InputSpec.from_dict(manifest["input_spec"])
-    networks = {}
     for name in copies:
-        entry = manifest["networks"].get(name)
-        if entry is None:
+        if name not in manifest["networks"]:
             raise UserError(f"{path}: export has no {name!r} weights")
+    # Every file the manifest lists is checked, not only the copies loaded: an export is
+    # whole or refused, whichever job looks at it first.
+    files = {}
+    for name, entry in sorted(manifest["networks"].items()):
         where = fs.join(path, entry["path"])
         try:
             data = fs.read_bytes(where)
@@ -270,6 +273,10 @@ def _load(path: str, manifest_text: str, copies: tuple) -> Export:
             raise UserError(f"{where}: missing weights file") from None
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise UserError(f"{where}: checksum does not match the manifest (corrupted?)")
+        files[name] = (where, data)
+    networks = {}
+    for name in copies:
+        where, data = files[name]
         net = QNetwork(spec, manifest["preset"], name=name)
         assign_from_bytes(net.variables, data, where)
         networks[name] = net

@@ -259,3 +259,20 @@ def test_train_names_a_damaged_labelled_shard(labelled, tmp_path, fault, capsys)
     line = err_line(capsys)
     assert line.startswith(f"qtopt train: error: {where}") and "Traceback" not in line
     assert not (tmp_path / "w" / "exports").exists()
+
+
+def test_a_corrupted_weights_file_of_any_copy_is_refused(transitions, tmp_path, capsys):
+    # Relabel loads only the Polyak and lagged copies; the online one is checked all the same.
+    ds, export = transitions
+    copy = tmp_path / "exports" / "export-000000100"
+    shutil.copytree(export, copy)
+    weights = copy / "online" / "weights.npz"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
+    out = tmp_path / "labelled"
+    assert qtopt("relabel", "-i", ds, "-e", copy, "-o", out, "--epoch", 0, *IN_PROCESS) == 2
+    assert err_line(capsys) == (f"qtopt relabel: error: {weights}: checksum does not match the "
+                                "manifest (corrupted?)")
+    assert not out.exists()
