@@ -13,9 +13,9 @@ spec (image size, state inputs, action dimension), the action bounds CEM must us
 weights (from the robot's per-step limits), the termination mode of the data (learned or
 scripted, which decides how CEM treats the terminate bit), the identity of the cell the data
 came from (``cell``: policies run only in that cell) and a SHA-256 per weights file, all of
-which loading checks, whichever copies it loads. The
-weights are plain ``.npz`` arrays keyed ``NNNN:<variable path>``, so any numpy can read them;
-loading rebuilds the network from the preset and checks every name and shape.
+which loading checks, whichever copies it loads. The weights are plain ``.npz`` arrays keyed
+``NNNN:<variable path>``, so any numpy can read them; loading rebuilds the network from the
+preset and checks every name and shape.
 
 ``load_export(path)`` takes an ``export-*`` directory or an ``exports/`` directory (then the
 complete export with the highest step). Results are cached per process, so a Beam DoFn can call it
