@@ -10,6 +10,10 @@ both directions are derived from the specs here::
     for raw in tfrecord_loader("transitions/shard-00000-of-00004.tfrecord.gz", None,
                                tfrecord_description("transition"), compression_type="gzip"):
         record = from_tfrecord("transition", raw)   # images (H, W, 3) uint8, strings as str
+
+The ``tfrecord`` package does not check the records' CRCs: a damaged record decodes as whatever
+its bytes now say. ``check_file(path)`` checks every frame first with our reader (as
+``schemas.tfrecord_io.read_records`` and TensorFlow's reader do while reading).
 """
 
 from __future__ import annotations
@@ -18,6 +22,20 @@ import numpy as np
 
 from schemas.codec import validate
 from schemas.specs import spec_for
+
+def check_file(path: str) -> int:
+    """Check every record's length and data CRC in ``path`` (gzip or not); the number of
+    records, or RecordError naming the file, record index and byte offset of the first fault."""
+    from schemas.errors import RecordError
+    from schemas.tfrecord_io import scan
+
+    n = 0
+    for item in scan(path):
+        if isinstance(item, RecordError):
+            raise item
+        n += 1
+    return n
+
 
 _STORAGE = {"float32": "float", "int64": "int", "bool": "int", "string": "byte", "image": "byte"}
 

@@ -276,3 +276,26 @@ def test_a_corrupted_weights_file_of_any_copy_is_refused(transitions, tmp_path, 
     assert err_line(capsys) == (f"qtopt relabel: error: {weights}: checksum does not match the "
                                 "manifest (corrupted?)")
     assert not out.exists()
+
+
+def test_the_tfrecord_package_reads_a_damaged_shard_and_check_file_does_not(transitions,
+                                                                            tmp_path):
+    from tfrecord.reader import tfrecord_loader
+
+    from schemas.errors import RecordError
+    from schemas.interop import check_file, tfrecord_description
+
+    ds, _export = transitions
+    info = manifest(ds)["files"][0]
+    path = tmp_path / info["name"]
+    shutil.copy(ds / info["name"], path)
+    assert check_file(str(path)) == info["records"]
+    offset = corrupt_record(path, 1)
+    # What the README says: the package itself does not notice.
+    got = list(tfrecord_loader(str(path), None, tfrecord_description("transition"),
+                               compression_type="gzip"))
+    assert len(got) == info["records"]
+    with pytest.raises(RecordError) as caught:
+        check_file(str(path))
+    assert str(caught.value) == f"{path}, record 1, offset {offset}: bad data checksum " \
+        "(corrupted record)"
