@@ -299,3 +299,43 @@ def test_the_tfrecord_package_reads_a_damaged_shard_and_check_file_does_not(tran
         check_file(str(path))
     assert str(caught.value) == f"{path}, record 1, offset {offset}: bad data checksum " \
         "(corrupted record)"
+
+
+# ------------------------------------------------------------------- evaluate and finetune
+
+@pytest.mark.parametrize("fault", ["half_written", "no_such", "corrupted"])
+def test_evaluate_and_finetune_refuse_a_broken_export_before_any_work(transitions, tmp_path,
+                                                                      fault, capsys):
+    ds, export = transitions
+    exports = tmp_path / "train" / "exports"
+    copy = exports / "export-000000100"
+    shutil.copytree(export, copy)
+    if fault == "half_written":
+        (copy / "manifest.json").unlink()
+        expected = f"{exports}: no complete export (manifest.json missing: half-written?)"
+    elif fault == "no_such":
+        shutil.rmtree(exports)
+        exports.mkdir()
+        expected = f"{exports}: no such export"
+    else:
+        weights = copy / "polyak" / "weights.npz"
+        weights.write_bytes(weights.read_bytes()[:-10])
+        expected = f"{weights}: checksum does not match the manifest (corrupted?)"
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    assert qtopt("evaluate", "--policy", exports, "--out", out, *TRAIN[:4]) == 2
+    assert expected in err_line(capsys) and not out.exists()
+
+
+def test_finetune_refuses_an_incomplete_offline_dataset(transitions, tmp_path, capsys):
+    ds, _export = transitions
+    half = tmp_path / "transitions"
+    shutil.copytree(ds, half)
+    (half / "manifest.json").unlink()
+    capsys.readouterr()
+    assert qtopt("finetune", "--run", tmp_path / "run", "--offline", half, "--init",
+                 tmp_path / "none") == 2
+    assert err_line(capsys) == (f"qtopt finetune: error: dataset {half} has no manifest.json: "
+                                "it is incomplete (its job is running, failed or was killed; "
+                                "rerun it)")
+    assert not (tmp_path / "run" / "finetune").exists()
