@@ -140,6 +140,19 @@ def test_shard_refuses_duplicated_episode_ids_naming_both_files(collection, tmp_
     assert shard_bytes(out) == published
 
 
+def test_shard_names_a_stray_file_in_its_glob(collection, tmp_path, capsys):
+    src = tmp_path / "episodes"
+    shutil.copytree(collection, src)
+    (src / "notes.txt").write_text("episodes 0-29, scripted, seed 0\n")
+    out = tmp_path / "t"
+    capsys.readouterr()
+    assert qtopt("shard", "-i", f"{src}/*", "-o", out, "--num-shards", 2, *IN_PROCESS) == 3
+    assert f"1 of {EPISODES + 1} episodes dead-lettered (first: {src / 'notes.txt'}, record 0, " \
+        "offset 0: bad length checksum" in err_line(capsys)
+    balanced(manifest(out)["accounting"], EPISODES + 1)
+    assert manifest(out)["counts"]["episodes"] == EPISODES
+
+
 @pytest.mark.parametrize("fault", ["schema_version", "image_shape", "nan"])
 def test_shard_dead_letters_a_record_that_breaks_its_spec(collection, tmp_path, fault, capsys):
     from schemas import example_proto
