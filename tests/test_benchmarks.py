@@ -189,3 +189,49 @@ def test_oracle_grasp_names_bad_objects(tmp_path):
 
     with pytest.raises(SystemExit, match=f"{tmp_path}: is a directory"):
         main(["--objects", str(tmp_path), "--trays", "1"])
+
+
+def test_camera_view_measures_the_workspace_camera_against_the_wide_one(capfd):
+    from benchmarks import camera_view
+
+    lines = {}
+    for camera in ("workspace", "shoulder"):
+        assert camera_view.main(["--trays", "2", "--set", f"robot.camera={camera}"]) == 0
+        out = capfd.readouterr().out.strip().splitlines()
+        assert len(out) == 1
+        lines[camera] = json.loads(out[0])
+    near, wide = lines["workspace"], lines["shoulder"]
+    for line in (near, wide):
+        assert 0.0 < line["workspace_fraction"] < 1.0
+        assert line["object_px_p10"] <= line["object_px_median"]
+        assert 0.0 <= line["finger_visible_fraction"] <= 1.0
+        assert line["gripper_poses"] == 2 * 9 * len(camera_view.HEIGHTS)
+    # The framed camera shows the workspace, the objects and the fingers larger.
+    assert near["workspace_fraction"] > 2 * wide["workspace_fraction"]
+    assert near["object_px_median"] > 2 * wide["object_px_median"]
+    assert near["finger_px_low_median"] > wide["finger_px_low_median"]
+
+
+def test_train_speed_counts_flops_of_the_configured_network(capfd):
+    import keras
+
+    from benchmarks import train_speed
+
+    # Multiply-accumulates per example, nested models included.
+    inner_in = keras.Input((8, 8, 2))
+    inner = keras.Model(inner_in, keras.layers.Conv2D(4, 3, padding="same", name="c")(inner_in),
+                        name="tower")
+    x = keras.Input((8, 8, 2))
+    y = keras.layers.Dense(5, name="d")(keras.layers.Flatten()(inner(x)))
+    macs = train_speed.layer_macs(keras.Model(x, y))
+    assert macs == {"tower/c": 8 * 8 * 4 * 3 * 3 * 2, "d": 8 * 8 * 4 * 5}
+
+    sets = ["--set", "model.preset=tiny", "--set", "robot.image_size=32",
+            "--set", "train.batch_size=8"]
+    assert train_speed.main(["--seconds", "1", *sets]) == 0
+    line = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
+    assert line["steps_per_s"] > 0 and line["matmul_gflops"] > 0 and line["gflop_per_step"] > 0
+    assert abs(sum(line["flop_share"].values()) - 1.0) < 0.01
+    assert line["flop_share"]["tower_convs"] > line["flop_share"]["dense"]
+    assert 0 < line["utilisation"] == pytest.approx(line["achieved_gflops"]
+                                                    / line["matmul_gflops"], abs=0.01)
