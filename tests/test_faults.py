@@ -352,3 +352,21 @@ def test_finetune_refuses_an_incomplete_offline_dataset(transitions, tmp_path, c
                                 "it is incomplete (its job is running, failed or was killed; "
                                 "rerun it)")
     assert not (tmp_path / "run" / "finetune").exists()
+
+
+def test_a_chained_job_stops_with_status_3_after_dead_letters(collection, tmp_path, capsys):
+    # finetune, demo and study run each step through invoke: dead letters stop the chain.
+    from pipelines.cli import invoke
+    from schemas.errors import DeadLettered
+
+    src = tmp_path / "episodes"
+    shutil.copytree(collection, src)
+    damage(src / collect_name(0, PER_FILE), "empty")
+    with pytest.raises(DeadLettered, match="qtopt shard published its output but "
+                                           "dead-lettered input records") as caught:
+        invoke(["shard", "-i", f"{src}/*", "-o", tmp_path / "t", "--num-shards", 2,
+                *IN_PROCESS])
+    assert caught.value.exit_status == 3
+    assert (tmp_path / "t" / "manifest.json").exists()
+    assert invoke(["shard", "-i", f"{src}/*", "-o", tmp_path / "t", "--num-shards", 2,
+                   "--set", "pipeline.max_dead_fraction=0.25", *IN_PROCESS]) == 0
