@@ -3,6 +3,8 @@
     qtopt demo --run runs/demo
 
 1. collect   scripted episodes on train objects            -> RUN/episodes/scripted-train/
+             and, with ``collect.explore_episodes``, episodes of ``collect.explore_policy``
+             -> RUN/episodes/explore-train/ (both go into the offline dataset)
 2. shard     them into shuffled transitions                -> RUN/transitions/scripted/
 3. epochs    relabel with the newest export, then train    -> RUN/labelled/epoch-K/, RUN/train/
              (epoch K's targets come from the export at the end of epoch K-1; epoch 0's from
@@ -180,8 +182,15 @@ def run(args: argparse.Namespace) -> int:
 
     phase("collect", lambda: invoke(["collect", "--policy", "scripted", "--objects", "train",
                                      "--out", episodes, *cargs]))
-    phase("shard", lambda: invoke(["shard", "--input", fs.join(episodes, "*.tfrecord.gz"),
-                                   "--output", transitions, *cargs]))
+    inputs = ["--input", fs.join(episodes, "*.tfrecord.gz")]
+    if cfg.collect.explore_episodes:
+        explore = fs.join(run_dir, "episodes", "explore-train")
+        phase("collect-explore", lambda: invoke([
+            "collect", "--policy", cfg.collect.explore_policy, "--objects", "train",
+            "--episodes", cfg.collect.explore_episodes, "--seed", cfg.collect.seed + 1,
+            "--source", "explore-train", "--out", explore, *cargs]))
+        inputs += ["--input", fs.join(explore, "*.tfrecord.gz")]
+    phase("shard", lambda: invoke(["shard", *inputs, "--output", transitions, *cargs]))
     train_offline(cfg, phase, transitions, labelled, train_dir, args.epochs, cargs)
     phase("finetune", lambda: invoke(["finetune", "--run", run_dir, "--offline", transitions,
                                       "--init", train_dir, *cargs]))

@@ -152,6 +152,11 @@ class CollectConfig(_Section):
                                  doc="share of the scripted policy's steps replaced by "
                                  "appendix B's random actions (pose, gripper toggle, terminate)")
     seed: int = _f(0, lo=0)
+    explore_episodes: int = _f(0, lo=0, doc="demo: episodes of ``explore_policy`` collected "
+                               "beside the scripted ones into the offline dataset (paper table 9: "
+                               "scripted data alone explores too little to learn from)")
+    explore_policy: str = _f("random", doc="demo: the exploration policy of "
+                             "``explore_episodes`` (scripted | random | an export)")
 
 
 @dataclass(frozen=True)

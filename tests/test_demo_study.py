@@ -17,7 +17,7 @@ SETS = ["robot.image_size=32", "model.preset=tiny", "train.batch_size=8", "train
         "finetune.rounds=2", "finetune.episodes_per_round=2", "finetune.steps_per_transition=0.2",
         "finetune.ramp_steps=10", "finetune.ramp_chunk=5", "finetune.select=train",
         "cem.samples=16", "cem.elites=4", "evaluate.robots=1", "evaluate.attempts=2",
-        "evaluate.curve_attempts=2",
+        "evaluate.curve_attempts=2", "collect.explore_episodes=2",
         "evaluate.bin_trials=0"]
 ARGS = [a for s in SETS for a in ("--set", s)]
 
@@ -37,6 +37,9 @@ def test_demo_writes_the_table_under_one_run_directory(demo_run, capsys):
     assert {"relabel-0", "train-0", "relabel-1", "train-1"} <= set(state["done"])
     assert "relabel-2" not in state["done"]
     episodes = json.loads((demo_run / "transitions" / "scripted" / "manifest.json").read_text())
+    # collect.explore_episodes=2: random-policy episodes beside the six scripted ones.
+    sources = episodes["counts"]["by_source"]
+    assert sources["explore-train"]["episodes"] == 2 and sources["scripted-train"]["episodes"] == 6
     # The learning curve: every offline export past step 0 and both rounds' exports, on train
     # objects. finetune.select=train: the finetuned row is the better round export there,
     # counting the grasps of the rounds it trained on.
@@ -107,7 +110,7 @@ def test_study_trains_and_evaluates_nested_subsets(demo_run, tmp_path):
             "--fractions", "0.5,1", "--run", str(run), "--epochs", "1", *ARGS])
     rows = json.loads((run / "results.json").read_text())
     assert [r["fraction"] for r in rows] == [0.5, 1.0]
-    assert rows[0]["grasps"] < rows[1]["grasps"] == 6
+    assert rows[0]["grasps"] < rows[1]["grasps"] == 8
     assert all(r["attempts"] == 2 for r in rows)
     assert (run / "success_vs_size.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 50% |" in (run / "results.md").read_text()
