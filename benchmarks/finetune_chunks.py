@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                 out.append(_timed(config, sources, os.path.join(tmp, f"{name}-{r}"),
                                   args.steps, chunk))
     c, s = sum(chunked) / len(chunked), sum(single) / len(single)
-    print(json.dumps({"chunked_steps_per_s": round(c, 2), "single_steps_per_s": round(s, 2),
+    print(json.dumps({"chunked_steps_per_s": round(c, 4), "single_steps_per_s": round(s, 4),
                       "ratio": round(c / s, 3), "steps": args.steps, "chunk": args.chunk,
                       "repeats": args.repeats, "preset": args.preset,
                       "model": config.model.preset, "image_size": size,
