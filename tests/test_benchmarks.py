@@ -72,17 +72,115 @@ def test_finetune_chunks_trains_both_sides_and_reports_their_ratio(capsys):
         main(["--share", "1.5"])
 
 
-def test_grasp_probe_trains_on_episode_files_with_overrides(tmp_path, capsys):
-    from benchmarks.grasp_probe import main
+# Real episodes of a small-image demo cell: the probe's replay needs the cell that wrote them.
+PROBE_CELL = ["robot.image_size=32"]
 
-    write_episodes(tmp_path / "eps", files=2, per_file=8, seed=5)
-    assert main([str(tmp_path / "eps" / "*.tfrecord.gz"), "--steps", "4", "--eval-every", "2",
+
+@pytest.fixture(scope="module")
+def cell_episodes(tmp_path_factory):
+    """Ten scripted episodes (exploring, so closes vary) collected by the cell, in one file."""
+    from robot.cell import SimCell
+    from robot.episode import run_episode
+    from robot.policies import make_policy
+    from schemas.config import load_config
+    from schemas.tfrecord_io import RecordWriter
+
+    config = load_config("demo", overrides=PROBE_CELL).robot
+    cell = SimCell(config, "train")
+    policy = make_policy("scripted", config, scripted_epsilon=0.2)
+    path = tmp_path_factory.mktemp("cell-episodes") / "ep.tfrecord.gz"
+    try:
+        records = [run_episode(cell, policy, seed) for seed in range(10)]
+    finally:
+        cell.close()
+    with RecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write_record(record)
+    return path, records
+
+
+def test_grasp_probe_folds_split_every_episode_once():
+    from benchmarks.grasp_probe import fold_splits
+
+    splits = fold_splits(10, 3, np.random.default_rng(0))
+    assert [len(held) for _, held in splits] == [4, 3, 3]
+    assert sorted(np.concatenate([held for _, held in splits])) == list(range(10))
+    for train, held in splits:
+        assert sorted(np.concatenate([train, held])) == list(range(10))
+    # One fold: the single held-out fifth the probe used before folds, same permutation.
+    (train, held), = fold_splits(10, 1, np.random.default_rng(0))
+    assert list(held) == list(np.random.default_rng(0).permutation(10)[:2]) and len(train) == 8
+
+
+def test_grasp_probe_privileged_predictor_ranks_by_a_band():
+    from benchmarks.grasp_probe import auc, fit_logistic
+
+    # Success in a band of the second feature: the squares make it learnable.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 4))
+    y = (np.abs(x[:, 1]) < 0.7).astype(np.float64)
+    score = fit_logistic(x[:300], y[:300])
+    assert auc(score(x[300:]), y[300:]) > 0.95
+
+
+def test_grasp_probe_replay_reproduces_recorded_closes(cell_episodes):
+    from benchmarks.grasp_probe import probe_states, replay_close
+    from robot.cell import SimCell
+    from schemas.config import load_config
+
+    path, records = cell_episodes
+    data = probe_states([str(path)], "close", replay=True)
+    assert len(data["replay"]) >= 2
+    cell = SimCell(load_config("demo", overrides=PROBE_CELL).robot, "train")
+    try:
+        for record in data["replay"][:3]:
+            features, check = replay_close(cell, record)
+            assert check["match"], check
+            assert check["height_error"] < 1e-3 and check["image_error"] == 0.0
+            distance, top, height, offset = features
+            assert height == pytest.approx(float(record["height"]), abs=1e-3)
+            assert 0.0 <= distance < 0.5 and 0.0 < top < 0.2 and 0.0 <= offset <= np.pi / 2
+        # Another seed builds another tray: the replay says so.
+        _, check = replay_close(cell, {**data["replay"][0], "seed": data["replay"][0]["seed"] + 1})
+        assert not check["match"] and not check["same_objects"]
+    finally:
+        cell.close()
+
+
+def test_grasp_probe_reports_image_and_privileged_auc_over_folds(cell_episodes, capsys):
+    from benchmarks.grasp_probe import main
+    from robot.mdp import decode_action
+
+    path, records = cell_episodes
+    assert main([str(path), "--steps", "4", "--eval-every", "2", "--folds", "2",
                  "--set", "model.preset=tiny", "--set", "train.learning_rate=0.0003",
-                 "--set", "train.batch_size=4"]) == 0
+                 "--set", "train.batch_size=4", *[a for kv in PROBE_CELL for a in ("--set", kv)]
+                 ]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (out["model"], out["learning_rate"], out["batch_size"]) == ("tiny", 0.0003, 4)
     assert [c["step"] for c in out["curve"]] == [2, 4]
-    assert out["episodes"] > 0 and out["held_out"] > 0
+    closing = [r for r in records if any(decode_action(a).gripper == "close"
+                                         for a in r["action"])]
+    assert out["episodes"] == out["held_out"] == len(closing) and out["folds"] == 2
+    assert out["successes"] == sum(r["success"] for r in closing)
+    assert len(out["holdout_auc_folds"]) == len(out["privileged_auc_folds"]) == 2
+    assert len(out["curve"][-1]["holdout_auc_folds"]) == 2
+    assert "holdout_auc" in out and "privileged_auc" in out
+    assert out["replay_mismatches"] == 0 and out["replay_max_height_error_mm"] == 0.0
+    assert out["privileged_features"] == ["distance", "object_top", "gripper_height",
+                                           "yaw_offset"]
+
+
+def test_grasp_probe_counts_replay_mismatches_of_another_cell(tmp_path, capsys):
+    from benchmarks.grasp_probe import main
+
+    # Fake episodes: their seeds and actions were never run in a cell, so no replay matches.
+    write_episodes(tmp_path / "eps", files=2, per_file=8, seed=5)
+    assert main([str(tmp_path / "eps" / "*.tfrecord.gz"), "--steps", "2", "--folds", "1",
+                 "--set", "model.preset=tiny", "--set", "train.batch_size=4"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["folds"] == 1 and out["held_out"] == out["episodes"] // 5
+    assert out["replay_mismatches"] == out["episodes"] > 0
 
 
 def test_target_vs_return_arithmetic():
