@@ -292,3 +292,30 @@ def test_camera_placement_changes_the_view_not_the_world():
     assert diff.mean() > 10  # another viewpoint, not the same picture
     assert a.object_ids == b.object_ids
     assert obs_a["observation/height"] == obs_b["observation/height"]
+
+
+def test_objects_are_at_rest_when_the_episode_starts():
+    from robot.cell import SETTLE_MAX_STEPS
+
+    cell = _cell()
+    speeds, drifts, settle = [], [], []
+    for seed in range(6):
+        cell.reset(seed)
+        settle.append(cell.settle_steps)
+        speeds += cell.object_speeds()
+        before = cell.object_positions()
+        cell.wait(3 * cell.config.action_repeat)      # three control steps, nothing touching
+        drifts += list(np.linalg.norm(cell.object_positions() - before, axis=1))
+    speeds, drifts = np.asarray(speeds), np.asarray(drifts)
+    assert len(speeds) >= 30
+    # At most 5% of objects faster than 1 cm/s at step 0, and the scene stays where it is.
+    assert np.mean(speeds > 0.01) <= 0.05
+    assert np.mean(drifts > 0.01) <= 0.05
+    # Settling stops once the scene is still, not at its cap, in most trays.
+    assert np.median(settle) < SETTLE_MAX_STEPS
+    # One object set down alone comes to rest at once, and stays put (asleep) until touched.
+    cell.reset(0, placements=[(cell.pool[0], (0.6, 0.0), 0.3)])
+    assert cell.settle_steps < SETTLE_MAX_STEPS and cell.object_speeds()[0] < 0.01
+    before = cell.object_positions()
+    cell.wait(240)
+    assert np.abs(cell.object_positions() - before).max() < 1e-4
