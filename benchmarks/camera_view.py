@@ -9,7 +9,8 @@
 - ``finger_px_low_median``: visible finger pixels with the gripper within 3 cm of the floor, over
   a fixed grid of gripper poses (x, y across the workspace, yaw 0 and 90 degrees) in an empty
   tray; ``finger_visible_fraction``: share of all grid poses, every reachable height, where at
-  least 8 finger pixels are visible (not hidden behind the arm or out of frame).
+  least 8 finger pixels are visible (not hidden behind the arm or out of frame);
+  ``finger_px_min``: the fewest finger pixels over all poses.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 
 LOW = 0.03             # "near the floor", metres above it
 VISIBLE_PX = 8         # finger pixels that count as visible
-HEIGHTS = (0.005, 0.02, 0.06, 0.12, 0.2, 0.25)   # up to robot.cell.MAX_HEIGHT
+HEIGHTS = (0.005, 0.02, 0.06, 0.12, 0.2)   # up to robot.cell.MAX_HEIGHT
 GRID = (-1.0, 0.0, 1.0)   # fractions of the workspace's half-width
 
 
@@ -91,6 +92,7 @@ def measure(config, trays: int, seed: int) -> dict:
         "object_px_median": float(np.median(objects)),
         "object_px_p10": float(np.percentile(objects, 10)),
         "finger_px_low_median": float(np.median(low)),
+        "finger_px_min": int(min(px for _, px in fingers)),
         "finger_visible_fraction": round(float(np.mean([px >= VISIBLE_PX
                                                         for _, px in fingers])), 3),
         "finger_visible_by_height": {

@@ -37,7 +37,7 @@ TRAY_FLOOR_Z = 0.015                 # top of traybox.urdf's floor box
 TRAY_HALF = 0.25                     # the tray's rim, from its centre
 WORKSPACE_HALF = 0.17                # gripper x/y stay within the tray's flat floor
 SPAWN_HALF = 0.11                    # objects are dropped into the tray's centre region
-MAX_HEIGHT = 0.25                    # gripper height bounds above the tray floor
+MAX_HEIGHT = 0.2                     # gripper height bounds above the tray floor
 MIN_HEIGHT = 0.003
 
 TIME_STEP = 1.0 / 240.0

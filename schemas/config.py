@@ -115,7 +115,7 @@ class RobotConfig(_Section):
                                 doc="largest gripper move per step along each axis, metres")
     max_rotation: float = _f(0.5, lo=0.0, hi=3.1416,
                              doc="largest change of the gripper's yaw per step, radians")
-    start_height: float = _f(0.2, lo=0.05, hi=0.25,
+    start_height: float = _f(0.2, lo=0.05, hi=0.2,
                              doc="gripper height above the tray floor at reset, metres")
     grip_force: float = _f(40.0, lo=1.0, hi=500.0, doc="finger motor force, newtons")
     camera: str = _f("workspace", choices=("workspace", "shoulder", "facing"),

@@ -308,6 +308,7 @@ def test_camera_view_measures_the_workspace_camera_against_the_wide_one(capfd):
     assert near["workspace_fraction"] > 2 * wide["workspace_fraction"]
     assert near["object_px_median"] > 2 * wide["object_px_median"]
     assert near["finger_px_low_median"] > wide["finger_px_low_median"]
+    assert near["finger_px_min"] > wide["finger_px_min"]   # the wide view all but loses them
 
 
 def test_train_speed_counts_flops_of_the_configured_network(capfd):
