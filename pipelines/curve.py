@@ -27,13 +27,15 @@ from schemas.errors import UserError
 CURVE = "learning_curve"
 
 
-def _episodes(transitions: str) -> int:
+def episodes(transitions: str) -> int:
+    """Episodes (grasp attempts) in a transition dataset, from its manifest."""
     return int(dataset.read_manifest(transitions)["counts"]["episodes"])
 
 
 def offline_transitions(run_dir: str) -> str:
     """The transition dataset the run's offline phase trained on (demo and study layouts)."""
-    for candidate in (fs.join(run_dir, "transitions", "scripted"), fs.join(run_dir, "transitions")):
+    for candidate in (fs.join(run_dir, "transitions", "scripted"),
+                      fs.join(run_dir, "transitions")):
         if fs.exists(fs.join(candidate, dataset.MANIFEST)):
             return candidate
     raise UserError(f"{run_dir}: no offline transition dataset (transitions/scripted/)")
@@ -43,7 +45,9 @@ def candidates(run_dir: str) -> list[dict]:
     """The points of the curve, before evaluation: export, step, grasps and phase."""
     from model.export import complete_exports, export_step
 
-    offline_grasps = _episodes(offline_transitions(run_dir))
+    from pipelines.finetune import round_name
+
+    offline_grasps = episodes(offline_transitions(run_dir))
     points = [{"export": path, "step": export_step(path), "grasps": offline_grasps,
                "phase": "offline"}
               for path in complete_exports(fs.join(run_dir, "train", "exports"))
@@ -53,7 +57,8 @@ def candidates(run_dir: str) -> list[dict]:
         state = json.loads(fs.read_text(state_path))
         grasps = offline_grasps
         for r in state.get("rounds", []):
-            grasps += _episodes(fs.join(run_dir, "finetune", "transitions", f"round-{r['round']:03d}"))
+            grasps += episodes(fs.join(run_dir, "finetune", "transitions",
+                                       round_name(r["round"])))
             if r.get("export"):
                 points.append({"export": fs.join(run_dir, "finetune", "train", "exports",
                                                  fs.basename(r["export"])),

@@ -27,8 +27,9 @@ import argparse
 import json
 import time
 
-from pipelines import curve, dataset
+from pipelines import curve
 from pipelines.cli import add_config_arguments, config_args, config_from_args, invoke
+from pipelines.finetune import round_name
 from schemas import fs
 from schemas.errors import UserError
 
@@ -104,11 +105,6 @@ def same_config(stored: dict, current: dict) -> bool:
         return set(a) <= set(b)
 
     return same(stored, current, defaults)
-
-
-def _grasps(directory: str) -> int:
-    """Episodes (grasp attempts) in a transition dataset, from its manifest."""
-    return int(dataset.read_manifest(directory)["counts"]["episodes"])
 
 
 def table(rows: list[dict]) -> str:
@@ -205,9 +201,9 @@ def run(args: argparse.Namespace) -> int:
             "evaluate", "--policy", policy, "--objects", "test",
             "--out", fs.join(run_dir, "eval", name), *cargs]))
 
-    offline_grasps = _grasps(transitions)
+    offline_grasps = curve.episodes(transitions)
     # The chosen round's export trained on the on-policy data of that round and those before.
-    online_grasps = sum(_grasps(fs.join(ft_dir, "transitions", f"round-{r:03d}"))
+    online_grasps = sum(curve.episodes(fs.join(ft_dir, "transitions", round_name(r)))
                         for r in range(chosen + 1))
     rows = []
     for (label, _), grasps in zip(policies, (0, offline_grasps, offline_grasps + online_grasps)):
