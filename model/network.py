@@ -81,6 +81,14 @@ PRESETS = {
         embed=(64,),
         head=(("conv", 32, 3, 1), ("conv", 32, 3, 1)),
         dense=(64, 64)),
+    # 64x64 with a tower about 20x cheaper than cpu64's (strided convs instead of full-size
+    # ones), the same 4x4x64 merge and head: gradient steps are what a 2-core demo is short of.
+    "fast64": Architecture(
+        tower=(("conv", 16, 5, 2), ("conv", 32, 3, 2), ("conv", 32, 3, 2), ("conv", 64, 3, 1),
+               ("pool", 2)),
+        embed=(64,),
+        head=(("conv", 32, 3, 1), ("conv", 32, 3, 1)),
+        dense=(64, 64)),
     # Figure 13: 472x472 input, 7 convs before the merge, 9 after, two dense layers of 64.
     "paper": Architecture(
         tower=(("conv", 64, 6, 2), ("pool", 3)) + (("conv", 64, 5, 1),) * 6 + (("pool", 3),),

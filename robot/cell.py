@@ -49,15 +49,17 @@ SETTLE_DAMPING = 0.999
 SETTLE_SPEED = 0.005                 # m/s
 SETTLE_CHECK = 5                     # settling steps between speed checks
 SETTLE_MAX_STEPS = 200
+SPREAD_TRIES = 10                    # random spots tried for an object before it goes on a pile
+SPREAD_HALF = 0.13                   # ... anywhere on the flat floor within the gripper's reach
 DROP_GAP = 0.003                     # m between an object's lowest point and what it is set on
 BULLET_DAMPING = 0.04                # bullet's default linear and angular damping
 AT_REST = 0.01                       # m/s: a settled object slower than this is put to sleep
 TRAY_COLOUR = (0.62, 0.6, 0.56, 1.0)  # plain: the textured floor is pixel noise at 64x64
 
 # Gripper geometry: the body frame sits at the grasp point, between the fingertips.
-FINGER_HALF = (0.01, 0.006, 0.03)    # half extents x, y (thickness), z (length)
+FINGER_HALF = (0.013, 0.007, 0.034)  # half extents x, y (thickness), z (length)
 PALM_HALF = (0.02, 0.065, 0.012)
-FINGER_OPEN = 0.05                   # finger centre offset: an 8.8 cm opening between the pads
+FINGER_OPEN = 0.051                  # finger centre offset: an 8.8 cm opening between the pads
 FINGER_CLOSED = FINGER_HALF[1]       # pads meet
 GRIPPER_MAX_FORCE = 200.0            # newtons the pose constraint may apply
 # A gripper command completes within its control step, as a real gripper's blocking command does:
@@ -65,7 +67,8 @@ GRIPPER_MAX_FORCE = 200.0            # newtons the pose constraint may apply
 # it the next observation caught the fingers half-way (a "closed" gripper 4.8 cm open, which in
 # the data means an object is held) and the fingers finished closing during the next action.
 FINGER_SETTLE_SUBSTEPS = 48
-FINGER_STILL = 0.005                 # m/s: both finger joints slower than this have stopped
+FINGER_STILL = 0.005                 # m/s: a finger slower than this over a sub-step has stopped
+FINGER_AT_TARGET = 0.001             # m: a finger this close to its target has arrived
 FLANGE_ABOVE_GRASP = 2 * FINGER_HALF[2] + 2 * PALM_HALF[2] + 0.045
 
 # (radius, colour) of the capsule drawn for each iiwa link, base to flange.
@@ -75,6 +78,11 @@ ARM_LINKS = ((0.07, _GREY), (0.065, _ORANGE), (0.065, _GREY), (0.06, _ORANGE), (
 ARM_REST = (0.0, 0.6, 0.0, -1.4, 0.0, 1.1, 0.0)   # elbow up, wrist down: where IK starts
 CACHED = pybullet.URDF_ENABLE_CACHED_GRAPHICS_SHAPES
 OUT_OF_VIEW = (0.25, -0.45, 0.55)    # where the labeller parks the gripper (outside the frustum)
+
+
+def _overlap(lo, hi, flo, fhi) -> bool:
+    """Whether an axis-aligned box (lo, hi) and a footprint (flo, fhi) overlap on the floor."""
+    return lo[0] < fhi[0] and hi[0] > flo[0] and lo[1] < fhi[1] and hi[1] > flo[1]
 
 
 class SimCell(Robot):
@@ -184,6 +192,7 @@ class SimCell(Robot):
     def _drop_objects(self, rng: np.random.Generator, placements) -> None:
         p = self._p
         self._bodies, self._object_ids, self._objects = [], [], []
+        spread = placements is None
         if placements is None:
             k = int(rng.integers(self.config.min_objects, self.config.max_objects + 1))
             replace = k > len(self.pool)
@@ -201,12 +210,20 @@ class SimCell(Robot):
                                   globalScaling=self.config.object_scale)
             except pybullet.error:
                 raise UserError(f"object file {obj.path}: pybullet cannot load it") from None
+            lo, hi = p.getAABB(body)
+            # Random placements look for a free patch of floor first: an object set down on
+            # another keeps sliding off it long after the rest are still.
+            for _ in range(SPREAD_TRIES if spread else 0):
+                if not any(_overlap(lo, hi, flo, fhi) for flo, fhi in footprints):
+                    break
+                xy = TRAY_CENTRE + rng.uniform(-SPREAD_HALF, SPREAD_HALF, 2)
+                p.resetBasePositionAndOrientation(body, (xy[0], xy[1], 1.0), orn)
+                lo, hi = p.getAABB(body)
             # Set down on the floor, or on top of the objects already under its footprint: a
             # drop of millimetres leaves little motion to settle.
-            lo, hi = p.getAABB(body)
             base = TRAY_FLOOR_Z
             for flo, fhi in footprints:
-                if lo[0] < fhi[0] and hi[0] > flo[0] and lo[1] < fhi[1] and hi[1] > flo[1]:
+                if _overlap(lo, hi, flo, fhi):
                     base = max(base, fhi[2])
             dz = base + DROP_GAP - lo[2]
             p.resetBasePositionAndOrientation(body, (xy[0], xy[1], 1.0 + dz), orn)
@@ -366,13 +383,23 @@ class SimCell(Robot):
         self._position = target
 
     def _settle_fingers(self) -> None:
-        """Hold the pose until the fingers stop moving (closed on an object or on each other, or
-        open), at most FINGER_SETTLE_SUBSTEPS sub-steps."""
-        for _ in range(FINGER_SETTLE_SUBSTEPS):
-            speeds = [abs(self._p.getJointState(self._gripper, j)[1]) for j in (0, 1)]
-            if max(speeds) < FINGER_STILL:
-                break
+        """Hold the pose until each finger has reached its target or stopped (closed on an
+        object), at most FINGER_SETTLE_SUBSTEPS sub-steps. Judged by position: the motors creep
+        the last fraction of a millimetre for dozens of sub-steps and report velocity all along."""
+        target = FINGER_CLOSED if self._closed else FINGER_OPEN
+        last = self._finger_positions()
+        self.finger_settle_substeps = 0
+        while self.finger_settle_substeps < FINGER_SETTLE_SUBSTEPS:
             self._p.stepSimulation()
+            self.finger_settle_substeps += 1
+            now = self._finger_positions()
+            if all(abs(x - target) < FINGER_AT_TARGET or abs(x - x0) < FINGER_STILL * TIME_STEP
+                   for x, x0 in zip(now, last)):
+                break
+            last = now
+
+    def _finger_positions(self) -> tuple[float, float]:
+        return tuple(self._p.getJointState(self._gripper, j)[0] for j in (0, 1))
 
     def glide(self, position, speed: float = 0.6) -> None:
         """Move the gripper to ``position`` (world frame) at about ``speed`` m/s, outside the
@@ -405,7 +432,7 @@ class SimCell(Robot):
         for j in (0, 1):
             self._p.setJointMotorControl2(self._gripper, j, pybullet.POSITION_CONTROL,
                                           targetPosition=target, force=self.config.grip_force,
-                                          maxVelocity=0.3)
+                                          maxVelocity=0.5, positionGain=0.3)
 
     def _update_arm(self) -> None:
         p, ik = self._p, self._ik

@@ -28,7 +28,7 @@ from schemas.errors import ConfigError
 
 # Bumped whenever the simulated cell changes what it renders or how its objects behave (scene
 # settling, tray appearance, gripper geometry): episodes and exports of different versions differ.
-CELL_VERSION = 2
+CELL_VERSION = 3
 
 
 def _f(default, *, lo=None, hi=None, choices=None, doc: str = ""):
