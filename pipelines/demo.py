@@ -85,22 +85,31 @@ class Phases:
         fs.write_text(self.path, json.dumps(self.state, indent=1, sort_keys=True))
 
 
+# Options that only choose what the table reports, not how anything is made: a finished run
+# may be asked again under another value (each finetuned export is evaluated in its own directory).
+REPORTING_OPTIONS = {("finetune", "select")}
+
+
 def same_config(stored: dict, current: dict) -> bool:
     """Whether a run recorded with ``stored`` may go on under ``current``: equal, except that
     an option added to the code since (missing from ``stored``) may hold its default, which
-    keeps the old behaviour."""
+    keeps the old behaviour, and that REPORTING_OPTIONS may differ."""
     from schemas.config import Config
 
     defaults = Config().to_dict()
 
-    def same(a, b, d) -> bool:
+    def same(a, b, d, path=()) -> bool:
+        if path in REPORTING_OPTIONS:
+            return True
         if not (isinstance(a, dict) and isinstance(b, dict)):
             return a == b
         for key in b:
             if key not in a:
-                if not isinstance(d, dict) or key not in d or b[key] != d[key]:
+                if (path + (key,) not in REPORTING_OPTIONS and
+                        (not isinstance(d, dict) or key not in d or b[key] != d[key])):
                     return False
-            elif not same(a[key], b[key], d.get(key) if isinstance(d, dict) else None):
+            elif not same(a[key], b[key], d.get(key) if isinstance(d, dict) else None,
+                          path + (key,)):
                 return False
         return set(a) <= set(b)
 
@@ -195,8 +204,10 @@ def run(args: argparse.Namespace) -> int:
     finetuned, chosen = choose_finetuned(cfg, phase, run_dir, ft_state, cargs)
     policies = [("scripted", "scripted"), ("offline QT-Opt", exports),
                 ("finetuned QT-Opt", finetuned)]
-    for label, policy in policies:
-        name = label.split()[0]
+    # The finetuned export depends on finetune.select, which a finished run may be asked again
+    # under: each one chosen gets an evaluation of its own.
+    names = ["scripted", "offline", f"finetuned-{fs.basename(finetuned)}"]
+    for (label, policy), name in zip(policies, names):
         phase(f"evaluate-{name}", lambda policy=policy, name=name: invoke([
             "evaluate", "--policy", policy, "--objects", "test",
             "--out", fs.join(run_dir, "eval", name), *cargs]))
@@ -206,9 +217,9 @@ def run(args: argparse.Namespace) -> int:
     online_grasps = sum(curve.episodes(fs.join(ft_dir, "transitions", round_name(r)))
                         for r in range(chosen + 1))
     rows = []
-    for (label, _), grasps in zip(policies, (0, offline_grasps, offline_grasps + online_grasps)):
-        result = json.loads(fs.read_text(fs.join(run_dir, "eval", label.split()[0],
-                                                 "result.json")))
+    for (label, _), name, grasps in zip(policies, names,
+                                        (0, offline_grasps, offline_grasps + online_grasps)):
+        result = json.loads(fs.read_text(fs.join(run_dir, "eval", name, "result.json")))
         r = result["replacement"]
         rows.append({"policy": label, "rate": r["rate"], "ci95": r["ci95"],
                      "attempts": r["attempts"], "grasps": grasps})

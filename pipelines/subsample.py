@@ -92,7 +92,7 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
     def commit(_, infos, letters):
         infos = dataset.check_shard_outputs("subsample", out, infos, letters, count)
         acc = dataset.shard_accounting(
-            "subsample", out, "records", infos, letters,
+            "subsample", out, "transitions", infos, letters,
             {"not_selected": sum(i["not_selected"] for i in infos)})
         infos = [{k: v for k, v in i.items() if k not in ("records_in", "not_selected")}
                  for i in infos]

@@ -164,8 +164,9 @@ class ModelConfig(_Section):
     """The Q-network (appendix E, figure 13)."""
 
     SECTION = "model"
-    preset: str = _f("cpu64", choices=("tiny", "cpu64", "paper"),
-                     doc="network size: tiny (tests), cpu64 (64x64 on a CPU), paper (472x472)")
+    preset: str = _f("cpu64", choices=("tiny", "fast64", "cpu64", "paper"),
+                     doc="network size: tiny (tests), fast64 (64x64, a cheap tower), cpu64 (64x64 "
+                     "on a CPU), paper (472x472)")
     state_inputs: str = _f("image+gripper+height+opening",
                            choices=("image", "image+gripper", "image+gripper+height",
                                     "image+gripper+height+opening"),

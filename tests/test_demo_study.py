@@ -11,6 +11,10 @@ import pytest
 from pipelines.cli import invoke
 from schemas.errors import UserError
 
+
+def fs_basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
 SETS = ["robot.image_size=32", "model.preset=tiny", "train.batch_size=8", "train.steps=3",
         "train.epochs=2", "train.shuffle_buffer=16", "collect.episodes=6",
         "collect.episodes_per_block=3", "pipeline.num_shards=2", "pipeline.direct_num_workers=1",
@@ -60,7 +64,8 @@ def test_demo_writes_the_table_under_one_run_directory(demo_run, capsys):
     assert all(finetune[chosen]["rate"] > p["rate"] for p in finetune[chosen + 1:])
     assert (demo_run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert (demo_run / "learning_curve.csv").read_text().startswith("phase,round,step,grasps")
-    finetuned = json.loads((demo_run / "eval" / "finetuned" / "result.json").read_text())
+    finetuned = json.loads((demo_run / "eval" / f"finetuned-{rows[-1]['export']}"
+                            / "result.json").read_text())
     assert finetuned["policy"].endswith(rows[-1]["export"])
     online = [json.loads((demo_run / "finetune" / "transitions" / f"round-{r:03d}" /
                           "manifest.json").read_text())["counts"]["episodes"] for r in (0, 1)]
@@ -84,6 +89,15 @@ def test_demo_writes_the_table_under_one_run_directory(demo_run, capsys):
     # Another configuration in the same run directory is refused, naming the state file.
     with pytest.raises(UserError, match="demo-state.json: this run was made with another"):
         invoke(["demo", "--run", str(demo_run), *ARGS, "--set", "train.steps=4"])
+    # ... but not another choice of the finetuned row: the last round's export, evaluated in a
+    # directory of its own, the other choice's evaluation left as it was.
+    invoke(["demo", "--run", str(demo_run), *ARGS, "--set", "finetune.select=last"])
+    last = json.loads((demo_run / "results.json").read_text())[-1]
+    assert last["select"] == "last" and last["round"] == 1
+    assert last["export"] == fs_basename(ft_state["rounds"][1]["export"])
+    assert json.loads((demo_run / "eval" / f"finetuned-{last['export']}" / "result.json")
+                      .read_text())["policy"].endswith(last["export"])
+    assert (demo_run / "eval" / f"finetuned-{rows[-1]['export']}" / "result.json").exists()
 
 
 def test_a_run_goes_on_after_an_option_was_added_at_its_default():
@@ -96,7 +110,11 @@ def test_a_run_goes_on_after_an_option_was_added_at_its_default():
     assert same_config(older, current)
     assert same_config(current, current)
     changed = json.loads(json.dumps(current))
-    changed["finetune"]["select"] = "train"          # the new option away from its default
+    changed["finetune"]["select"] = "train"          # a reporting option: may differ
+    assert same_config(older, changed) and same_config(current, changed)
+    del older["collect"]["explore_episodes"]          # recorded before the option existed
+    assert same_config(older, current)
+    changed["collect"]["explore_episodes"] = 5       # the new option away from its default
     assert not same_config(older, changed)
     assert not same_config(current, changed)
     extra = json.loads(json.dumps(current))

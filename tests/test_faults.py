@@ -221,6 +221,32 @@ def test_relabel_accounts_for_every_transition_of_a_damaged_shard(transitions, t
     assert f"see {out}/epoch-0/dead-letter.jsonl" in line
 
 
+@pytest.mark.parametrize("fault", FAULTS)
+def test_subsample_accounts_for_every_transition_of_a_damaged_shard(transitions, tmp_path, fault,
+                                                                    capsys):
+    ds, _ = transitions
+    bad_ds = tmp_path / "transitions"
+    shutil.copytree(ds, bad_ds)
+    total = manifest(ds)["counts"]["transitions"]
+    name = manifest(ds)["files"][1]["name"]
+    held = manifest(ds)["files"][1]["records"]
+    damage(bad_ds / name, fault)
+    out = tmp_path / "all"
+    capsys.readouterr()
+    assert qtopt("subsample", "-i", bad_ds, "--fraction", 1, "-o", out, *IN_PROCESS) == 3
+    m = manifest(out)
+    acc = m["accounting"]
+    balanced(acc, total)
+    assert acc["records_out"] == m["counts"]["transitions"] == len(read_all(out))
+    lost = {"flipped": 1, "random": held, "empty": held}.get(fault)
+    if lost is not None:
+        assert acc["records_dead_lettered"] == lost
+    line = err_line(capsys)
+    assert line.startswith(f"subsample: {acc['records_dead_lettered']} of {total} transitions "
+                           f"dead-lettered (first: {bad_ds / name}")
+    assert f"see {out}/dead-letter.jsonl" in line
+
+
 def test_relabel_refuses_missing_manifest_and_half_written_export(transitions, tmp_path,
                                                                   capsys):
     ds, export = transitions
