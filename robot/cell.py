@@ -119,6 +119,7 @@ class SimCell(Robot):
         self._bodies: list[int] = []
         self._objects: list = []
         self._held_at_end: list[int] = []
+        self.finger_settle_substeps = 0   # sub-steps the last gripper command waited for
 
     # ---------------------------------------------------------------------------- world set-up
 

@@ -194,9 +194,10 @@ def transitions(collection, tmp_path_factory):
     return ds, make_export(root / "exports", step=100)
 
 
+@pytest.mark.parametrize("job", ["relabel", "subsample"])
 @pytest.mark.parametrize("fault", FAULTS)
-def test_relabel_accounts_for_every_transition_of_a_damaged_shard(transitions, tmp_path, fault,
-                                                                  capsys):
+def test_transition_jobs_account_for_every_transition_of_a_damaged_shard(transitions, tmp_path,
+                                                                         job, fault, capsys):
     ds, export = transitions
     bad_ds = tmp_path / "transitions"
     shutil.copytree(ds, bad_ds)
@@ -204,36 +205,16 @@ def test_relabel_accounts_for_every_transition_of_a_damaged_shard(transitions, t
     name = manifest(ds)["files"][1]["name"]
     held = manifest(ds)["files"][1]["records"]
     damage(bad_ds / name, fault)
-    out = tmp_path / "labelled"
+    if job == "relabel":
+        out = tmp_path / "labelled" / "epoch-0"
+        argv = ["relabel", "-i", bad_ds, "-e", export, "-o", out.parent, "--epoch", 0]
+        first = f"(first: {bad_ds / name}, record "
+    else:
+        out = tmp_path / "all"
+        argv = ["subsample", "-i", bad_ds, "--fraction", 1, "-o", out]
+        first = f"(first: {bad_ds / name}"
     capsys.readouterr()
-    assert qtopt("relabel", "-i", bad_ds, "-e", export, "-o", out, "--epoch", 0,
-                 *IN_PROCESS) == 3
-    m = manifest(out / "epoch-0")
-    acc = m["accounting"]
-    balanced(acc, total)
-    assert acc["records_out"] == m["counts"]["transitions"] == len(read_all(out / "epoch-0"))
-    lost = {"flipped": 1, "random": held, "empty": held}.get(fault)
-    if lost is not None:
-        assert acc["records_dead_lettered"] == lost
-    line = err_line(capsys)
-    assert line.startswith(f"relabel: {acc['records_dead_lettered']} of {total} transitions "
-                           f"dead-lettered (first: {bad_ds / name}, record ")
-    assert f"see {out}/epoch-0/dead-letter.jsonl" in line
-
-
-@pytest.mark.parametrize("fault", FAULTS)
-def test_subsample_accounts_for_every_transition_of_a_damaged_shard(transitions, tmp_path, fault,
-                                                                    capsys):
-    ds, _ = transitions
-    bad_ds = tmp_path / "transitions"
-    shutil.copytree(ds, bad_ds)
-    total = manifest(ds)["counts"]["transitions"]
-    name = manifest(ds)["files"][1]["name"]
-    held = manifest(ds)["files"][1]["records"]
-    damage(bad_ds / name, fault)
-    out = tmp_path / "all"
-    capsys.readouterr()
-    assert qtopt("subsample", "-i", bad_ds, "--fraction", 1, "-o", out, *IN_PROCESS) == 3
+    assert qtopt(*argv, *IN_PROCESS) == 3
     m = manifest(out)
     acc = m["accounting"]
     balanced(acc, total)
@@ -242,8 +223,8 @@ def test_subsample_accounts_for_every_transition_of_a_damaged_shard(transitions,
     if lost is not None:
         assert acc["records_dead_lettered"] == lost
     line = err_line(capsys)
-    assert line.startswith(f"subsample: {acc['records_dead_lettered']} of {total} transitions "
-                           f"dead-lettered (first: {bad_ds / name}")
+    assert line.startswith(f"{job}: {acc['records_dead_lettered']} of {total} transitions "
+                           f"dead-lettered {first}")
     assert f"see {out}/dead-letter.jsonl" in line
 
 
