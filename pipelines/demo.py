@@ -88,12 +88,15 @@ class Phases:
 # Options that only choose what the table reports, not how anything is made: a finished run
 # may be asked again under another value (each finetuned export is evaluated in its own directory).
 REPORTING_OPTIONS = {("finetune", "select")}
+# Options a finished run may be asked again under a larger value: more finetuning rounds go on
+# from the rounds done (finetuning resumes), and the curve and table are brought up to date.
+GROWING_OPTIONS = {("finetune", "rounds")}
 
 
 def same_config(stored: dict, current: dict) -> bool:
     """Whether a run recorded with ``stored`` may go on under ``current``: equal, except that
     an option added to the code since (missing from ``stored``) may hold its default, which
-    keeps the old behaviour, and that REPORTING_OPTIONS may differ."""
+    keeps the old behaviour, that REPORTING_OPTIONS may differ and GROWING_OPTIONS grow."""
     from schemas.config import Config
 
     defaults = Config().to_dict()
@@ -101,6 +104,8 @@ def same_config(stored: dict, current: dict) -> bool:
     def same(a, b, d, path=()) -> bool:
         if path in REPORTING_OPTIONS:
             return True
+        if path in GROWING_OPTIONS and a is not None and b is not None:
+            return b >= a
         if not (isinstance(a, dict) and isinstance(b, dict)):
             return a == b
         for key in b:
@@ -114,6 +119,20 @@ def same_config(stored: dict, current: dict) -> bool:
         return set(a) <= set(b)
 
     return same(stored, current, defaults)
+
+
+def more_rounds(phase: Phases, ft_dir: str, rounds: int) -> None:
+    """Raising finetune.rounds on a run whose finetuning is done reopens finetuning and the
+    curve (both resume: only the new rounds and their exports cost time)."""
+    state_path = fs.join(ft_dir, "state.json")
+    if "finetune" not in phase.state["done"] or not fs.exists(state_path):
+        return
+    done = len(json.loads(fs.read_text(state_path)).get("rounds", []))
+    if rounds < done:
+        raise UserError(f"finetune.rounds={rounds} but {state_path} has {done} rounds done; "
+                        "ask for at least as many, or use another run directory")
+    if rounds > done:
+        phase.state["done"] = [d for d in phase.state["done"] if d not in ("finetune", "curve")]
 
 
 def table(rows: list[dict]) -> str:
@@ -197,9 +216,10 @@ def run(args: argparse.Namespace) -> int:
         inputs += ["--input", fs.join(explore, "*.tfrecord.gz")]
     phase("shard", lambda: invoke(["shard", *inputs, "--output", transitions, *cargs]))
     train_offline(cfg, phase, transitions, labelled, train_dir, args.epochs, cargs)
+    ft_dir = fs.join(run_dir, "finetune")
+    more_rounds(phase, ft_dir, cfg.finetune.rounds)
     phase("finetune", lambda: invoke(["finetune", "--run", run_dir, "--offline", transitions,
                                       "--init", train_dir, *cargs]))
-    ft_dir = fs.join(run_dir, "finetune")
     ft_state = json.loads(fs.read_text(fs.join(ft_dir, "state.json")))
     finetuned, chosen = choose_finetuned(cfg, phase, run_dir, ft_state, cargs)
     policies = [("scripted", "scripted"), ("offline QT-Opt", exports),

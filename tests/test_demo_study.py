@@ -28,12 +28,39 @@ ARGS = [a for s in SETS for a in ("--set", s)]
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
+    """A toy demo of one finetuning round, then the same run asked for two."""
     run = tmp_path_factory.mktemp("demo") / "run"
+    invoke(["demo", "--run", str(run), *ARGS, "--set", "finetune.rounds=1"])
+    one = json.loads((run / "results.json").read_text())
+    state = json.loads((run / "demo-state.json").read_text())
     invoke(["demo", "--run", str(run), *ARGS])
-    return run
+    return run, one, state
+
+
+def test_a_demo_of_one_finetuning_round_reports_it_and_grows_to_two(demo_run):
+    run, one, first_state = demo_run
+    # One round: its export is the finetuned row, whatever finetune.select says.
+    assert [r["policy"] for r in one] == ["scripted", "offline QT-Opt", "finetuned QT-Opt"]
+    assert one[-1]["rounds"] == 1 and one[-1]["round"] == 0
+    assert first_state["config"]["finetune"]["rounds"] == 1
+    # Asked for two rounds, the run went on: the first round was not collected again, the
+    # scripted and offline rows were not evaluated again.
+    ft_state = json.loads((run / "finetune" / "state.json").read_text())
+    assert [r["round"] for r in ft_state["rounds"]] == [0, 1]
+    assert ft_state["rounds"][0]["export"].endswith(one[-1]["export"])
+    state = json.loads((run / "demo-state.json").read_text())
+    assert state["config"]["finetune"]["rounds"] == 2
+    for name in ("collect", "evaluate-scripted", "evaluate-offline", "train-1"):
+        assert state["seconds"][name] == first_state["seconds"][name]
+    rows = json.loads((run / "results.json").read_text())
+    assert rows[:2] == one[:2] and rows[-1]["rounds"] == 2
+    # Fewer rounds than the run holds is another configuration: refused, naming the state file.
+    with pytest.raises(UserError, match="demo-state.json: this run was made with another"):
+        invoke(["demo", "--run", str(run), *ARGS, "--set", "finetune.rounds=1"])
 
 
 def test_demo_writes_the_table_under_one_run_directory(demo_run, capsys):
+    demo_run = demo_run[0]
     rows = json.loads((demo_run / "results.json").read_text())
     assert [r["policy"] for r in rows] == ["scripted", "offline QT-Opt", "finetuned QT-Opt"]
     state = json.loads((demo_run / "demo-state.json").read_text())
@@ -124,6 +151,7 @@ def test_a_run_goes_on_after_an_option_was_added_at_its_default():
 
 def test_study_trains_and_evaluates_nested_subsets(demo_run, tmp_path):
     run = tmp_path / "study"
+    demo_run = demo_run[0]
     invoke(["study", "dataset-size", "--transitions", str(demo_run / "transitions" / "scripted"),
             "--fractions", "0.5,1", "--run", str(run), "--epochs", "1", *ARGS])
     rows = json.loads((run / "results.json").read_text())
