@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,3 +148,35 @@ def test_finetune_refuses_offline_data_or_weights_of_another_cell(offline, tmp_p
                                         rf"config is {current}"):
         invoke([*base, "--init", init])
     assert not run.exists()
+
+
+def test_a_round_whose_relabel_dead_letters_stops_with_status_3_and_resumes(offline, tmp_path,
+                                                                            capsys):
+    from pipelines_testlib import corrupt_record, qtopt
+
+    bad = tmp_path / "transitions"
+    shutil.copytree(offline / "transitions", bad)
+    shard = json.loads((bad / "manifest.json").read_text())["files"][0]["name"]
+    corrupt_record(bad / shard, 0)
+    run = tmp_path / "run"
+    argv = ["finetune", "--run", run, "--offline", bad, "--init", offline / "train", *ARGS,
+            "--set", "finetune.rounds=1"]
+    capsys.readouterr()
+    assert qtopt(*argv) == 3
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if line.startswith(("relabel:", "qtopt"))]
+    assert len(err) == 2, err
+    assert err[0].startswith("relabel: 1 of ") and f"(first: {bad / shard}, record 0" in err[0]
+    assert err[1].startswith("qtopt finetune: error: qtopt relabel published its output but "
+                             "dead-lettered input records")
+    # Round 0 stopped after its relabel published: collected and sharded, not trained.
+    state = json.loads((run / "finetune" / "state.json").read_text())
+    assert state["round"] == 0 and state["done"] == ["collect", "shard"]
+    labelled = json.loads((run / "finetune" / "labelled" / "offline" / "epoch-0" /
+                           "manifest.json").read_text())["accounting"]
+    assert labelled["records_dead_lettered"] == 1
+    assert labelled["records_out"] + 1 == labelled["records_in"]
+    # Allowed, the same command goes on from the relabel and finishes the round.
+    assert qtopt(*argv, "--set", "pipeline.max_dead_fraction=0.5") == 0
+    state = json.loads((run / "finetune" / "state.json").read_text())
+    assert state["round"] == 1 and [r["round"] for r in state["rounds"]] == [0]
