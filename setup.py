@@ -42,6 +42,7 @@ setup(
             "pytest>=8",
             "hypothesis>=6.100",
             "gcp-storage-emulator>=2024.8",
+            "import-linter>=2.1",
         ],
         # The reference simulator of benchmarks/sim_throughput.py (pybullet_envs needs old gym).
         "bench": [
@@ -55,6 +56,7 @@ setup(
             "pytest>=8",
             "hypothesis>=6.100",
             "gcp-storage-emulator>=2024.8",
+            "import-linter>=2.1",
             "ruff>=0.5",
         ],
     },

@@ -41,7 +41,7 @@ def naive_computer(polyak, lagged, cem, targets):
     """The same targets with the whole network run on every sample."""
     import tensorflow as tf
 
-    from model.action_space import ACTION_HIGH, ACTION_LOW
+    from schemas.mdp import ACTION_HIGH, ACTION_LOW
     from model.cem import cem_maximize
     from model.targets import bellman_targets
     from schemas.specs import STATE_SCALARS

@@ -69,7 +69,7 @@ def probe_states(paths: list[str], state: str, replay: bool = False) -> dict:
     """One (image, gripper, height, action, success) per episode, at the chosen step; with
     ``replay``, also what replaying it needs (``"replay"``: seed, object ids, cell, the actions
     up to and including that step, the recorded observation there)."""
-    from robot import mdp
+    from schemas import mdp
     from schemas.tfrecord_io import read_records
 
     cols = {k: [] for k in ("image",) + STATE_SCALARS + ("action", "success")}
@@ -142,7 +142,7 @@ def _narrowest_axis(points_xy: np.ndarray) -> float:
 def privileged_features(cell, close_action, mesh_cache: dict | None = None) -> np.ndarray:
     """PRIVILEGED_FEATURES of the cell's present state, for ``close_action`` sent next."""
     from robot import cell as cellmod
-    from robot import mdp
+    from schemas import mdp
 
     cfg, p = cell.config, cell._p
     mesh_cache = {} if mesh_cache is None else mesh_cache
@@ -170,7 +170,7 @@ def privileged_features(cell, close_action, mesh_cache: dict | None = None) -> n
 def replay_close(cell, record: dict, mesh_cache: dict | None = None) -> tuple[np.ndarray, dict]:
     """Replay one ``probe_states(..., replay=True)`` record up to its probed step: the
     privileged features there and how the replayed observation compares with the recorded."""
-    from robot import mdp
+    from schemas import mdp
 
     cell.reset(record["seed"])
     for action in record["actions"][:-1]:

@@ -26,7 +26,7 @@ import numpy as np
 
 def run(cell, policy, seed: int, aim_at_object: bool, rng: np.random.Generator) -> dict:
     """One episode; returns success and the (x, y) distance to the nearest object at close."""
-    from robot import mdp
+    from schemas import mdp
 
     observation = cell.reset(seed)
     policy.seed(seed)

@@ -6,7 +6,7 @@ JSON line.
 
 The controller reads every object's true pose and collision shape from the cell's pybullet client,
 but acts on the cell only as a policy does: ``reset``, ``execute_command`` with actions made by
-``robot.mdp``, ``capture_state``. It re-plans at every step from the current truth:
+``schemas.mdp``, ``capture_state``. It re-plans at every step from the current truth:
 
 - target: among the objects within the gripper's reach (over the workspace, not in flight) that
   fit the opening at their narrowest, by default (``--target clear``) the one nearest the tray
@@ -336,7 +336,7 @@ class OracleGrasp:
     # -- the policy
 
     def action(self, observation: dict) -> np.ndarray:
-        from robot import mdp
+        from schemas import mdp
 
         c = self.cfg
         height = float(observation[mdp.HEIGHT])

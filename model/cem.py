@@ -15,7 +15,7 @@ asked about actions the data can contain; sampled freely, the bit is an unseen i
 state where the rule says 0, and its extrapolated values inflate every bootstrapped target.
 
 Likewise, when a step either works the gripper or moves it (``robot.gripper_moves=false``,
-``robot.mdp.gripper_or_move``), ``gripper_rule`` (the states' gripper closed flag) makes
+``schemas.mdp.gripper_or_move``), ``gripper_rule`` (the states' gripper closed flag) makes
 every sample the action the cell would execute and record: a command that changes the gripper
 loses its move, a command the gripper already obeys is dropped. Q is then never asked about a
 close-and-lift, or a close of a closed gripper, which the data cannot hold.
@@ -33,8 +33,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from model.action_space import ACTION_HIGH, ACTION_LOW, CONTINUOUS, GRIPPER, TERMINATE
-from robot.mdp import SCRIPTED_TERMINATION_HEIGHT
+from schemas.mdp import ACTION_HIGH, ACTION_LOW, CONTINUOUS, GRIPPER, TERMINATE
+from schemas.mdp import SCRIPTED_TERMINATION_HEIGHT
 
 # Elite spreads never collapse below this fraction of the bound range, so the second iteration
 # still explores around a mean that six elites happened to agree on.
@@ -106,14 +106,14 @@ def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
 
 
 def scripted_terminate_bits(gripper_closed, height, translation_z):
-    """Algorithm 2 on tensors (``robot.mdp.scripted_termination``): [B] states x [B, N] moves."""
+    """Algorithm 2 on tensors (``schemas.mdp.scripted_termination``): [B] states x [B, N] moves."""
     closed = tf.cast(tf.reshape(gripper_closed, (-1, 1)), tf.float32) > 0.5
     high = tf.cast(tf.reshape(height, (-1, 1)), tf.float32) > SCRIPTED_TERMINATION_HEIGHT
     return tf.cast(closed & high & (translation_z > 0.0), tf.float32)
 
 
 def gripper_or_move(gripper_closed, continuous, close, open_):
-    """``robot.mdp.gripper_or_move`` on tensors: [B] states x [B, N] samples."""
+    """``schemas.mdp.gripper_or_move`` on tensors: [B] states x [B, N] samples."""
     closed = tf.cast(tf.cast(tf.reshape(gripper_closed, (-1, 1)), tf.float32) > 0.5, tf.float32)
     changes = close * (1.0 - closed) + open_ * closed          # 1: the step works the gripper
     still = tf.constant([0.0, 0.0, 0.0, 0.0, 1.0])               # no translation, yaw 0

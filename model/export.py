@@ -69,7 +69,7 @@ class Export:
     @property
     def bounds(self):
         """CEM's (low, high) action bounds: those the export was trained with."""
-        from model.action_space import ACTION_HIGH, ACTION_LOW
+        from schemas.mdp import ACTION_HIGH, ACTION_LOW
 
         b = self.manifest.get("action_bounds")
         if b is None:
@@ -142,7 +142,7 @@ def write_export(exports: str, step: int, networks: dict, extra: dict | None = N
 
     The manifest goes last, so a reader never sees a half-written export as complete.
     """
-    from model.action_space import ACTION_HIGH, ACTION_LOW
+    from schemas.mdp import ACTION_HIGH, ACTION_LOW
 
     from schemas.cells import default_cell
 

@@ -28,21 +28,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from schemas import mdp
 from schemas.errors import UserError
 from schemas.specs import ACTION_DIM
 from schemas.tf_codec import keras_inputs
 
-IMAGE = "observation/image"
+IMAGE = mdp.IMAGE
 ACTION = "action"
 STATE_FIELDS = {
     "image": (),
-    "image+gripper": ("observation/gripper_closed",),
-    "image+gripper+height": ("observation/gripper_closed", "observation/height"),
+    "image+gripper": (mdp.GRIPPER_CLOSED,),
+    "image+gripper+height": (mdp.GRIPPER_CLOSED, mdp.HEIGHT),
     # Not in the paper: the fingers' opening besides the closed flag. After a close it tells
     # whether something is between the fingers, which 64x64 images barely show (README, "The
     # demo": grasp_probe).
-    "image+gripper+height+opening": ("observation/gripper_closed", "observation/height",
-                                     "observation/gripper_opening"),
+    "image+gripper+height+opening": (mdp.GRIPPER_CLOSED, mdp.HEIGHT, mdp.GRIPPER_OPENING),
 }
 DEFAULT_STATE_INPUTS = "image+gripper+height+opening"
 # Inputs are scaled to about unit range before the first dense layer. Adam moves every weight by
@@ -50,9 +50,8 @@ DEFAULT_STATE_INPUTS = "image+gripper+height+opening"
 # opening, metres) or 0.16 (a translation) would need weights tens of times larger than a 0/1 bit
 # to matter as much: thousands of steps. Measured with benchmarks.grasp_probe --state final on 300
 # scripted episodes: held-out AUC 0.62 raw, 0.86 scaled, after 400 steps.
-STATE_RANGES = {"observation/gripper_closed": 1.0,
-                "observation/height": 0.25,             # the cell's start height, metres
-                "observation/gripper_opening": 0.088}   # the cell's widest opening, metres
+STATE_RANGES = {mdp.GRIPPER_CLOSED: 1.0, mdp.HEIGHT: mdp.HEIGHT_RANGE,
+                mdp.GRIPPER_OPENING: mdp.MAX_OPENING}
 DEFAULT_TRANSLATION_RANGE = 0.08                        # robot.max_translation's default
 
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 from model.cem import cem_maximize
 from model.export import load_export
 from model.network import IMAGE, QNetwork
-from robot.mdp import GRIPPER_CLOSED, HEIGHT
+from schemas.mdp import GRIPPER_CLOSED, HEIGHT
 from schemas.config import CEMConfig
 from schemas.errors import UserError
 
@@ -30,7 +30,7 @@ class GreedyCEMPolicy:
     def __init__(self, network: QNetwork, cem_config: CEMConfig | None = None, bounds=None,
                  seed: int = 0, where: str = "policy", termination: str = "learned",
                  gripper_moves: bool = True, cell: str | None = None):
-        from model.action_space import ACTION_HIGH, ACTION_LOW
+        from schemas.mdp import ACTION_HIGH, ACTION_LOW
 
         self.network = network
         # scripted: the terminate bit follows algorithm 2, as the cell records it (model.cem).
@@ -67,7 +67,7 @@ class GreedyCEMPolicy:
 
         Caught before any robot runs; otherwise the first observation fails deep inside a worker,
         CEM proposes moves the cell silently clips, or a policy runs on images it never saw."""
-        from model.action_space import bounds_from_config
+        from schemas.mdp import bounds_from_config
         from schemas.cells import how_to_match
         from schemas.specs import CELL_BEFORE_IDENTITIES
 
@@ -165,5 +165,5 @@ class GreedyCEMPolicy:
 
 def load_policy(path: str, copy: str = "polyak", cem_config: CEMConfig | None = None,
                 seed: int = 0) -> GreedyCEMPolicy:
-    """What ``robot.policies.make_policy`` calls for an export directory."""
+    """What ``pipelines.policies.make_policy`` calls for an export directory."""
     return GreedyCEMPolicy.from_export(path, copy, cem_config, seed)

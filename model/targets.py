@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from model.action_space import ACTION_HIGH, ACTION_LOW
+from schemas.mdp import ACTION_HIGH, ACTION_LOW
 from model.cem import cem_maximize
 from model.network import QNetwork
 from schemas.errors import UserError
@@ -132,7 +132,7 @@ def compute_targets(models_or_export, batch: dict, cem_config, target_config, se
     ``is_terminal``; other keys are ignored. ``seed`` makes CEM's samples reproducible; give each
     batch its own (e.g. a hash of shard and batch index). ``bounds``: CEM's (low, high) action
     bounds; by default the export's own (those it was trained with), else the RobotConfig
-    defaults (``model.action_space``). ``termination``: ``learned`` or ``scripted``; by default
+    defaults (``schemas.mdp``). ``termination``: ``learned`` or ``scripted``; by default
     the export's own (a pair of networks: learned). ``gripper_moves``: likewise (default true).
 
     Raises ``UserError`` naming the export when its image size does not match the batch.

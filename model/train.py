@@ -37,7 +37,7 @@ import keras
 import tensorflow as tf
 
 from model import data
-from model.action_space import bounds_from_config
+from schemas.mdp import bounds_from_config
 from model.copies import TargetCopies
 from model.export import write_export
 from model.network import InputSpec, QNetwork

@@ -17,6 +17,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import schemas  # noqa: F401  (installs the tfrecord/tensorflow import hook first)
+from pipelines.options import add_config_arguments, config_args, config_from_args  # noqa: F401
 from schemas.errors import DeadLettered, UserError
 
 # name -> (module, one-line help). Add a command by adding a line here.
@@ -36,7 +37,7 @@ COMMANDS = {
     "curve": ("pipelines.curve", "a run's learning curve: every kept export on train objects "
                                  "against gradient steps and grasps"),
     "demo": ("pipelines.demo", "the whole system end to end on local defaults (make demo)"),
-    "train": ("model.train_cmd", "train the Q-function on labelled shards; checkpoints, exports"),
+    "train": ("pipelines.train", "train the Q-function on labelled shards; checkpoints, exports"),
 }
 
 
@@ -44,32 +45,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors: one line, status 2, as argparse does, no traceback
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every command that takes a Config shares."""
-    parser.add_argument("--preset", default="demo",
-                        help="configuration preset from configs/ (default: demo)")
-    parser.add_argument("--config", action="append", default=[], metavar="FILE",
-                        help="YAML file of overrides; may be repeated")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        dest="overrides", help="one override, e.g. train.batch_size=64")
-
-
-def config_from_args(args: argparse.Namespace):
-    from schemas.config import load_config
-
-    return load_config(args.preset, args.config, args.overrides)
-
-
-def config_args(args: argparse.Namespace) -> list:
-    """The --preset/--config/--set a command was given, to pass on to the commands it runs."""
-    out = ["--preset", args.preset]
-    for path in args.config:
-        out += ["--config", path]
-    for item in args.overrides:
-        out += ["--set", item]
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,25 +27,14 @@ import time
 
 from schemas import fs
 from schemas.errors import UserError
-from pipelines import runner
+from pipelines import dataset, runner
+from pipelines.jobs import JobResult
 
 NAMESPACE = "qtopt.collect"
 PLAN = "_collect.json"
-DONE = "_SUCCESS.json"
-_SHARD = re.compile(r"^episodes-s(\d+)-(\d{7})-(\d{7})\.tfrecord\.gz$")
 
 
 # -------------------------------------------------------------------------------- naming
-
-def shard_name(seed: int, start: int, end: int) -> str:
-    return f"episodes-s{seed}-{start:07d}-{end:07d}.tfrecord.gz"
-
-
-def block_size(name: str) -> int | None:
-    """Episodes a collect shard holds, from its name; None for any other name."""
-    m = _SHARD.match(name)
-    return int(m.group(3)) - int(m.group(2)) if m else None
-
 
 def episode_seed(seed: int, index: int) -> int:
     """The reset seed of episode ``index``: independent streams for every (seed, index)."""
@@ -62,7 +51,7 @@ def existing_blocks(out: str, seed: int) -> list[tuple[int, int, str]]:
     """(start, end, path) of every published shard of this seed in ``out``."""
     blocks = []
     for path in fs.glob(fs.join(out, "episodes-*.tfrecord.gz")):
-        m = _SHARD.match(os.path.basename(path))
+        m = dataset.COLLECT_SHARD.match(os.path.basename(path))
         if m and int(m.group(1)) == seed:
             blocks.append((int(m.group(2)), int(m.group(3)), path))
     return sorted(blocks)
@@ -101,7 +90,7 @@ def _collect_fn():
 
         def setup(self):
             from robot.cell import SimCell
-            from robot.policies import make_policy
+            from pipelines.policies import make_policy
             from schemas.config import RobotConfig
 
             plan = self.plan
@@ -120,7 +109,7 @@ def _collect_fn():
             from schemas.tfrecord_io import RecordWriter
 
             plan, (start, end) = self.plan, block
-            path = fs.join(plan["out"], shard_name(plan["seed"], start, end))
+            path = fs.join(plan["out"], dataset.collect_shard_name(plan["seed"], start, end))
             if fs.exists(path):  # a retried bundle: the shard is already published
                 return
             with RecordWriter(path) as writer:
@@ -162,7 +151,7 @@ def build(pipeline, blocks: list[tuple[int, int]], plan: dict):
 # -------------------------------------------------------------------------------- launcher
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.cli import add_config_arguments
+    from pipelines.options import add_config_arguments
 
     parser.add_argument("--policy", help="scripted | random | a policy export directory "
                                          "(default: collect.policy)")
@@ -170,8 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: collect.episodes)")
     parser.add_argument("--objects", help="train | test | comma-separated URDF files "
                                           "(default: collect.objects)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory, local "
-                        "or gs://")
+    parser.add_argument("--output", "--out", "-o", required=True, metavar="DIR",
+                        help="output directory, local or gs://")
     parser.add_argument("--seed", type=int, help="collection seed (default: collect.seed)")
     parser.add_argument("--workers", type=int, metavar="W", help="local worker processes "
                         "(default: pipeline.direct_num_workers; 0 = one per core)")
@@ -200,7 +189,7 @@ def _overrides(args) -> list[str]:
 
 def make_plan(cfg, out: str, source: str | None) -> dict:
     from robot import objects
-    from robot.policies import make_policy
+    from pipelines.policies import make_policy
 
     c = cfg.collect
     pool = objects.resolve(c.objects)  # fails here, naming the file, before any work
@@ -277,17 +266,24 @@ def summarise(out: str, seed: int, n: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.cli import config_from_args
+    from pipelines.options import config_from_args
 
     args.overrides = list(args.overrides) + _overrides(args)
-    cfg = config_from_args(args)
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
-    out = args.out.rstrip("/") or args.out
-    plan = make_plan(cfg, out, args.source)
+    return collect(config_from_args(args), args.output, source=args.source,
+                   workers=args.workers, beam_args=args.beam_args).status
+
+
+def collect(cfg, output: str, *, source: str | None = None, workers: int | None = None,
+            beam_args=()) -> JobResult:
+    """``cfg.collect.episodes`` episodes of ``cfg.collect.policy`` into ``output``: the missing
+    ones only, so a rerun after a kill completes the set."""
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers must be >= 0, got {workers}")
+    out = output.rstrip("/") or output
+    plan = make_plan(cfg, out, source)
     n, per_block = cfg.collect.episodes, cfg.collect.episodes_per_block
-    workers = args.workers if args.workers is not None else cfg.pipeline.direct_num_workers
-    options = runner.pipeline_options(args.beam_args, workers, "qtopt-collect")
+    workers = workers if workers is not None else cfg.pipeline.direct_num_workers
+    options = runner.pipeline_options(list(beam_args), workers, "qtopt-collect")
     dry = runner.is_dry_run(options)
     _check_plan(out, plan, write=not dry)
     if not dry:
@@ -305,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     counts: dict = {}
     if blocks and not dry:  # the summary describes a complete set; this one is growing
-        fs.remove(fs.join(out, DONE))
+        fs.remove(fs.join(out, dataset.COLLECT_DONE))
     if blocks or dry:
         runner.quiet_beam_logging()
         pipeline = runner.new_pipeline(options)
@@ -319,10 +315,10 @@ def run(args: argparse.Namespace) -> int:
         with runner.progress("collect", poll if runner.is_local(options) else None, every=2.0):
             result = runner.run_pipeline(pipeline)
         if runner.is_dry_run(options):
-            print(f"collect: dry run, nothing submitted: "
-                  f"{json.dumps(runner.describe_dry_run(pipeline, result), sort_keys=True)}",
+            described = runner.describe_dry_run(pipeline, result)
+            print(f"collect: dry run, nothing submitted: {json.dumps(described, sort_keys=True)}",
                   flush=True)
-            return 0
+            return JobResult("collect", out, 0, {"dry_run": described})
         counts = runner.counters(result, NAMESPACE)
     elapsed = time.monotonic() - t0
     summary = summarise(out, plan["seed"], n)
@@ -343,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
     if counts.get("labelled"):
         report["labeller_agreement"] = round(counts["labeller_agrees"] / counts["labelled"], 4)
         report["labeller_checked"] = int(counts["labelled"])
-    fs.write_text(fs.join(out, DONE), json.dumps(report, indent=1, sort_keys=True))
+    fs.write_text(fs.join(out, dataset.COLLECT_DONE), json.dumps(report, indent=1, sort_keys=True))
     line = (f"collect: {n} episodes in {out} ({new} new in {elapsed:.1f} s, "
             f"{report['episodes_per_s']:.2f} episodes/s); success {k}/{n} = {100 * k / n:.1f}% "
             f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}%)")
@@ -351,4 +347,4 @@ def run(args: argparse.Namespace) -> int:
         line += (f"; drop-test labeller agrees with ground truth on "
                  f"{100 * report['labeller_agreement']:.1f}% of {report['labeller_checked']}")
     print(line, flush=True)
-    return 0
+    return JobResult("collect", out, 0, report)

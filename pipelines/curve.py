@@ -20,7 +20,8 @@ import io
 import json
 
 from pipelines import dataset
-from pipelines.cli import add_config_arguments, config_args, config_from_args, invoke
+from pipelines.evaluate import evaluate
+from pipelines.options import add_config_arguments, config_from_args
 from schemas import fs
 from schemas.errors import UserError
 
@@ -69,11 +70,10 @@ def candidates(run_dir: str) -> list[dict]:
     return points
 
 
-def evaluate_points(run_dir: str, points: list[dict], cargs: list, attempts: int) -> list[dict]:
+def evaluate_points(cfg, run_dir: str, points: list[dict], attempts: int) -> list[dict]:
     out = fs.join(run_dir, "eval", "curve")
-    invoke(["evaluate", "--each", "--policy", ",".join(p["export"] for p in points),
-            "--objects", "train", "--out", out, *cargs, "--set", "evaluate.bin_trials=0",
-            "--set", f"evaluate.attempts={attempts}"])
+    evaluate(cfg.updated(evaluate={"bin_trials": 0, "attempts": attempts}),
+             ",".join(p["export"] for p in points), out, objects="train", each=True).require()
     rows = {fs.basename(r["export"]): r
             for r in json.loads(fs.read_text(fs.join(out, "each.json")))["exports"]}
     for p in points:
@@ -127,10 +127,10 @@ def write_outputs(run_dir: str, points: list[dict]) -> None:
     fs.write_bytes(fs.join(run_dir, f"{CURVE}.png"), png.getvalue())
 
 
-def curve(cfg, run_dir: str, cargs: list, attempts: int | None = None) -> list[dict]:
+def curve(cfg, run_dir: str, attempts: int | None = None) -> list[dict]:
     """Evaluate every point not yet evaluated and write the curve's files; returns the points."""
     attempts = attempts or cfg.evaluate.curve_attempts
-    points = evaluate_points(run_dir, candidates(run_dir), cargs, attempts)
+    points = evaluate_points(cfg, run_dir, candidates(run_dir), attempts)
     write_outputs(run_dir, points)
     return points
 
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if args.attempts is not None and args.attempts < 1:
         raise UserError(f"--attempts must be >= 1, got {args.attempts}")
     run_dir = args.run.rstrip("/")
-    points = curve(cfg, run_dir, config_args(args), args.attempts)
+    points = curve(cfg, run_dir, args.attempts)
     for p in points:
         print(f"curve: {p['phase']:8s} step {p['step']:>7d} grasps {p['grasps']:>6d} "
               f"{100 * p['rate']:5.1f}% ({100 * p['ci95'][0]:.1f}-{100 * p['ci95'][1]:.1f}%)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from typing import Iterable
@@ -38,6 +39,20 @@ STAGING = "_staging"
 PROGRESS = "_progress"
 REFUSED = "_refused.txt"
 FORMAT = "qtopt-dataset/1"
+# A collection directory (``qtopt collect``'s output) holds one shard per block of episode
+# indices, named by the collection's seed and the block, and ``_SUCCESS.json`` once complete.
+COLLECT_DONE = "_SUCCESS.json"
+COLLECT_SHARD = re.compile(r"^episodes-s(\d+)-(\d{7})-(\d{7})\.tfrecord\.gz$")
+
+
+def collect_shard_name(seed: int, start: int, end: int) -> str:
+    return f"episodes-s{seed}-{start:07d}-{end:07d}.tfrecord.gz"
+
+
+def collect_block_size(name: str) -> int | None:
+    """Episodes a collect shard holds, from its name; None for any other name."""
+    m = COLLECT_SHARD.match(name)
+    return int(m.group(3)) - int(m.group(2)) if m else None
 
 
 def shard_name(index: int, count: int) -> str:

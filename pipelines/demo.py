@@ -27,98 +27,16 @@ import argparse
 import json
 import time
 
-from pipelines import curve
-from pipelines.cli import add_config_arguments, config_args, config_from_args, invoke
-from pipelines.finetune import round_name
+from pipelines import collect, curve, shard
+from pipelines.evaluate import evaluate
+from pipelines.finetune import finetune, round_name
+from pipelines.jobs import JobResult
+from pipelines.options import add_config_arguments, config_from_args
+from pipelines.phases import Phases, resolve_epochs, train_offline
 from schemas import fs
 from schemas.errors import UserError
 
 STATE = "demo-state.json"
-
-
-def initial_export(cfg, workdir: str) -> str:
-    """Export the untrained network (step 0) so that epoch 0 has targets to relabel with."""
-    from model.export import latest_export
-    from model.train import export_weights
-
-    return latest_export(fs.join(workdir, "exports")) or export_weights(cfg, workdir)
-
-
-def train_offline(cfg, phase, transitions: str, labelled: str, train_dir: str, epochs: int,
-                  cargs: list) -> None:
-    """Batch epochs of the Bellman updater: relabel with the newest export, then train
-    ``train.steps`` more steps. Each step is a phase, so a killed run resumes at the next one."""
-    exports = fs.join(train_dir, "exports")
-    phase("initial-export", lambda: initial_export(cfg, train_dir))
-    for k in range(epochs):
-        phase(f"relabel-{k}", lambda k=k: invoke([
-            "relabel", "--input", transitions, "--export", exports, "--output", labelled,
-            "--epoch", k, *cargs]))
-        phase(f"train-{k}", lambda k=k: invoke([
-            "train", "--data", fs.join(labelled, f"epoch-{k}"), "--workdir", train_dir,
-            "--until-step", (k + 1) * cfg.train.steps, *cargs]))
-        if k > 0:  # superseded labels; the transitions stay
-            fs.remove(fs.join(labelled, f"epoch-{k - 1}"), recursive=True)
-
-
-class Phases:
-    """Named steps of a long job, recorded in a JSON state file as each one completes."""
-
-    def __init__(self, path: str, config: dict, label: str):
-        self.path, self.label = path, label
-        self.state = json.loads(fs.read_text(path)) if fs.exists(path) else {"done": []}
-        stored = self.state.get("config")
-        if stored is not None and not same_config(stored, config):
-            raise UserError(f"{path}: this run was made with another configuration; use "
-                            "another run directory or remove it")
-        self.state["config"] = config
-
-    def __call__(self, name: str, fn) -> None:
-        if name in self.state["done"]:
-            print(f"{self.label}: {name} already done", flush=True)
-            return
-        start = time.monotonic()
-        print(f"{self.label}: --- {name} ---", flush=True)
-        fn()
-        self.state["done"].append(name)
-        self.state.setdefault("seconds", {})[name] = round(time.monotonic() - start, 1)
-        fs.write_text(self.path, json.dumps(self.state, indent=1, sort_keys=True))
-
-
-# Options that only choose what the table reports, not how anything is made: a finished run
-# may be asked again under another value (each finetuned export is evaluated in its own directory).
-REPORTING_OPTIONS = {("finetune", "select")}
-# Options a finished run may be asked again under a larger value: more finetuning rounds go on
-# from the rounds done (finetuning resumes), and the curve and table are brought up to date.
-GROWING_OPTIONS = {("finetune", "rounds")}
-
-
-def same_config(stored: dict, current: dict) -> bool:
-    """Whether a run recorded with ``stored`` may go on under ``current``: equal, except that
-    an option added to the code since (missing from ``stored``) may hold its default, which
-    keeps the old behaviour, that REPORTING_OPTIONS may differ and GROWING_OPTIONS grow."""
-    from schemas.config import Config
-
-    defaults = Config().to_dict()
-
-    def same(a, b, d, path=()) -> bool:
-        if path in REPORTING_OPTIONS:
-            return True
-        if path in GROWING_OPTIONS and a is not None and b is not None:
-            return b >= a
-        if not (isinstance(a, dict) and isinstance(b, dict)):
-            return a == b
-        for key in b:
-            if key not in a:
-                if (path + (key,) not in REPORTING_OPTIONS and
-                        (not isinstance(d, dict) or key not in d or b[key] != d[key])):
-                    return False
-            elif not same(a[key], b[key], d.get(key) if isinstance(d, dict) else None,
-                          path + (key,)):
-                return False
-        return set(a) <= set(b)
-
-    return same(stored, current, defaults)
 
 
 def more_rounds(phase: Phases, ft_dir: str, rounds: int) -> None:
@@ -145,7 +63,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def choose_finetuned(cfg, phase, run_dir: str, ft_state: dict, cargs: list) -> tuple[str, int]:
+def choose_finetuned(cfg, phase, run_dir: str, ft_state: dict) -> tuple[str, int]:
     """The finetuned export the demo reports and its round: the last round's
     (``finetune.select=last``), or the round export with the best grasping-with-replacement
     success on *train* objects (``train``; the test objects stay unseen until the table), read
@@ -157,7 +75,7 @@ def choose_finetuned(cfg, phase, run_dir: str, ft_state: dict, cargs: list) -> t
     if not names:
         raise UserError(f"{run_dir}/finetune/state.json: no finetuning round finished")
     candidates = [fs.join(exports, n) for n in names]
-    phase("curve", lambda: curve.curve(cfg, run_dir, cargs))
+    phase("curve", lambda: curve.curve(cfg, run_dir))
     if cfg.finetune.select == "last":
         return candidates[-1], len(candidates) - 1
     points = json.loads(fs.read_text(fs.join(run_dir, f"{curve.CURVE}.json")))
@@ -181,21 +99,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
-def resolve_epochs(args: argparse.Namespace, cfg) -> int:
-    """``--epochs``, else ``train.epochs``; refused below 1 (demo and study)."""
-    epochs = cfg.train.epochs if args.epochs is None else args.epochs
-    if epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {epochs}")
-    return epochs
-
-
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    args.epochs = resolve_epochs(args, cfg)
-    run_dir = args.run.rstrip("/")
+    return demo(config_from_args(args), args.run, epochs=args.epochs).status
+
+
+def demo(cfg, run_dir: str, *, epochs: int | None = None) -> JobResult:
+    """The whole system into ``run_dir`` (resumable); the table in ``run_dir/results.md``."""
+    epochs = resolve_epochs(epochs, cfg)
+    run_dir = run_dir.rstrip("/")
     fs.makedirs(run_dir)
-    cargs = config_args(args)
-    phase = Phases(fs.join(run_dir, STATE), {**cfg.to_dict(), "epochs": args.epochs}, "demo")
+    phase = Phases(fs.join(run_dir, STATE), {**cfg.to_dict(), "epochs": epochs}, "demo")
     t0 = time.monotonic()
 
     episodes = fs.join(run_dir, "episodes", "scripted-train")
@@ -204,33 +117,32 @@ def run(args: argparse.Namespace) -> int:
     train_dir = fs.join(run_dir, "train")
     exports = fs.join(train_dir, "exports")
 
-    phase("collect", lambda: invoke(["collect", "--policy", "scripted", "--objects", "train",
-                                     "--out", episodes, *cargs]))
-    inputs = ["--input", fs.join(episodes, "*.tfrecord.gz")]
+    scripted = cfg.updated(collect={"policy": "scripted", "objects": "train"})
+    phase("collect", lambda: collect.collect(scripted, episodes).require())
+    inputs = [fs.join(episodes, "*.tfrecord.gz")]
     if cfg.collect.explore_episodes:
         explore = fs.join(run_dir, "episodes", "explore-train")
-        phase("collect-explore", lambda: invoke([
-            "collect", "--policy", cfg.collect.explore_policy, "--objects", "train",
-            "--episodes", cfg.collect.explore_episodes, "--seed", cfg.collect.seed + 1,
-            "--source", "explore-train", "--out", explore, *cargs]))
-        inputs += ["--input", fs.join(explore, "*.tfrecord.gz")]
-    phase("shard", lambda: invoke(["shard", *inputs, "--output", transitions, *cargs]))
-    train_offline(cfg, phase, transitions, labelled, train_dir, args.epochs, cargs)
+        c = cfg.collect
+        exploring = cfg.updated(collect={"policy": c.explore_policy, "objects": "train",
+                                         "episodes": c.explore_episodes, "seed": c.seed + 1})
+        phase("collect-explore", lambda: collect.collect(exploring, explore,
+                                                         source="explore-train").require())
+        inputs.append(fs.join(explore, "*.tfrecord.gz"))
+    phase("shard", lambda: shard.shard(cfg, inputs, transitions).require())
+    train_offline(cfg, phase, transitions, labelled, train_dir, epochs)
     ft_dir = fs.join(run_dir, "finetune")
     more_rounds(phase, ft_dir, cfg.finetune.rounds)
-    phase("finetune", lambda: invoke(["finetune", "--run", run_dir, "--offline", transitions,
-                                      "--init", train_dir, *cargs]))
+    phase("finetune", lambda: finetune(cfg, run_dir, transitions, train_dir).require())
     ft_state = json.loads(fs.read_text(fs.join(ft_dir, "state.json")))
-    finetuned, chosen = choose_finetuned(cfg, phase, run_dir, ft_state, cargs)
+    finetuned, chosen = choose_finetuned(cfg, phase, run_dir, ft_state)
     policies = [("scripted", "scripted"), ("offline QT-Opt", exports),
                 ("finetuned QT-Opt", finetuned)]
     # The finetuned export depends on finetune.select, which a finished run may be asked again
     # under: each one chosen gets an evaluation of its own.
     names = ["scripted", "offline", f"finetuned-{fs.basename(finetuned)}"]
     for (label, policy), name in zip(policies, names):
-        phase(f"evaluate-{name}", lambda policy=policy, name=name: invoke([
-            "evaluate", "--policy", policy, "--objects", "test",
-            "--out", fs.join(run_dir, "eval", name), *cargs]))
+        phase(f"evaluate-{name}", lambda policy=policy, name=name: evaluate(
+            cfg, policy, fs.join(run_dir, "eval", name), objects="test").require())
 
     offline_grasps = curve.episodes(transitions)
     # The chosen round's export trained on the on-policy data of that round and those before.
@@ -251,4 +163,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ndemo: done in {time.monotonic() - t0:.0f} s (this invocation); results in "
           f"{run_dir}/results.md\n")
     print(text, flush=True)
-    return 0
+    return JobResult("demo", run_dir, 0, {"rows": rows})

@@ -30,6 +30,7 @@ import json
 import time
 
 from pipelines import runner
+from pipelines.jobs import JobResult
 from schemas import fs
 from schemas.errors import UserError
 
@@ -47,7 +48,7 @@ def _evaluate_fn():
 
         def setup(self):
             from robot.cell import SimCell
-            from robot.policies import make_policy
+            from pipelines.policies import make_policy
             from schemas.config import RobotConfig
 
             config = RobotConfig(**self.plan["robot"])
@@ -104,7 +105,7 @@ def check_policy(policy: str, robot_config) -> str:
     """A label for the policy; refuses an export that does not fit the cell, before any work."""
     if policy in ("scripted", "random"):
         return policy
-    from robot.policies import make_policy
+    from pipelines.policies import make_policy
 
     make_policy(policy, robot_config, epsilon=0.0)  # loads and checks the export's input spec
     return f"export:{policy.rstrip('/')}"
@@ -239,7 +240,7 @@ def plot(out: str, result: dict) -> None:
 
 
 def render_gifs(out: str) -> list[str]:
-    from pipelines.render_cmd import frames, write_movie
+    from pipelines.movies import frames, write_movie
     from schemas.tfrecord_io import read_records
 
     written = []
@@ -253,14 +254,20 @@ def render_gifs(out: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.cli import add_config_arguments
+    from pipelines.options import add_config_arguments
 
     parser.add_argument("--policy", required=True,
                         help="scripted | random | an export directory (or an exports/ directory: "
                              "its newest export)")
     parser.add_argument("--objects", default="test", help="train | test | comma-separated URDF "
                                                           "files (default: test)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="result directory")
+    parser.add_argument("--output", "--out", "-o", required=True, metavar="DIR",
+                        help="result directory")
+    parser.add_argument("--robots", type=int, metavar="N",
+                        help="grasping with replacement: robots (default: evaluate.robots)")
+    parser.add_argument("--attempts", type=int, metavar="N",
+                        help="grasping with replacement: attempts per robot (default: "
+                             "evaluate.attempts)")
     parser.add_argument("--each", action="store_true",
                         help="evaluate every complete export in --policy (an exports/ directory, "
                              "or export directories separated by commas) into OUT/<export>/, "
@@ -367,40 +374,53 @@ def each_table(rows: list[dict], best: dict, objects_arg: str) -> str:
     return "\n".join(lines)
 
 
-def run_each(cfg, args: argparse.Namespace) -> int:
+def evaluate_each(cfg, policy: str, objects_arg: str, output: str, workers: int | None,
+                  beam_args) -> dict:
     """``--each``: evaluate every candidate export into OUT/<export-name>/ and pick the best by
     grasping with replacement; OUT/each.json and OUT/each.md hold the table and the pick."""
     from model.export import export_step
 
-    found = candidate_exports(args.policy)
-    out = args.out.rstrip("/")
+    found = candidate_exports(policy)
+    out = output.rstrip("/")
     rows = []
     for k, path in enumerate(found):
         name = fs.basename(path)
         print(f"evaluate: --each {k + 1}/{len(found)}: {name}", flush=True)
-        result = evaluate_policy(cfg, path, args.objects, fs.join(out, name), args.workers,
-                                 args.beam_args)
+        result = evaluate_policy(cfg, path, objects_arg, fs.join(out, name), workers,
+                                 beam_args)
         r = result["replacement"]
         rows.append({"export": path, "name": name, "step": export_step(path), "rate": r["rate"],
                      "ci95": r["ci95"], "attempts": r["attempts"],
                      "successes": r["successes"]})
     best = best_of(rows)
-    text = each_table(rows, best, args.objects)
+    text = each_table(rows, best, objects_arg)
     fs.write_text(fs.join(out, "each.json"), json.dumps(
-        {"objects": args.objects, "exports": rows, "best": best["export"]}, indent=1))
+        {"objects": objects_arg, "exports": rows, "best": best["export"]}, indent=1))
     fs.write_text(fs.join(out, "each.md"), text + "\n")
     print(text, flush=True)
-    print(f"evaluate: best on {args.objects} objects: {best['export']}", flush=True)
-    return 0
+    print(f"evaluate: best on {objects_arg} objects: {best['export']}", flush=True)
+    return {"objects": objects_arg, "exports": rows, "best": best["export"]}
+
+
+def evaluate(cfg, policy: str, output: str, *, objects: str = "test", each: bool = False,
+             workers: int | None = None, beam_args=()) -> JobResult:
+    """``policy`` (scripted, random, an export, or with ``each`` every export of an exports/
+    directory or comma-separated list) under ``cfg.evaluate``'s protocols, into ``output``."""
+    from robot import objects as object_sets
+
+    object_sets.resolve(objects)  # unknown or malformed object files fail here, named
+    if each:
+        return JobResult("evaluate", output, 0,
+                         evaluate_each(cfg, policy, objects, output, workers, list(beam_args)))
+    return JobResult("evaluate", output, 0,
+                     evaluate_policy(cfg, policy, objects, output, workers, list(beam_args)))
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.cli import config_from_args
-    from robot import objects
+    from pipelines.options import config_from_args
 
-    cfg = config_from_args(args)
-    objects.resolve(args.objects)  # unknown or malformed object files fail here, named
-    if args.each:
-        return run_each(cfg, args)
-    evaluate_policy(cfg, args.policy, args.objects, args.out, args.workers, args.beam_args)
-    return 0
+    overrides = {k: v for k, v in (("robots", args.robots), ("attempts", args.attempts))
+                 if v is not None}
+    args.overrides = list(args.overrides) + [f"evaluate.{k}={v}" for k, v in overrides.items()]
+    return evaluate(config_from_args(args), args.policy, args.output, objects=args.objects,
+                    each=args.each, workers=args.workers, beam_args=args.beam_args).status

@@ -31,8 +31,9 @@ import json
 import time
 
 from model.finetune_schedule import Balancer, chunk_end, online_share
-from pipelines import dataset
-from pipelines.cli import add_config_arguments, config_args, config_from_args, invoke
+from pipelines import collect, dataset, relabel, shard
+from pipelines.jobs import JobResult
+from pipelines.options import add_config_arguments, config_from_args
 from schemas import cells, fs
 from schemas.errors import UserError
 
@@ -93,7 +94,7 @@ def _counts(directory: str) -> int:
     return int(dataset.read_manifest(directory)["counts"]["transitions"])
 
 
-def run_round(cfg, args, state: dict, p: dict, cargs: list[str]) -> None:
+def run_round(cfg, offline: str, objects: str, state: dict, p: dict) -> None:
     from model import export as exports
 
     ft = cfg.finetune
@@ -114,24 +115,20 @@ def run_round(cfg, args, state: dict, p: dict, cargs: list[str]) -> None:
         print(f"finetune: round {r} {phase} done", flush=True)
 
     if "collect" not in state["done"]:
-        invoke(["collect", "--policy", latest, "--epsilon", ft.epsilon,
-                "--episodes", ft.episodes_per_round, "--objects", args.objects,
-                "--seed", ft.seed + r, "--source", f"online-{name}", "--out", episodes_dir,
-                *cargs])
+        on_policy = cfg.updated(collect={"policy": latest, "epsilon": ft.epsilon,
+                                         "episodes": ft.episodes_per_round, "objects": objects,
+                                         "seed": ft.seed + r})
+        collect.collect(on_policy, episodes_dir, source=f"online-{name}").require()
         done("collect")
     if "shard" not in state["done"]:
-        invoke(["shard", "--input", fs.join(episodes_dir, "*.tfrecord.gz"),
-                "--output", transitions_dir, "--num-shards", max(1, cfg.pipeline.num_shards // 2),
-                "--seed", cfg.pipeline.shuffle_seed + r, *cargs])
+        shard.shard(cfg, [fs.join(episodes_dir, "*.tfrecord.gz")], transitions_dir,
+                    num_shards=max(1, cfg.pipeline.num_shards // 2),
+                    seed=cfg.pipeline.shuffle_seed + r).require()
         done("shard", online_transitions=state["online_transitions"] + _counts(transitions_dir))
     if "relabel" not in state["done"]:
-        invoke(["relabel", "--input", args.offline, "--export", latest,
-                "--output", p["labelled_offline"], "--epoch", r, *cargs])
-        online_inputs = []
-        for k in range(r + 1):
-            online_inputs += ["--input", fs.join(p["transitions"], round_name(k))]
-        invoke(["relabel", *online_inputs, "--export", latest,
-                "--output", p["labelled_online"], "--epoch", r, *cargs])
+        relabel.relabel(cfg, [offline], latest, p["labelled_offline"], r).require()
+        online_inputs = [fs.join(p["transitions"], round_name(k)) for k in range(r + 1)]
+        relabel.relabel(cfg, online_inputs, latest, p["labelled_online"], r).require()
         done("relabel")
     if "train" not in state["done"]:
         train_round(cfg, state, p, off_dir, on_dir)
@@ -229,14 +226,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.rounds is not None:
         args.overrides = list(args.overrides) + [f"finetune.rounds={args.rounds}"]
-    cfg = config_from_args(args)
-    p = paths(args.run)
+    return finetune(config_from_args(args), args.run, args.offline, args.init,
+                    objects=args.objects).status
+
+
+def finetune(cfg, run_dir: str, offline: str, init: str, *, objects: str = "train") -> JobResult:
+    """``cfg.finetune.rounds`` rounds of joint finetuning in ``run_dir/finetune``, starting
+    from ``init``'s newest checkpoint, with ``offline`` beside the on-policy data."""
+    p = paths(run_dir)
     # A clear error now if the offline data is incomplete or of another cell.
-    check_cells(cfg, args.offline, dataset.read_manifest(args.offline), args.init)
+    check_cells(cfg, offline, dataset.read_manifest(offline), init)
     fs.makedirs(p["root"])
     state = read_state(p["state"])
     if state["start_step"] is None:
-        start = seed_checkpoint(args.init, p["train"])
+        start = seed_checkpoint(init, p["train"])
         if start < 0:
             raise UserError(f"{p['train']} already has checkpoints but {p['state']} has no "
                             "start step; remove RUN/finetune to restart")
@@ -250,9 +253,9 @@ def run(args: argparse.Namespace) -> int:
         write_state(p["state"], state)
     t0 = time.monotonic()
     while state["round"] < cfg.finetune.rounds:
-        run_round(cfg, args, state, p, config_args(args))
-    print(json.dumps({"finetune_rounds": state["round"],
-                      "online_transitions": state["online_transitions"],
-                      "finetune_steps": state["steps_done"], "seconds": round(
-                          time.monotonic() - t0, 1)}), flush=True)
-    return 0
+        run_round(cfg, offline, objects, state, p)
+    summary = {"finetune_rounds": state["round"], "online_transitions": state["online_transitions"],
+               "finetune_steps": state["steps_done"],
+               "seconds": round(time.monotonic() - t0, 1)}
+    print(json.dumps(summary), flush=True)
+    return JobResult("finetune", p["root"], 0, summary)

@@ -276,8 +276,8 @@ def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, labell
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.cli import add_config_arguments
-    from pipelines.shard import add_max_dead_fraction
+    from pipelines.options import add_config_arguments
+    from pipelines.jobs import add_max_dead_fraction
 
     parser.add_argument("--input", "-i", action="append", required=True, metavar="DIR",
                         help="transition dataset from qtopt shard; repeat to mix several")
@@ -307,30 +307,30 @@ def plan(inputs: Sequence[str]) -> tuple[list[tuple[str, dict]], list[tuple[int,
     return manifests, list(enumerate(shards))
 
 
-def run(args: argparse.Namespace) -> int:
-    from pipelines.cli import config_from_args
+def relabel(cfg, inputs: Sequence[str], export: str, output: str, epoch: int, *,
+            max_dead_fraction: float | None = None, beam_args=()):
+    """Transition datasets to ``output/epoch-K``, labelled with targets from ``export`` (an
+    export directory, or an exports/ directory: its latest complete export)."""
+    from pipelines.jobs import max_dead_fraction as allowance
 
-    from pipelines.shard import max_dead_fraction
-
-    cfg = config_from_args(args)
-    allowed = max_dead_fraction(args, cfg)
-    if args.epoch < 0:
-        raise UserError(f"--epoch must be >= 0, got {args.epoch}")
-    manifests, shards = plan(args.input)
-    out = epoch_dir(args.output.rstrip("/"), args.epoch)
+    allowed = allowance(max_dead_fraction, cfg)
+    if epoch < 0:
+        raise UserError(f"--epoch must be >= 0, got {epoch}")
+    manifests, shards = plan(inputs)
+    out = epoch_dir(output.rstrip("/"), epoch)
     if any(out == src for src, _ in manifests):
         raise UserError("--output must differ from --input (a job never rewrites its input)")
     cell = input_cell(manifests)
     runner.quiet_beam_logging()
-    export = check_export(args.export, manifests)
-    version = target_version(export)
-    options = runner.pipeline_options(args.beam_args, cfg.pipeline.direct_num_workers,
+    found = check_export(export, manifests)
+    version = target_version(found)
+    options = runner.pipeline_options(list(beam_args), cfg.pipeline.direct_num_workers,
                                       "qtopt-relabel", LOCAL_MODE)
-    labeller = {"export_path": export.path, "cem_config": cfg.cem, "target_config": cfg.targets,
+    labeller = {"export_path": found.path, "cem_config": cfg.cem, "target_config": cfg.targets,
                 "intra_op_threads": runner.threads_per_worker(options)}
-    extra = {"created_by": "qtopt relabel", "cell": cell, "epoch": args.epoch,
+    extra = {"created_by": "qtopt relabel", "cell": cell, "epoch": epoch,
              "inputs": [s for s, _ in manifests],
-             "export": export.path, "export_step": export.step, "cem": vars_of(cfg.cem),
+             "export": found.path, "export_step": found.step, "cem": vars_of(cfg.cem),
              "targets": vars_of(cfg.targets),
              "image_shapes": sorted({tuple(s) for _, m in manifests
                                      for s in m.get("image_shapes") or []})}
@@ -341,6 +341,13 @@ def run(args: argparse.Namespace) -> int:
                    sum(m["counts"]["transitions"] for _, m in manifests), expected, allowed)
 
 
+def run(args: argparse.Namespace) -> int:
+    from pipelines.options import config_from_args
+
+    return relabel(config_from_args(args), args.input, args.export, args.output, args.epoch,
+                   max_dead_fraction=args.max_dead_fraction, beam_args=args.beam_args).status
+
+
 def vars_of(section) -> dict:
     import dataclasses
 
@@ -348,8 +355,8 @@ def vars_of(section) -> dict:
 
 
 def execute(options, shards, out, labeller, chunk_size, version, extra, total=None,
-            expected=None, max_dead_fraction=0.0) -> int:
-    from pipelines.shard import report
+            expected=None, max_dead_fraction=0.0):
+    from pipelines.jobs import report
 
     run_id = dataset.new_run_id()
     local = runner.is_local(options)

@@ -32,7 +32,7 @@ from typing import Iterable
 from schemas import cells as cell_rules, codec, fs
 from schemas.errors import RecordError, UserError
 from schemas.specs import STATE_SCALARS
-from pipelines import dataset, records, runner
+from pipelines import dataset, jobs, records, runner
 
 NAMESPACE = "qtopt.shard"
 _SOURCE_PREFIX = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
@@ -74,15 +74,13 @@ def expected_counts(files: list[tuple[str | None, str]]) -> dict:
     """{file: episodes it should hold} where that is known: from the collection's
     ``_SUCCESS.json`` (its ``files``), else from a collect shard's name
     (``episodes-s<seed>-<first>-<end>``). Other files are counted as read."""
-    from pipelines.collect import DONE, block_size
-
     found: dict = {}
     listed: dict = {}
     for _source, path in files:
         directory = path.rsplit("/", 1)[0] if "/" in path else "."
         if directory not in listed:
             listed[directory] = {}
-            done = fs.join(directory, DONE)
+            done = fs.join(directory, dataset.COLLECT_DONE)
             if fs.exists(done):
                 try:
                     listed[directory] = {name: int(info["records"]) for name, info in
@@ -91,7 +89,7 @@ def expected_counts(files: list[tuple[str | None, str]]) -> dict:
                     raise UserError(f"{done}: not a collection summary (invalid JSON or "
                                     "files list)") from None
         name = fs.basename(path)
-        n = listed[directory].get(name, block_size(name))
+        n = listed[directory].get(name, dataset.collect_block_size(name))
         if n is not None:
             found[path] = n
     return found
@@ -408,7 +406,7 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
 # ------------------------------------------------------------------------------------ command
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.cli import add_config_arguments
+    from pipelines.options import add_config_arguments
 
     parser.add_argument("--input", "-i", action="append", required=True, metavar="[SOURCE=]GLOB",
                         help="episode files (local or gs://); repeat for several sources")
@@ -420,52 +418,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-duplicates", action="store_true",
                         help="keep the first copy (by file name, then record) of an episode id "
                              "read more than once, instead of refusing the job")
-    add_max_dead_fraction(parser)
+    jobs.add_max_dead_fraction(parser)
     add_config_arguments(parser)
     runner.add_beam_arguments(parser)
 
 
-def add_max_dead_fraction(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-dead-fraction", type=float, default=None, metavar="F",
-                        help="share of the input records that may be dead-lettered with exit "
-                             "status 0 (default pipeline.max_dead_fraction, 0: any dead letter "
-                             "exits 3, after publishing)")
-
-
-def max_dead_fraction(args, cfg) -> float:
-    """``--max-dead-fraction``, else ``pipeline.max_dead_fraction``; checked like the option."""
-    value = args.max_dead_fraction
-    if value is None:
-        return cfg.pipeline.max_dead_fraction
-    if not 0.0 <= value <= 1.0:
-        raise UserError(f"--max-dead-fraction must be in [0, 1], got {value:g}")
-    return value
-
-
-def run(args: argparse.Namespace) -> int:
-    from pipelines.cli import config_from_args
-
-    config = config_from_args(args)
-    allowed = max_dead_fraction(args, config)
-    cfg = config.pipeline
-    num_shards = args.num_shards if args.num_shards is not None else cfg.num_shards
-    seed = args.seed if args.seed is not None else cfg.shuffle_seed
+def shard(cfg, inputs: list[str], out: str, *, num_shards: int | None = None,
+          seed: int | None = None, drop_duplicates: bool = False,
+          max_dead_fraction: float | None = None, beam_args=()) -> jobs.JobResult:
+    """Episode files (``[SOURCE=]GLOB`` or directories) to a published transition dataset."""
+    allowed = jobs.max_dead_fraction(max_dead_fraction, cfg)
+    pcfg = cfg.pipeline
+    num_shards = num_shards if num_shards is not None else pcfg.num_shards
+    seed = seed if seed is not None else pcfg.shuffle_seed
     if num_shards < 1:
         raise UserError(f"--num-shards must be >= 1, got {num_shards}")
-    inputs = parse_inputs(args.input)
-    files = expand_inputs(inputs)
-    cell_rules.one_cell(first_cells(files), f"shard {args.output}")
-    out = args.output.rstrip("/")
-    options = runner.pipeline_options(args.beam_args, cfg.direct_num_workers, "qtopt-shard")
+    parsed = parse_inputs(inputs)
+    files = expand_inputs(parsed)
+    cell_rules.one_cell(first_cells(files), f"shard {out}")
+    out = out.rstrip("/")
+    options = runner.pipeline_options(list(beam_args), pcfg.direct_num_workers, "qtopt-shard")
     return execute(options, files, out, num_shards, seed,
-                   {"inputs": [{"source": s, "glob": g} for s, g in inputs],
+                   {"inputs": [{"source": s, "glob": g} for s, g in parsed],
                     "input_files": len(files), "created_by": "qtopt shard"},
-                   expected=expected_counts(files), drop_duplicates=args.drop_duplicates,
+                   expected=expected_counts(files), drop_duplicates=drop_duplicates,
                    max_dead_fraction=allowed)
 
 
+def run(args: argparse.Namespace) -> int:
+    from pipelines.options import config_from_args
+
+    return shard(config_from_args(args), args.input, args.output, num_shards=args.num_shards,
+                 seed=args.seed, drop_duplicates=args.drop_duplicates,
+                 max_dead_fraction=args.max_dead_fraction, beam_args=args.beam_args).status
+
+
 def execute(options, files, out, num_shards, seed, manifest_extra, expected=None,
-            drop_duplicates=False, max_dead_fraction=0.0) -> int:
+            drop_duplicates=False, max_dead_fraction=0.0) -> jobs.JobResult:
     runner.quiet_beam_logging()
     run_id = dataset.new_run_id()
     local = runner.is_local(options)
@@ -487,26 +476,4 @@ def execute(options, files, out, num_shards, seed, manifest_extra, expected=None
         result = runner.run_pipeline(pipeline)
     if not runner.is_dry_run(pipeline.options):
         dataset.raise_refusal(out, run_id)
-    return report(pipeline, result, out, NAMESPACE, "shard", max_dead_fraction)
-
-
-def report(pipeline, result, out: str, namespace: str, label: str,
-           max_dead_fraction: float = 0.0) -> int:
-    """Print the job's one-line JSON summary (counts and accounting from the manifest, metrics
-    from Beam); the exit status: 3 when more was dead-lettered than allowed."""
-    import json
-
-    if runner.is_dry_run(pipeline.options):
-        print(f"{label}: dry run, nothing submitted: "
-              f"{json.dumps(runner.describe_dry_run(pipeline, result), sort_keys=True)}",
-              flush=True)
-        return 0
-    manifest = dataset.read_manifest(out)
-    metrics = runner.counters(result, namespace)
-    if "target_x1e6" in metrics:  # relabel's distribution of targets, in millionths
-        value = metrics.pop("target_x1e6")
-        metrics["mean_target"] = None if value is None else value / 1e6
-    print(json.dumps({"output": out, "counts": manifest["counts"],
-                      "accounting": manifest.get("accounting"), "metrics": metrics},
-                     sort_keys=True), flush=True)
-    return dataset.dead_letter_status(label, out, manifest, max_dead_fraction)
+    return jobs.report(pipeline, result, out, NAMESPACE, "shard", max_dead_fraction)

@@ -18,8 +18,11 @@ import io
 import json
 
 from pipelines import dataset
-from pipelines.cli import add_config_arguments, config_args, config_from_args, invoke
-from pipelines.demo import Phases, resolve_epochs, train_offline
+from pipelines.evaluate import evaluate
+from pipelines.jobs import JobResult
+from pipelines.options import add_config_arguments, config_from_args
+from pipelines.phases import Phases, resolve_epochs, train_offline
+from pipelines.subsample import subsample
 from schemas import fs
 from schemas.errors import UserError
 
@@ -70,33 +73,36 @@ def _plot(rows: list[dict]) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    args.epochs = resolve_epochs(args, cfg)
-    fractions = parse_fractions(args.fractions)
-    manifest = dataset.read_manifest(args.transitions)
+    return dataset_size(config_from_args(args), args.transitions, parse_fractions(args.fractions),
+                        args.run, epochs=args.epochs, objects=args.objects).status
+
+
+def dataset_size(cfg, transitions_in: str, fractions: list[float], run_dir: str, *,
+                 epochs: int | None = None, objects: str = "test") -> JobResult:
+    """Offline training on nested subsets of ``transitions_in``, each scored on ``objects``."""
+    epochs = resolve_epochs(epochs, cfg)
+    manifest = dataset.read_manifest(transitions_in)
     if manifest.get("kind") != "transition":
-        raise UserError(f"--transitions {args.transitions}: holds {manifest.get('kind')} "
+        raise UserError(f"--transitions {transitions_in}: holds {manifest.get('kind')} "
                         "records; give a dataset from qtopt shard")
-    run_dir = args.run.rstrip("/")
+    run_dir = run_dir.rstrip("/")
     fs.makedirs(run_dir)
-    cargs = config_args(args)
     phase = Phases(fs.join(run_dir, "study-state.json"),
-                   {**cfg.to_dict(), "transitions": args.transitions, "epochs": args.epochs,
-                    "objects": args.objects}, "study")
+                   {**cfg.to_dict(), "transitions": transitions_in, "epochs": epochs,
+                    "objects": objects}, "study")
     rows = []
     for f in fractions:
         tag = f"fraction-{f:g}"
         sub = fs.join(run_dir, tag)
         transitions = fs.join(sub, "transitions")
-        phase(f"{tag}/subsample", lambda f=f, transitions=transitions: invoke([
-            "subsample", "--input", args.transitions, "--fraction", f, "--output", transitions,
-            *cargs]))
+        phase(f"{tag}/subsample", lambda f=f, transitions=transitions: subsample(
+            cfg, transitions_in, f, transitions).require())
         inner = _Prefixed(phase, tag)
         train_offline(cfg, inner, transitions, fs.join(sub, "labelled"), fs.join(sub, "train"),
-                      args.epochs, cargs)
-        phase(f"{tag}/evaluate", lambda sub=sub: invoke([
-            "evaluate", "--policy", fs.join(sub, "train", "exports"), "--objects", args.objects,
-            "--out", fs.join(sub, "eval"), *cargs]))
+                      epochs)
+        phase(f"{tag}/evaluate", lambda sub=sub: evaluate(
+            cfg, fs.join(sub, "train", "exports"), fs.join(sub, "eval"),
+            objects=objects).require())
         result = json.loads(fs.read_text(fs.join(sub, "eval", "result.json")))["replacement"]
         counts = dataset.read_manifest(transitions)["counts"]
         rows.append({"fraction": f, "grasps": int(counts["episodes"]),
@@ -113,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     fs.write_text(fs.join(run_dir, "results.json"), json.dumps(rows, indent=1))
     fs.write_bytes(fs.join(run_dir, "success_vs_size.png"), _plot(rows))
     print(text, flush=True)
-    return 0
+    return JobResult("study", run_dir, 0, {"rows": rows})
 
 
 class _Prefixed:

@@ -138,8 +138,8 @@ def _filter_catalogue(src: str, dst: str, fraction: float, seed: int) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.cli import add_config_arguments
-    from pipelines.shard import add_max_dead_fraction
+    from pipelines.options import add_config_arguments
+    from pipelines.jobs import add_max_dead_fraction
 
     parser.add_argument("--input", "-i", required=True, metavar="DIR",
                         help="a complete dataset (from qtopt shard, relabel or subsample)")
@@ -154,26 +154,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runner.add_beam_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pipelines.cli import config_from_args
-    from pipelines.shard import max_dead_fraction, report
+def subsample(cfg, input_dir: str, fraction: float, output: str, *, seed: int | None = None,
+              max_dead_fraction: float | None = None, beam_args=()):
+    """A stable, nested ``fraction`` of ``input_dir``'s episodes as a dataset in ``output``."""
+    from pipelines.jobs import max_dead_fraction as allowance, report
 
-    config = config_from_args(args)
-    allowed = max_dead_fraction(args, config)
-    cfg = config.pipeline
-    if not 0.0 < args.fraction <= 1.0:
-        raise UserError(f"--fraction must be in (0, 1], got {args.fraction}")
-    seed = args.seed if args.seed is not None else cfg.shuffle_seed
-    src, out = args.input.rstrip("/"), args.output.rstrip("/")
+    allowed = allowance(max_dead_fraction, cfg)
+    pcfg = cfg.pipeline
+    if not 0.0 < fraction <= 1.0:
+        raise UserError(f"--fraction must be in (0, 1], got {fraction}")
+    seed = seed if seed is not None else pcfg.shuffle_seed
+    src, out = input_dir.rstrip("/"), output.rstrip("/")
     if src == out:
         raise UserError("--output must differ from --input (a job never rewrites its input)")
     manifest_in = dataset.read_manifest(src)
-    options = runner.pipeline_options(args.beam_args, cfg.direct_num_workers, "qtopt-subsample")
+    options = runner.pipeline_options(list(beam_args), pcfg.direct_num_workers, "qtopt-subsample")
     runner.quiet_beam_logging()
     run_id = dataset.new_run_id()
     local = runner.is_local(options)
     pipeline = runner.new_pipeline(options)
-    build(pipeline, src, manifest_in, out, run_id, args.fraction, seed, mark_progress=local)
+    build(pipeline, src, manifest_in, out, run_id, fraction, seed, mark_progress=local)
     total = len(manifest_in["files"])
 
     seen: dict = {}
@@ -182,7 +182,15 @@ def run(args: argparse.Namespace) -> int:
         w = dataset.progress_counts(out, run_id, seen).get("write", (0, 0))
         return f"wrote {w[0]}/{total} shards ({w[1]} records kept)"
 
-    print(f"subsample: {src} -> {out} ({args.fraction:g} of episodes, salt {seed})", flush=True)
+    print(f"subsample: {src} -> {out} ({fraction:g} of episodes, salt {seed})", flush=True)
     with runner.progress("subsample", poll if local else None):
         result = runner.run_pipeline(pipeline)
     return report(pipeline, result, out, NAMESPACE, "subsample", allowed)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.options import config_from_args
+
+    return subsample(config_from_args(args), args.input, args.fraction, args.output,
+                     seed=args.seed, max_dead_fraction=args.max_dead_fraction,
+                     beam_args=args.beam_args).status

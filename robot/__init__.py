@@ -4,9 +4,8 @@
 - ``cell``: ``SimCell``, the pybullet implementation (KUKA iiwa, two-finger gripper, tray).
 - ``camera``: the cell's camera calibration.
 - ``objects``: the random_urdfs train/test split by parsed id, and user URDF files.
-- ``mdp``: action decoding and checks, reward, algorithm 2's scripted termination.
 - ``labeller``: appendix D.3's image-subtraction drop test.
-- ``policies``: ``Policy``, ``ScriptedGrasp``, ``RandomPolicy``, ``EpsilonGreedy``, ``make_policy``.
+- ``policies``: ``Policy``, ``ScriptedGrasp``, ``RandomPolicy``, ``EpsilonGreedy``.
 - ``episode``: ``run_episode(robot, policy, seed)`` -> an episode record.
 - ``gym_env``: the cell as the Gymnasium environment ``qtopt/Grasping-v0``.
 """

@@ -24,8 +24,9 @@ import pybullet
 import pybullet_data
 from pybullet_utils.bullet_client import BulletClient
 
-from robot import camera, mdp, objects
+from robot import camera, objects
 from robot.interface import Outcome, Robot
+from schemas import mdp
 from schemas.config import RobotConfig
 from schemas.errors import ConfigError, UserError
 
@@ -61,6 +62,7 @@ FINGER_HALF = (0.013, 0.007, 0.034)  # half extents x, y (thickness), z (length)
 PALM_HALF = (0.02, 0.065, 0.012)
 FINGER_OPEN = 0.051                  # finger centre offset: an 8.8 cm opening between the pads
 FINGER_CLOSED = FINGER_HALF[1]       # pads meet
+assert abs(2 * (FINGER_OPEN - FINGER_CLOSED) - mdp.MAX_OPENING) < 1e-9
 GRIPPER_MAX_FORCE = 200.0            # newtons the pose constraint may apply
 # A gripper command completes within its control step, as a real gripper's blocking command does:
 # the step goes on (pose held) until the fingers stop, at most this many extra sub-steps. Without

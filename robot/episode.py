@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robot import mdp
+from schemas import mdp
 from robot.interface import Robot
 from schemas.codec import new_record
 

@@ -14,7 +14,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from robot import mdp
+from schemas import mdp
 from robot.cell import FINGER_CLOSED, FINGER_OPEN, MAX_HEIGHT, SimCell
 from schemas.config import RobotConfig
 

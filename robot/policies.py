@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from robot import mdp
+from schemas import mdp
 from schemas.config import RobotConfig
 
 
@@ -204,34 +204,3 @@ class EpsilonGreedy(Policy):
             closed = float(observation[mdp.GRIPPER_CLOSED]) > 0.5
             return mdp.make_action(gripper="open" if closed else "close")
         return mdp.make_action(terminate=True)
-
-
-def make_policy(name: str, config: RobotConfig | None = None, epsilon: float = 0.2,
-                cem_config=None, scripted_epsilon: float = 0.0):
-    """``scripted``, ``random``, or a policy export directory (the model's greedy CEM policy over
-    the export's Polyak copy, ``model.policy.load_policy``, wrapped in epsilon-greedy exploration
-    unless epsilon is 0). The scripted policy is wrapped the same way with ``scripted_epsilon``
-    (0: not at all). TensorFlow is imported only for an export."""
-    from schemas.errors import UserError
-
-    config = config or RobotConfig()
-    if name == "scripted":
-        scripted = ScriptedGrasp(config)
-        if scripted_epsilon > 0:
-            return EpsilonGreedy(scripted, scripted_epsilon, config=config)
-        return scripted
-    if name == "random":
-        return RandomPolicy(config)
-    import os
-
-    from schemas import fs
-    if not (fs.is_remote(name) or os.path.isdir(name)):
-        raise UserError(f"policy {name!r}: not scripted, random, or an export directory")
-    try:
-        from model.policy import load_policy
-    except ImportError as exc:
-        raise UserError(f"policy {name}: the greedy Q policy (model.policy.load_policy) is not "
-                        f"available: {exc}") from None
-    greedy = load_policy(name, cem_config=cem_config)
-    greedy.check_fits(config)
-    return EpsilonGreedy(greedy, epsilon, config=config) if epsilon > 0 else greedy

@@ -1,4 +1,5 @@
-"""Record specs, codecs, configuration and file layer shared by every QT-Opt package.
+"""Record specs, codecs, configuration, the grasping MDP's rules (``schemas.mdp``) and the file
+layer shared by every QT-Opt package.
 
 Importing this package installs the hook that lets ``tfrecord`` and ``tensorflow`` be imported in
 one process (see ``schemas.compat``); TensorFlow itself is never imported here.

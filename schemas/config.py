@@ -311,6 +311,11 @@ class Config(_Section):
     def from_dict(cls, data: Mapping[str, Any]) -> "Config":
         return _build(cls, data, "")
 
+    def updated(self, **sections: Mapping[str, Any]) -> "Config":
+        """This config with some options changed, e.g. ``updated(collect={"episodes": 20})``;
+        validated with the same messages as a file or ``--set``."""
+        return Config.from_dict(_merge(self.to_dict(), sections))
+
 
 def _build(cls, data: Mapping[str, Any], prefix: str):
     if not isinstance(data, Mapping):

@@ -29,7 +29,7 @@ def test_close_height_bands_count_rate_and_auc():
 
 def test_close_height_runs_on_episode_files_with_an_export(tmp_path, capsys):
     from benchmarks.close_height import main
-    from robot import mdp
+    from schemas import mdp
     from schemas.tfrecord_io import read_records
 
     paths = write_episodes(tmp_path / "eps", files=2, per_file=4, seed=3)
@@ -81,7 +81,7 @@ def cell_episodes(tmp_path_factory):
     """Ten scripted episodes (exploring, so closes vary) collected by the cell, in one file."""
     from robot.cell import SimCell
     from robot.episode import run_episode
-    from robot.policies import make_policy
+    from pipelines.policies import make_policy
     from schemas.config import load_config
     from schemas.tfrecord_io import RecordWriter
 
@@ -149,7 +149,7 @@ def test_grasp_probe_replay_reproduces_recorded_closes(cell_episodes):
 
 def test_grasp_probe_reports_image_and_privileged_auc_over_folds(cell_episodes, capsys):
     from benchmarks.grasp_probe import main
-    from robot.mdp import decode_action
+    from schemas.mdp import decode_action
 
     path, records = cell_episodes
     assert main([str(path), "--steps", "4", "--eval-every", "2", "--folds", "2",

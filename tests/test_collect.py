@@ -205,3 +205,28 @@ def test_success_file_lists_every_shard_and_fewer_episodes_are_refused(tmp_path,
                  *IN_PROCESS) == 0
     acc = manifest(tmp_path / "t")["accounting"]
     assert acc["records_in"] == acc["records_out"] == 4
+
+
+def test_movie_captions_wrap_to_fit_the_frame():
+    from PIL import ImageFont
+
+    from pipelines.movies import LINE, frames, wrap
+    from schemas import codec
+    from schemas.fake import fake_records
+
+    font = ImageFont.load_default()
+    episode = fake_records("episode", 1, seed=3, image_size=16, num_steps=3)[0]
+    episode["episode_id"] = "scripted-train-s123456-0001234-with-a-long-source-name"
+    episode = codec.decode(codec.encode(episode))
+    movie = frames(episode, scale=16)
+    width = 16 * 16
+    lines = wrap(f"{episode['episode_id']}  step 0/3  open 88mm  h=0.200", font, width - 8)
+    assert len(lines) >= 2 and all(font.getlength(line) <= width - 8 for line in lines)
+    assert "".join(lines).replace(" ", "") == f"{episode['episode_id']}step0/3open88mm" \
+                                              "h=0.200"
+    # Every frame the same size, with room for every caption line; nothing drawn in the
+    # right margin, where a cut-off caption would run into the edge.
+    assert {f.shape for f in movie} == {movie[0].shape}
+    assert movie[0].shape[0] >= 16 * 16 + LINE * (len(lines) + 1)
+    for frame in movie:
+        assert (frame[16 * 16:, -3:] == 20).all()

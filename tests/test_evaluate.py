@@ -12,7 +12,8 @@ import pytest
 from pipelines.cli import invoke
 from robot import protocols
 from robot.cell import SimCell
-from robot.policies import ScriptedGrasp, make_policy
+from pipelines.policies import make_policy
+from robot.policies import ScriptedGrasp
 from schemas.config import RobotConfig
 from schemas.errors import UserError
 

@@ -16,7 +16,7 @@ import pytest
 
 from pipelines_testlib import (IMAGE, IN_PROCESS, corrupt_record, dead_letters, make_export,
                                manifest, qtopt, read_all, shard_bytes, write_episodes)
-from schemas import codec, tfrecord_io
+from schemas import tfrecord_io
 
 FILES, PER_FILE, STEPS = 5, 6, 3
 EPISODES = FILES * PER_FILE

@@ -15,7 +15,7 @@ import pytest
 
 from pipelines import dataset
 from pipelines.cli import invoke
-from pipelines.demo import initial_export
+from pipelines.phases import initial_export
 from schemas import fs, tfrecord_io
 from schemas.config import load_config
 

@@ -46,3 +46,24 @@ def test_importing_tfrecord_before_schemas_is_explained():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert "Import schemas (or any qtopt package) first" in proc.stdout
+
+
+def test_packages_import_one_way_and_robot_never_loads_tensorflow():
+    # The contracts (.importlinter): schemas <- robot, schemas <- model, everything <- pipelines;
+    # robot free of TensorFlow; no command imports another's module.
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    lint = Path(sys.executable).parent / "lint-imports"
+    proc = subprocess.run([str(lint), "--no-cache"], cwd=repo, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "4 kept, 0 broken" in proc.stdout
+    code = ("import importlib, pkgutil, sys, robot\n"
+            "for info in pkgutil.walk_packages(robot.__path__, 'robot.'):\n"
+            "    importlib.import_module(info.name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

@@ -8,7 +8,7 @@ import schemas  # noqa: F401  (import hook before TensorFlow)
 
 tf = pytest.importorskip("tensorflow")
 
-from model.action_space import ACTION_HIGH, ACTION_LOW  # noqa: E402
+from schemas.mdp import ACTION_HIGH, ACTION_LOW  # noqa: E402
 from model.cem import cem_maximize  # noqa: E402
 from model.network import InputSpec, QNetwork  # noqa: E402
 
@@ -123,7 +123,7 @@ def test_factorised_q_equals_the_whole_network_on_tiled_copies(state_inputs):
 
 
 def test_gripper_rule_makes_every_sample_the_action_the_cell_would_execute():
-    from robot.mdp import gripper_or_move
+    from schemas.mdp import gripper_or_move
 
     # A score that pays for closing while lifting: free sampling finds it in every state.
     seen = []
@@ -152,7 +152,7 @@ def test_gripper_rule_makes_every_sample_the_action_the_cell_would_execute():
 
 
 def test_scripted_termination_sets_the_terminate_bit_by_algorithm_2():
-    from robot.mdp import scripted_termination
+    from schemas.mdp import scripted_termination
 
     # A score that pays for terminating everywhere: free sampling would set the bit in every state.
     seen = []

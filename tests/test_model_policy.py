@@ -10,7 +10,7 @@ pytest.importorskip("tensorflow")
 
 from model_testlib import SIZE, write_shards  # noqa: E402
 
-from model.action_space import action_bounds  # noqa: E402
+from schemas.mdp import action_bounds  # noqa: E402
 from model.policy import GreedyCEMPolicy, load_policy  # noqa: E402
 from model.train import train  # noqa: E402
 from schemas.config import load_config  # noqa: E402
@@ -117,7 +117,7 @@ def test_evaluate_refuses_an_export_that_does_not_fit_the_cell(exports, tmp_path
 def test_greedy_policy_follows_the_exports_gripper_step_rule(tmp_path):
     from model.export import write_export
     from model.network import InputSpec, QNetwork
-    from robot.mdp import gripper_or_move
+    from schemas.mdp import gripper_or_move
     from schemas.config import RobotConfig
 
     net = QNetwork(InputSpec(SIZE, "image"), "tiny", "polyak")   # reads no gripper state
@@ -143,7 +143,7 @@ def test_greedy_policy_follows_the_exports_gripper_step_rule(tmp_path):
 
 
 def test_greedy_policy_under_scripted_termination_follows_algorithm_2(exports):
-    from robot.mdp import scripted_termination
+    from schemas.mdp import scripted_termination
 
     policy = GreedyCEMPolicy.from_export(exports)
     assert policy.termination == "scripted"     # trained under the demo preset, which uses it

@@ -116,7 +116,7 @@ def test_image_size_mismatch_is_a_clear_error():
 
 def test_targets_follow_the_exports_gripper_step_rule(tmp_path):
     from model.export import load_export, write_export
-    from robot.mdp import gripper_or_move
+    from schemas.mdp import gripper_or_move
 
     polyak, lagged = _nets(0.0)
     nets = {"online": polyak, "polyak": polyak, "lagged": lagged}
@@ -146,7 +146,7 @@ def test_targets_follow_the_exports_gripper_step_rule(tmp_path):
 
 def test_scripted_termination_targets_use_the_rule_for_the_terminate_bit(tmp_path):
     from model.export import load_export, write_export
-    from robot.mdp import scripted_termination
+    from schemas.mdp import scripted_termination
 
     polyak, lagged = _nets(0.0)
     path = write_export(str(tmp_path / "exports"), 3, {"online": polyak, "polyak": polyak,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robot import mdp, objects
+from robot import objects
+from schemas import mdp
 from robot.cell import (FINGER_CLOSED, FINGER_OPEN, FINGER_SETTLE_SUBSTEPS, SimCell,
                         TRAY_CENTRE, TRAY_FLOOR_Z, WORKSPACE_HALF)
 from robot.episode import run_episode

@@ -8,7 +8,7 @@ import gymnasium
 import numpy as np
 from gymnasium.utils.env_checker import check_env
 
-from robot import mdp
+from schemas import mdp
 
 
 def test_the_registered_environment_passes_the_gymnasium_checker():

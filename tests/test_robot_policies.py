@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robot import mdp
+from schemas import mdp
 from robot.cell import SimCell
 from robot.episode import episode_id, run_episode
-from robot.policies import EpsilonGreedy, Policy, RandomPolicy, ScriptedGrasp, make_policy
+from pipelines.policies import make_policy
+from robot.policies import EpsilonGreedy, Policy, RandomPolicy, ScriptedGrasp
 from schemas import codec
 from schemas.config import RobotConfig
 from schemas.errors import UserError

@@ -1,4 +1,5 @@
-"""The grasping MDP's rules (paper section 5, appendix D), free of any simulator.
+"""The grasping MDP's rules (paper section 5, appendix D), free of any simulator and of
+TensorFlow: what the cell (``robot``) and the learner (``model``) must agree on.
 
 Action layout (appendix D.2): ``(t_x, t_y, t_z, sin, cos, g_close, g_open, e)``. Observations are
 dicts keyed exactly as the episode spec's step fields.
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from schemas.config import RobotConfig
 from schemas.errors import UserError
 from schemas.specs import ACTION_DIM
 
@@ -19,6 +21,10 @@ GRIPPER_CLOSED = "observation/gripper_closed"
 GRIPPER_OPENING = "observation/gripper_opening"
 HEIGHT = "observation/height"
 OBSERVATION_KEYS = (IMAGE, GRIPPER_CLOSED, GRIPPER_OPENING, HEIGHT)
+# The gripper's widest opening between the finger pads and about its start height (metres):
+# the ranges the network scales the state scalars by (``model.network.STATE_RANGES``).
+MAX_OPENING = 0.088
+HEIGHT_RANGE = 0.25
 
 # Algorithm 2: the heuristic ends the episode once a closed gripper is above this height (metres
 # above the tray floor) and still being commanded upwards.
@@ -106,3 +112,36 @@ def step_reward(done: bool, success: bool, step_penalty: float) -> float:
     if not done:
         return float(step_penalty)
     return 1.0 if success else 0.0
+
+
+# ---------------------------------------------------------------- action bounds (for CEM)
+# Translation is metres per step; (sin, cos) encode one step's yaw change; the gripper bits are
+# one-hot, or both 0 for "no gripper command". The per-step limits come from
+# ``RobotConfig.max_translation``/``max_rotation``, which the cell clips to; CEM clips its samples
+# to the same bounds, and an export records the bounds it was trained with.
+
+# Dimensions CEM treats as a Gaussian, the gripper pair, and the terminate bit.
+CONTINUOUS = (0, 1, 2, 3, 4)
+GRIPPER = (5, 6)          # (close, open)
+TERMINATE = 7
+
+
+def action_bounds(max_translation: float | None = None, max_rotation: float | None = None):
+    """(low, high) float32[8] for the robot's per-step limits (RobotConfig defaults if None)."""
+    defaults = RobotConfig()
+    t = defaults.max_translation if max_translation is None else float(max_translation)
+    r = defaults.max_rotation if max_rotation is None else float(max_rotation)
+    r = min(r, math.pi)
+    # Yaw in [-r, r]: sin spans [-sin r, sin r] (up to +-1), cos spans [cos r, 1].
+    s = 1.0 if r >= math.pi / 2 else math.sin(r)
+    low = np.array([-t, -t, -t, -s, math.cos(r), 0.0, 0.0, 0.0], np.float32)
+    high = np.array([t, t, t, s, 1.0, 1.0, 1.0, 1.0], np.float32)
+    return low, high
+
+
+def bounds_from_config(robot_config) -> tuple:
+    return action_bounds(robot_config.max_translation, robot_config.max_rotation)
+
+
+ACTION_LOW, ACTION_HIGH = action_bounds()
+assert ACTION_LOW.shape == (ACTION_DIM,)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 
-from pipelines.cli import add_config_arguments, config_from_args
+from pipelines.jobs import JobResult
+from pipelines.options import add_config_arguments, config_from_args
 from schemas.errors import UserError
 
 
@@ -53,25 +54,32 @@ def parse_data(values) -> list[tuple[str, float]]:
 
 
 def run(args) -> int:
+    return train(config_from_args(args), parse_data(args.data), args.workdir,
+                 until_step=args.until_step, steps=args.steps,
+                 progress=not args.no_progress).status
+
+
+def train(cfg, data: list[tuple[str, float]], workdir: str, *, until_step: int | None = None,
+          steps: int | None = None, progress: bool = True) -> JobResult:
+    """Train on ``data`` ((glob or directory, weight) pairs) in ``workdir`` until ``until_step``
+    (or ``steps`` more); without data, only export."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for flag, value in (("--until-step", args.until_step), ("--steps", args.steps)):
+    for flag, value in (("--until-step", until_step), ("--steps", steps)):
         if value is not None and value < 0:
             raise UserError(f"{flag} must be >= 0, got {value}")
-    config = config_from_args(args)
-    datasets = parse_data(args.data)
     from model.train import Trainer, export_only
 
-    if not datasets:
-        result = export_only(config, args.workdir, args.until_step, args.steps)
+    if not data:
+        result = export_only(cfg, workdir, until_step, steps)
     else:
-        result = Trainer(config, datasets, args.workdir).run(
-            args.until_step, progress=not args.no_progress, steps=args.steps)
+        result = Trainer(cfg, data, workdir).run(until_step, progress=progress, steps=steps)
+    summary = {"step": result.step, "export": result.export_path, "trained": result.trained}
     if not result.trained:
-        print(f"train: {args.workdir} is at step {result.step} (target {result.until_step}): "
+        print(f"train: {workdir} is at step {result.step} (target {result.until_step}): "
               f"nothing to train; export {result.export_path}")
-        return 0
+        return JobResult("train", workdir, 0, summary)
     if result.start_step:
         print(f"resumed at step {result.start_step}")
     print(f"step {result.step}: loss {result.loss:.4f}, {result.steps_per_s:.1f} steps/s, "
           f"export {result.export_path}")
-    return 0
+    return JobResult("train", workdir, 0, {**summary, "loss": result.loss})

@@ -1,0 +1,31 @@
+"""The configuration options every command shares (``--preset``, ``--config``, ``--set``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every command that takes a Config shares."""
+    parser.add_argument("--preset", default="demo",
+                        help="configuration preset from configs/ (default: demo)")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML file of overrides; may be repeated")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        dest="overrides", help="one override, e.g. train.batch_size=64")
+
+
+def config_from_args(args: argparse.Namespace):
+    from schemas.config import load_config
+
+    return load_config(args.preset, args.config, args.overrides)
+
+
+def config_args(args: argparse.Namespace) -> list:
+    """The --preset/--config/--set a command was given, to pass on to the commands it runs."""
+    out = ["--preset", args.preset]
+    for path in args.config:
+        out += ["--config", path]
+    for item in args.overrides:
+        out += ["--set", item]
+    return out

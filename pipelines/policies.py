@@ -1,0 +1,34 @@
+"""Policies by the name a command is given: the robot's own (``scripted``, ``random``) or a
+policy export (the model's greedy CEM policy), which is why this lives above both packages."""
+
+from __future__ import annotations
+
+import os
+
+from robot.policies import EpsilonGreedy, RandomPolicy, ScriptedGrasp
+from schemas import fs
+from schemas.config import RobotConfig
+from schemas.errors import UserError
+
+
+def make_policy(name: str, config: RobotConfig | None = None, epsilon: float = 0.2,
+                cem_config=None, scripted_epsilon: float = 0.0):
+    """``scripted``, ``random``, or a policy export directory (the model's greedy CEM policy over
+    the export's Polyak copy, ``model.policy.load_policy``, wrapped in epsilon-greedy exploration
+    unless epsilon is 0). The scripted policy is wrapped the same way with ``scripted_epsilon``
+    (0: not at all). TensorFlow is imported only for an export."""
+    config = config or RobotConfig()
+    if name == "scripted":
+        scripted = ScriptedGrasp(config)
+        if scripted_epsilon > 0:
+            return EpsilonGreedy(scripted, scripted_epsilon, config=config)
+        return scripted
+    if name == "random":
+        return RandomPolicy(config)
+    if not (fs.is_remote(name) or os.path.isdir(name)):
+        raise UserError(f"policy {name!r}: not scripted, random, or an export directory")
+    from model.policy import load_policy
+
+    greedy = load_policy(name, cem_config=cem_config)
+    greedy.check_fits(config)
+    return EpsilonGreedy(greedy, epsilon, config=config) if epsilon > 0 else greedy
