@@ -36,6 +36,7 @@ setup(
         "pyyaml>=6",
         "pillow>=10",
         "matplotlib>=3.7",
+        "tqdm>=4.66",
     ],
     extras_require={
         "test": [

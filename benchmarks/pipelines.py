@@ -87,7 +87,7 @@ def bench_relabel(root: str, image_size: int, workers: int) -> dict:
     nets = {n: build(cfg.model, image_size, name=n) for n in ("online", "polyak", "lagged")}
     export_path = write_export(os.path.join(root, "exports"), 1, nets)
     src = os.path.join(root, "transitions")
-    manifests, shards = relabel.plan([src])
+    manifests, shards = relabel.read_inputs([src])
     n = manifests[0][1]["counts"]["transitions"]
 
     export = load_export(export_path, copies=("polyak", "lagged"))
@@ -107,12 +107,12 @@ def bench_relabel(root: str, image_size: int, workers: int) -> dict:
 
     def beam_job(epoch: int, extra=()) -> float:
         options = _local_options(workers, relabel.LOCAL_MODE, extra)
-        labeller = {"export_path": export.path, "cem_config": cfg.cem,
-                    "target_config": cfg.targets,
-                    "intra_op_threads": runner.threads_per_worker(options)}
+        target_model = {"export_path": export.path, "cem_config": cfg.cem,
+                        "target_config": cfg.targets,
+                        "intra_op_threads": runner.threads_per_worker(options)}
         out = relabel.epoch_dir(os.path.join(root, "labelled"), epoch)
         t0 = time.perf_counter()
-        relabel.execute(options, shards, out, labeller, chunk,
+        relabel.execute(options, shards, out, target_model, chunk,
                         relabel.target_version(export), {}, n)
         seconds = time.perf_counter() - t0
         assert dataset.read_manifest(out)["counts"]["transitions"] == n

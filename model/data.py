@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -32,12 +31,11 @@ import numpy as np
 import tensorflow as tf
 
 from schemas import codec, fs, tfrecord_io
+from schemas.datasets import MANIFEST, manifest_json
 from schemas.errors import RecordError, UserError
 from schemas.tf_codec import parse_batch
 
 KIND = "labelled_transition"
-# Every job publishes a dataset directory by writing this file last (DESIGN.md).
-DATASET_MANIFEST = "manifest.json"
 # Cached shards unused for this long are deleted when a run stages its own, so that a finetune's
 # chunks keep reusing the offline data while old epochs do not pile up.
 CACHE_MAX_IDLE_S = 24 * 3600
@@ -59,8 +57,8 @@ def expand(datasets) -> list[tuple[list[str], float]]:
             # Names starting with _ or . are a job's bookkeeping, never shards.
             matched = [m for m in fs.glob(pattern) if not fs.basename(m).startswith(("_", "."))]
             if not matched and fs.exists(pattern):  # a dataset directory
-                if not fs.exists(fs.join(pattern, DATASET_MANIFEST)):
-                    raise UserError(f"{pattern}: no {DATASET_MANIFEST} (the job that writes this "
+                if not fs.exists(fs.join(pattern, MANIFEST)):
+                    raise UserError(f"{pattern}: no {MANIFEST} (the job that writes this "
                                     "dataset has not finished; or pass a glob of its shards)")
                 matched = fs.glob(fs.join(pattern, "*.tfrecord*"))
             if not matched:
@@ -77,25 +75,18 @@ def expand(datasets) -> list[tuple[list[str], float]]:
 def dataset_cells(expanded) -> dict:
     """{cell identity: dataset directory} of the published datasets ``expand``'s files lie in,
     from their manifests; shards outside a published dataset say nothing."""
-    import json
-
     from schemas.cells import of_manifest
 
     found = {}
     for directory in sorted({f.rsplit("/", 1)[0] for files, _ in expanded for f in files}):
-        path = fs.join(directory, DATASET_MANIFEST)
-        if fs.exists(path):
-            try:
-                manifest = json.loads(fs.read_text(path))
-            except ValueError:
-                raise UserError(f"{path}: not valid JSON") from None
+        manifest = manifest_json(directory)
+        if manifest is not None:
             found.setdefault(of_manifest(manifest), directory)
     return found
 
 
 def default_cache_dir() -> str:
-    return os.path.join(os.environ.get("QTOPT_STAGING_DIR")
-                        or os.path.join(tempfile.gettempdir(), "qtopt-staging"), "shards")
+    return os.path.join(fs.staging_root(), "shards")
 
 
 def stage(files: list[str], cache_dir: str | None = None) -> list[str]:

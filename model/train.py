@@ -192,8 +192,7 @@ class Trainer:
         self.remote = fs.is_remote(self.workdir)
         if self.remote:
             if staging_dir is None:
-                base = os.environ.get("QTOPT_STAGING_DIR") or os.path.join(
-                    tempfile.gettempdir(), "qtopt-staging")
+                base = fs.staging_root()
                 os.makedirs(base, exist_ok=True)
                 staging_dir = tempfile.mkdtemp(prefix="train-", dir=base)
                 weakref.finalize(self, shutil.rmtree, staging_dir, True)

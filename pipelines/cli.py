@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import schemas  # noqa: F401  (installs the tfrecord/tensorflow import hook first)
 from pipelines.options import add_config_arguments, config_args, config_from_args  # noqa: F401
+from schemas import quiet
 from schemas.errors import DeadLettered, UserError
 
 # name -> (module, one-line help). Add a command by adding a line here.
@@ -41,6 +42,18 @@ COMMANDS = {
 }
 
 
+def examples(module) -> str:
+    """The ``qtopt ...`` lines of a command module's docstring (with their continuations), for
+    the end of its ``--help``."""
+    lines, going = [], False
+    for line in (module.__doc__ or "").splitlines():
+        text = line.strip()
+        if text.startswith("qtopt ") or going:
+            lines.append(("      " if going else "  ") + text)
+            going = text.endswith("\\")
+    return "examples:\n" + "\n".join(lines) if lines else ""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors: one line, status 2, as argparse does, no traceback
         self.print_usage(sys.stderr)
@@ -49,7 +62,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qtopt", description="QT-Opt grasping: collect episodes, shard and "
-                     "relabel them with Beam, train and evaluate Q-functions.")
+                     "relabel them with Beam, train and evaluate Q-functions.",
+                     epilog="Every command takes --verbose, which lets TensorFlow's and "
+                            "pybullet's own start-up messages through; 'qtopt COMMAND --help' "
+                            "ends with examples.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text, add_help=False)
@@ -84,6 +100,10 @@ def invoke(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:  # anywhere on the line: TensorFlow's and pybullet's chatter too
+        argv = [a for a in argv if a != "--verbose"]
+        os.environ[quiet.ENV] = "1"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -92,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         parser.error(f"unknown command {name!r} (choose from {', '.join(COMMANDS)})")
     module = importlib.import_module(COMMANDS[name][0])
-    cmd_parser = _Parser(prog=f"qtopt {name}", description=COMMANDS[name][1])
+    cmd_parser = _Parser(prog=f"qtopt {name}", description=COMMANDS[name][1],
+                         epilog=examples(module),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
     try:

@@ -235,16 +235,9 @@ def _check_plan(out: str, plan: dict, write: bool = True) -> None:
         fs.write_text(path, json.dumps(identity, indent=1, sort_keys=True))
 
 
-def _bar(done: int, total: int, start: float, new_before: int) -> str:
-    width = 30
-    filled = int(width * done / total) if total else width
-    rate = (done - new_before) / max(time.monotonic() - start, 1e-9)
-    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} episodes, {rate:.2f}/s"
-
-
 def summarise(out: str, seed: int, n: int) -> dict:
     """Success over the whole set, read back from the published shards' episode contexts."""
-    from schemas import example_proto as pb
+    from schemas import codec
     from schemas.tfrecord_io import iter_raw
 
     episodes = successes = 0
@@ -255,9 +248,9 @@ def summarise(out: str, seed: int, n: int) -> dict:
             continue
         held = 0
         for raw in iter_raw(path):
-            context = pb.SequenceExample.FromString(raw.data).context.feature
-            ids.add(bytes(context["episode_id"].bytes_list.value[0]).decode())
-            successes += int(context["success"].int64_list.value[0])
+            header = codec.decode(raw.data, steps=False)
+            ids.add(header["episode_id"])
+            successes += int(header["success"])
             held += 1
         episodes += held
         files[os.path.basename(path)] = {"records": held, "bytes": fs.size(path)}
@@ -310,9 +303,10 @@ def collect(cfg, output: str, *, source: str | None = None, workers: int | None 
         def poll():
             present = sum(min(e, n) - s for s, e, _ in existing_blocks(out, plan["seed"])
                           if s < n)
-            return _bar(present, n, t0, have)
+            return present, ""
 
-        with runner.progress("collect", poll if runner.is_local(options) else None, every=2.0):
+        with runner.progress("collect", poll if runner.is_local(options) else None, total=n,
+                             unit="episodes", every=2.0, initial=have):
             result = runner.run_pipeline(pipeline)
         if runner.is_dry_run(options):
             described = runner.describe_dry_run(pipeline, result)

@@ -1,4 +1,9 @@
-"""``qtopt config show PRESET`` and ``qtopt config list``: presets and resolved configurations."""
+"""``qtopt config``: presets and resolved configurations.
+
+    qtopt config list                               # the presets
+    qtopt config show demo --set train.steps=500    # a preset with overrides, as YAML
+    qtopt config options --preset cpu-long          # every option: value, allowed values, meaning
+"""
 
 from __future__ import annotations
 
@@ -17,15 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       dest="overrides", help="one override, e.g. train.batch_size=64")
     sub.add_parser("list", help="list the presets")
-    sub.add_parser("options", help="list every option with its default and meaning")
+    options = sub.add_parser("options", help="list every option with its value in a preset, "
+                                             "its allowed values and its meaning")
+    options.add_argument("--preset", default="demo",
+                         help="preset whose values to show (default: demo, what commands use "
+                              "without --preset)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         print("\n".join(preset_names()))
     elif args.action == "options":
-        for name, default, doc in describe_options():
-            print(f"{name:28s} {default!s:22s} {doc}")
+        rows = describe_options(load_config(args.preset))
+        print(f"{'option':32s} {'value (' + args.preset + ')':22s} {'allowed':26s} meaning")
+        for name, value, doc, allowed in rows:
+            print(f"{name:32s} {value!s:22s} {allowed:26s} {doc}")
     else:
         print(load_config(args.preset, args.config, args.overrides).to_yaml(), end="")
     return 0

@@ -29,19 +29,17 @@ import uuid
 from typing import Iterable
 
 from schemas import fs
+from schemas.datasets import COLLECT_DONE, FORMAT, MANIFEST, read_manifest  # noqa: F401
 from schemas.errors import UserError
-from schemas.specs import SCHEMA_VERSION, SUPPORTED_VERSIONS
+from schemas.specs import SCHEMA_VERSION
 
-MANIFEST = "manifest.json"
 CATALOGUE = "catalogue.parquet"
 DEAD_LETTER = "dead-letter.jsonl"
 STAGING = "_staging"
 PROGRESS = "_progress"
 REFUSED = "_refused.txt"
-FORMAT = "qtopt-dataset/1"
 # A collection directory (``qtopt collect``'s output) holds one shard per block of episode
-# indices, named by the collection's seed and the block, and ``_SUCCESS.json`` once complete.
-COLLECT_DONE = "_SUCCESS.json"
+# indices, named by the collection's seed and the block, and COLLECT_DONE once complete.
 COLLECT_SHARD = re.compile(r"^episodes-s(\d+)-(\d{7})-(\d{7})\.tfrecord\.gz$")
 
 
@@ -71,27 +69,6 @@ def _is_ours(name: str) -> bool:
     """Files a previous publication of a dataset may have left, which a new one replaces."""
     return (name.startswith("shard-") and name.endswith(".tfrecord.gz")) or \
         name in (CATALOGUE, DEAD_LETTER, MANIFEST)
-
-
-def read_manifest(directory: str) -> dict:
-    """The manifest of a complete dataset; a one-line UserError if there is none."""
-    path = fs.join(directory, MANIFEST)
-    if not fs.exists(path):
-        what = "does not exist" if not fs.exists(directory) else \
-            "has no manifest.json: it is incomplete (its job is running, failed or was killed; rerun it)"
-        raise UserError(f"dataset {directory} {what}")
-    try:
-        manifest = json.loads(fs.read_text(path))
-    except ValueError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{path}: not a qtopt dataset manifest (format {manifest.get('format')!r},"
-                        f" expected {FORMAT!r})")
-    if int(manifest.get("schema_version", -1)) not in SUPPORTED_VERSIONS:
-        raise UserError(f"{path}: schema version {manifest.get('schema_version')} is not "
-                        f"supported (this reader knows "
-                        f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
-    return manifest
 
 
 def shard_paths(directory: str, manifest: dict | None = None) -> list[str]:

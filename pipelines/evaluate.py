@@ -206,9 +206,9 @@ def write_report(out: str, result: dict) -> None:
     fs.write_text(fs.join(out, "report.md"), "\n".join(lines))
 
 
-def plot(out: str, result: dict) -> None:
-    import io
-
+def success_figure(result: dict):
+    """One bar per protocol with its 95% interval and its count written on it; a bar of 0% is
+    drawn as an outline at the axis, so it does not vanish."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,7 +223,12 @@ def plot(out: str, result: dict) -> None:
     rates = [100 * s["rate"] for _, s in bars]
     err = [[100 * (s["rate"] - s["ci95"][0]) for _, s in bars],
            [100 * (s["ci95"][1] - s["rate"]) for _, s in bars]]
-    ax.bar(range(len(bars)), rates, yerr=err, capsize=4, color="#4477aa")
+    ax.bar(range(len(bars)), rates, yerr=err, capsize=4, color="#4477aa", edgecolor="#223355",
+           linewidth=1.5)
+    for i, (_, s) in enumerate(bars):
+        top = 100 * s["ci95"][1]
+        ax.text(i, min(top + 2, 93), f"{s['successes']}/{s['attempts']}\n{100 * s['rate']:.1f}%",
+                ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(bars)), [name for name, _ in bars], fontsize=8)
     ax.set_ylim(0, 100)
     ax.set_ylabel("grasp success, % (95% CI)")
@@ -233,6 +238,15 @@ def plot(out: str, result: dict) -> None:
         title = f"{fs.basename(e['path'])} (step {e['step']}, sha256 {e['sha256'][:12]})"
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot(out: str, result: dict) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig = success_figure(result)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
@@ -311,9 +325,11 @@ def evaluate_policy(cfg, policy: str, objects_arg: str, out: str, workers: int |
 
         def poll():
             done = len(fs.glob(fs.join(out, "attempts", "*.json")))
-            return f"{done}/{total} robots and trials done"
+            return done, ""
 
-        with runner.progress("evaluate", poll if runner.is_local(options) else None, every=5.0):
+        with runner.progress("evaluate", poll if runner.is_local(options) else None,
+                             total=total, unit="robots and trials", every=5.0,
+                             initial=total - len(todo)):
             runner.run_pipeline(pipeline)
     result = {"policy": label, "objects": objects_arg, "evaluate": dataclasses.asdict(ev),
               "robot": dataclasses.asdict(cfg.robot), "seconds": time.monotonic() - t0,

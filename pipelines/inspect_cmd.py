@@ -1,5 +1,7 @@
 """``qtopt inspect PATH...``: what a TFRecord file holds, without TensorFlow.
 
+    qtopt inspect 'runs/demo/transitions/scripted/shard-*.tfrecord.gz'
+
 For each file (local or ``gs://``, globs allowed): record kind, schema version, record count, the
 shape of every field, and one decoded record. Every record is read and validated (checksums,
 spec), so a corrupted file is reported with the record at fault.

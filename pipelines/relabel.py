@@ -74,7 +74,7 @@ def stack_inputs(records_: Sequence[dict]) -> dict:
 
 
 class TargetModel:
-    """The labeller a worker process holds: an export's target copies and the settings for them.
+    """What a worker process holds: an export's target copies and the settings for them.
 
     Built once per process (``shared.Shared`` in ``RelabelShard.setup``); ``label`` turns a chunk
     of decoded transitions into (targets, next actions) with ``model.targets.compute_targets``.
@@ -231,12 +231,12 @@ def _relabel_dofn():
     return beam, RelabelShard
 
 
-def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, labeller: dict,
+def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, target_model: dict,
           chunk_size: int, version: str, manifest_extra: dict, mark_progress: bool = False,
           expected: dict | None = None):
     """Add the relabel job to ``pipeline``: shards -> labelled shards in staging -> commit.
 
-    ``labeller``: ``export_path``, ``cem_config``, ``target_config`` and optionally
+    ``target_model``: ``export_path``, ``cem_config``, ``target_config`` and optionally
     ``intra_op_threads`` (TensorFlow threads per worker process). ``expected``: {shard path:
     records} from the input manifests, so a shard that lost records is dead-lettered for them.
     """
@@ -247,7 +247,7 @@ def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, labell
              | "Shards" >> beam.Create(shards)  # Create redistributes its elements itself
              | "Relabel shards" >> beam.ParDo(RelabelShard(
                  out=out, run_id=run_id, count=count, chunk_size=chunk_size, version=version,
-                 mark_progress=mark_progress, expected=expected, **labeller))
+                 mark_progress=mark_progress, expected=expected, **target_model))
              .with_outputs("dead", main="files"))
 
     def commit(_, infos, letters):
@@ -293,7 +293,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runner.add_beam_arguments(parser)
 
 
-def plan(inputs: Sequence[str]) -> tuple[list[tuple[str, dict]], list[tuple[int, str]]]:
+def read_inputs(inputs: Sequence[str]) -> tuple[list[tuple[str, dict]], list[tuple[int, str]]]:
     """Input manifests and the global shard list; UserError for an incomplete or wrong input."""
     manifests, shards = [], []
     for src in inputs:
@@ -316,7 +316,7 @@ def relabel(cfg, inputs: Sequence[str], export: str, output: str, epoch: int, *,
     allowed = allowance(max_dead_fraction, cfg)
     if epoch < 0:
         raise UserError(f"--epoch must be >= 0, got {epoch}")
-    manifests, shards = plan(inputs)
+    manifests, shards = read_inputs(inputs)
     out = epoch_dir(output.rstrip("/"), epoch)
     if any(out == src for src, _ in manifests):
         raise UserError("--output must differ from --input (a job never rewrites its input)")
@@ -326,8 +326,9 @@ def relabel(cfg, inputs: Sequence[str], export: str, output: str, epoch: int, *,
     version = target_version(found)
     options = runner.pipeline_options(list(beam_args), cfg.pipeline.direct_num_workers,
                                       "qtopt-relabel", LOCAL_MODE)
-    labeller = {"export_path": found.path, "cem_config": cfg.cem, "target_config": cfg.targets,
-                "intra_op_threads": runner.threads_per_worker(options)}
+    target_model = {"export_path": found.path, "cem_config": cfg.cem,
+                    "target_config": cfg.targets,
+                    "intra_op_threads": runner.threads_per_worker(options)}
     extra = {"created_by": "qtopt relabel", "cell": cell, "epoch": epoch,
              "inputs": [s for s, _ in manifests],
              "export": found.path, "export_step": found.step, "cem": vars_of(cfg.cem),
@@ -337,8 +338,8 @@ def relabel(cfg, inputs: Sequence[str], export: str, output: str, epoch: int, *,
     expected = {}
     for src, manifest in manifests:
         expected.update(dataset.file_records(src, manifest))
-    return execute(options, shards, out, labeller, cfg.pipeline.relabel_batch_size, version, extra,
-                   sum(m["counts"]["transitions"] for _, m in manifests), expected, allowed)
+    return execute(options, shards, out, target_model, cfg.pipeline.relabel_batch_size, version,
+                   extra, sum(m["counts"]["transitions"] for _, m in manifests), expected, allowed)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -354,26 +355,23 @@ def vars_of(section) -> dict:
     return dataclasses.asdict(section)
 
 
-def execute(options, shards, out, labeller, chunk_size, version, extra, total=None,
+def execute(options, shards, out, target_model, chunk_size, version, extra, total=None,
             expected=None, max_dead_fraction=0.0):
     from pipelines.jobs import report
 
     run_id = dataset.new_run_id()
     local = runner.is_local(options)
     pipeline = runner.new_pipeline(options)
-    build(pipeline, shards, out, run_id, labeller, chunk_size, version, extra,
+    build(pipeline, shards, out, run_id, target_model, chunk_size, version, extra,
           mark_progress=local, expected=expected)
 
     seen: dict = {}
 
     def poll():
         n = dataset.progress_counts(out, run_id, seen).get("label", (0, 0))[1]
-        status = f"labelled {n}/{total if total is not None else '?'} transitions"
         # The first chunk waits for every worker to import TensorFlow and load the export.
-        return status if n else status + " (workers loading the export)"
+        return n, "" if n else "workers loading the export"
 
-    print(f"relabel: {len(shards)} shards -> {out} (targets from {version}, runner "
-          f"{runner.runner_name(options)})", flush=True)
-    with runner.progress("relabel", poll if local else None):
+    with runner.progress("relabel", poll if local else None, total=total, unit="transitions"):
         result = runner.run_pipeline(pipeline)
     return report(pipeline, result, out, NAMESPACE, "relabel", max_dead_fraction)

@@ -1,5 +1,8 @@
 """``qtopt render FILE --out movie.gif``: watch what a policy did, episode by episode.
 
+    qtopt render runs/demo/episodes/scripted-train/episodes-s0-0000000-0000010.tfrecord.gz \\
+                 --episodes 0,3 -o episodes.gif
+
 Frames are the episode's camera images, scaled up, with a strip under each showing the step,
 the gripper state and height, the action taken and the reward; an episode ends on a frame that
 says whether the grasp succeeded. ``--episodes`` picks episodes by index in the file or by

@@ -1,17 +1,19 @@
 """How every ``qtopt`` Beam job picks its runner and options. Use this module for any new job.
 
-A command does three things with it::
+A job uses it like this (``pipelines/subsample.py`` is a short complete one)::
 
     def add_arguments(parser):
         ...                              # the command's own options
         runner.add_beam_arguments(parser)
 
-    def run(args):
-        options = runner.pipeline_options(args.beam_args, num_workers=cfg.pipeline.direct_num_workers,
-                                          job_name="qtopt-shard")
-        with runner.progress("shard"):
-            result = runner.run_pipeline(build(beam.Pipeline(options=options), ...))
-        counts = runner.counters(result, "qtopt.shard")
+    def subsample(cfg, ..., beam_args=()):
+        options = runner.pipeline_options(list(beam_args), cfg.pipeline.direct_num_workers,
+                                          "qtopt-subsample")
+        pipeline = runner.new_pipeline(options)
+        build(pipeline, ...)             # the job's transforms, ending in its commit step
+        with runner.progress("subsample", poll, total=shards, unit="shards"):
+            result = runner.run_pipeline(pipeline)
+        return jobs.report(pipeline, result, out, NAMESPACE, "subsample", allowed)
 
 ``add_beam_arguments`` makes the command's parser keep every option it does not know
 (``--runner``, ``--project``, ``--region``, ``--temp_location``, ``--setup_file``, ...) in
@@ -273,32 +275,66 @@ def counters(result, namespace: str) -> dict:
 
 
 @contextlib.contextmanager
-def progress(label: str, poll=None, every: float = 5.0, stream=sys.stderr) -> Iterator[None]:
-    """Print a progress line every ``every`` seconds while a local job runs.
+def progress(label: str, poll=None, total: int | None = None, unit: str = "it",
+             every: float = 5.0, stream=None, initial: int = 0) -> Iterator[None]:
+    """Progress of a local job, updated every ``every`` seconds from ``poll()``.
 
-    ``poll()`` returns a short status (e.g. ``"3/8 shards written"``); it runs on the launcher,
-    so it works whatever runner executes the job.
+    ``poll()`` returns ``(done, note)``: how many of ``total`` ``unit`` are done and a short
+    note; it runs on the launcher, so it works whatever runner executes the job. On a terminal
+    this is a tqdm bar; in a log, the same tqdm line every ``every`` seconds (a job shorter than
+    that prints nothing). The count never goes back, and a job that finishes shows its total.
     """
-    stop = threading.Event()
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    interactive = bool(getattr(stream, "isatty", lambda: False)())
     start = time.monotonic()
+    state = {"n": initial, "note": "", "printed": False}
+    bar = tqdm(total=total, initial=initial, desc=label, unit=f" {unit}", file=stream,
+               mininterval=0, dynamic_ncols=True) if interactive else None
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def show():
+        if bar is not None:
+            if state["n"] > bar.n:
+                bar.update(state["n"] - bar.n)
+            bar.set_postfix_str(state["note"], refresh=False)
+            bar.refresh()
+        else:
+            line = tqdm.format_meter(state["n"], total, time.monotonic() - start, prefix=label,
+                                     unit=f" {unit}", postfix=state["note"] or None,
+                                     initial=initial)
+            print(line, file=stream, flush=True)
+            state["printed"] = True
 
     def loop():
         while not stop.wait(every):
-            status = ""
-            if poll is not None:
-                try:
-                    status = poll()
-                except Exception:  # a progress probe must never break the job
-                    status = ""
-            print(f"{label}: {time.monotonic() - start:5.0f}s {status}", file=stream, flush=True)
+            if poll is None:
+                continue
+            try:
+                done, note = poll()
+            except Exception:  # a progress probe must never break the job
+                continue
+            with lock:
+                state["n"], state["note"] = max(state["n"], done), note
+                show()
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
+    finished = False
     try:
         yield
+        finished = True
     finally:
         stop.set()
-        thread.join(timeout=1)
+        thread.join(timeout=every + 1)
+        with lock:
+            if finished and total is not None and (bar is not None or state["printed"]):
+                state["n"], state["note"] = max(state["n"], total), ""
+                show()
+            if bar is not None:
+                bar.close()
 
 
 def quiet_beam_logging() -> None:

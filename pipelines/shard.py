@@ -41,12 +41,18 @@ _SOURCE_PREFIX = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
 # ----------------------------------------------------------------------------------- launcher
 
 def parse_inputs(specs: Iterable[str]) -> list[tuple[str | None, str]]:
-    """``[SOURCE=]GLOB`` strings to (source or None, glob) pairs."""
+    """``[SOURCE=]GLOB`` (or ``[SOURCE=]DIR``: its ``*.tfrecord.gz``) strings to (source or
+    None, glob) pairs."""
     out = []
     for spec in specs:
         m = _SOURCE_PREFIX.match(spec)
         out.append((m.group(1), m.group(2)) if m and "://" not in m.group(1) else (None, spec))
     return out
+
+
+def _is_dir(path: str) -> bool:
+    fs_, p = fs.filesystem(path)
+    return fs_.isdir(p)
 
 
 def expand_inputs(inputs: list[tuple[str | None, str]], kind: str = "episode"
@@ -59,6 +65,8 @@ def expand_inputs(inputs: list[tuple[str | None, str]], kind: str = "episode"
     """
     seen, out = set(), []
     for source, pattern in inputs:
+        if not any(c in pattern for c in "*?[") and _is_dir(pattern):
+            pattern = fs.join(pattern.rstrip("/"), "*.tfrecord.gz")  # a collection directory
         paths = [p for p in fs.glob(pattern) if not fs.basename(p).startswith(("_", "."))]
         if not paths:
             raise UserError(f"input {pattern}: no files match")
@@ -170,7 +178,8 @@ def episode_transitions(episode: dict, source: str | None = None) -> list[dict]:
     """The T transition records of an episode of T actions (T + 1 RLDS steps).
 
     Transition t pairs step t's observation, action and reward with step t + 1's observation;
-    it is terminal when step t + 1 ended the episode by termination (not by the step limit).
+    it is terminal when step t + 1 is the episode's last: every end is scored, the step limit's
+    included (``robot.episode``), so nothing is bootstrapped past it.
     """
     n = int(episode["num_steps"])
     shape = tuple(int(v) for v in episode["image_shape"])
@@ -408,8 +417,10 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.options import add_config_arguments
 
-    parser.add_argument("--input", "-i", action="append", required=True, metavar="[SOURCE=]GLOB",
-                        help="episode files (local or gs://); repeat for several sources")
+    parser.add_argument("--input", "-i", action="append", required=True,
+                        metavar="[SOURCE=]GLOB|DIR",
+                        help="episode files (local or gs://), or a collection directory; "
+                             "repeat for several sources")
     parser.add_argument("--output", "--out", "-o", required=True, metavar="DIR",
                         help="dataset directory, e.g. work/transitions/demo")
     parser.add_argument("--num-shards", type=int, default=None,
@@ -467,12 +478,11 @@ def execute(options, files, out, num_shards, seed, manifest_extra, expected=None
     def poll():
         c = dataset.progress_counts(out, run_id, seen)
         r, w = c.get("read", (0, 0)), c.get("write", (0, 0))
-        return (f"read {r[0]}/{len(files)} files ({r[1]} episodes), "
-                f"wrote {w[0]}/{num_shards} shards ({w[1]} transitions)")
+        return r[0], f"{r[1]} episodes read, {w[0]}/{num_shards} shards written"
 
     print(f"shard: {len(files)} episode files -> {out} ({num_shards} shards, "
           f"runner {runner.runner_name(options)})", flush=True)
-    with runner.progress("shard", poll if local else None):
+    with runner.progress("shard", poll if local else None, total=len(files), unit="files"):
         result = runner.run_pipeline(pipeline)
     if not runner.is_dry_run(pipeline.options):
         dataset.raise_refusal(out, run_id)

@@ -180,10 +180,10 @@ def subsample(cfg, input_dir: str, fraction: float, output: str, *, seed: int | 
 
     def poll():
         w = dataset.progress_counts(out, run_id, seen).get("write", (0, 0))
-        return f"wrote {w[0]}/{total} shards ({w[1]} records kept)"
+        return w[0], f"{w[1]} records kept"
 
     print(f"subsample: {src} -> {out} ({fraction:g} of episodes, salt {seed})", flush=True)
-    with runner.progress("subsample", poll if local else None):
+    with runner.progress("subsample", poll if local else None, total=total, unit="shards"):
         result = runner.run_pipeline(pipeline)
     return report(pipeline, result, out, NAMESPACE, "subsample", allowed)
 

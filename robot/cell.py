@@ -20,9 +20,13 @@ import math
 import os
 
 import numpy as np
-import pybullet
-import pybullet_data
-from pybullet_utils.bullet_client import BulletClient
+
+from schemas.quiet import silenced
+
+with silenced():  # "pybullet build time" on import
+    import pybullet
+    import pybullet_data
+    from pybullet_utils.bullet_client import BulletClient
 
 from robot import camera, objects
 from robot.interface import Outcome, Robot
@@ -98,11 +102,13 @@ class SimCell(Robot):
         if not self.pool:
             raise ConfigError("objects: no objects to put in the tray")
         self.robot_id = robot_id
-        self._p = BulletClient(connection_mode=pybullet.DIRECT)
+        with silenced():  # "argv[0]=" on every connection
+            self._p = BulletClient(connection_mode=pybullet.DIRECT)
         self._p.setAdditionalSearchPath(DATA)
         # The iiwa model gives the arm's kinematics, in a client of its own that is never reset:
         # loading its meshes at every reset would cost more than the rest of the world.
-        self._ik = BulletClient(connection_mode=pybullet.DIRECT)
+        with silenced():
+            self._ik = BulletClient(connection_mode=pybullet.DIRECT)
         self._arm = self._ik.loadURDF(os.path.join(DATA, "kuka_iiwa/model.urdf"), (0, 0, 0),
                                       useFixedBase=True)
         self._arm_joints = list(range(self._ik.getNumJoints(self._arm)))

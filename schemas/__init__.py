@@ -6,8 +6,10 @@ one process (see ``schemas.compat``); TensorFlow itself is never imported here.
 """
 
 from schemas import compat as _compat
+from schemas import quiet as _quiet
 
 _compat.install()
+_quiet.install()
 
 from schemas.errors import ConfigError, RecordError, UserError  # noqa: E402
 from schemas.specs import (ACTION_DIM, ACTION_LAYOUT, EPISODE, LABELLED_TRANSITION,  # noqa: E402

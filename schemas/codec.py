@@ -236,8 +236,11 @@ def peek_kind(data: bytes) -> tuple[str, int]:
     return kind, version
 
 
-def decode(data: bytes) -> dict:
-    """Parse and validate one serialised record of any kind. Raises RecordError."""
+def decode(data: bytes, steps: bool = True) -> dict:
+    """Parse and validate one serialised record of any kind. Raises RecordError.
+
+    ``steps=False`` parses an episode's header (its context fields) only, for counts and ids
+    without the cost of every step's image."""
     kind, version = peek_kind(data)
     if version not in SUPPORTED_VERSIONS:
         raise RecordError(_unsupported(version))
@@ -253,13 +256,15 @@ def decode(data: bytes) -> dict:
         features, lists = msg.context.feature, msg.feature_lists.feature_list
     added = added_since(kind, version)
     missing = [f.name for f in spec.fields if f.name not in features and f.name not in added]
-    if lists is not None:
+    if lists is not None and steps:
         missing += [f.name for f in spec.step_fields if f.name not in lists]
     if missing:
         raise RecordError(f"{kind} record lacks fields: {', '.join(missing)}")
     image_shape = _check_image_shape(features["image_shape"].int64_list.value)
     out = {f.name: _take(features[f.name], f, image_shape, "") if f.name in features
            else added[f.name] for f in spec.fields}
+    if lists is not None and not steps:
+        return out
     if lists is not None:
         for f in spec.step_fields:
             out[f.name] = [_take(v, f, image_shape, f" at step {t}")

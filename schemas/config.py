@@ -151,7 +151,8 @@ class CollectConfig(_Section):
     scripted_epsilon: float = _f(0.0, lo=0.0, hi=1.0,
                                  doc="share of the scripted policy's steps replaced by "
                                  "appendix B's random actions (pose, gripper toggle, terminate)")
-    seed: int = _f(0, lo=0)
+    seed: int = _f(0, lo=0, doc="collection seed: episode i's reset seed and id depend only on "
+                                "(seed, i, source)")
     explore_episodes: int = _f(0, lo=0, doc="demo: episodes of ``explore_policy`` collected "
                                "beside the scripted ones into the offline dataset (paper table 9: "
                                "scripted data alone explores too little to learn from)")
@@ -199,7 +200,9 @@ class TargetConfig(_Section):
     """Bellman targets (section 4.2)."""
 
     SECTION = "targets"
-    kind: str = _f("clipped_double_q", choices=("clipped_double_q", "double_q", "single_q"))
+    kind: str = _f("clipped_double_q", choices=("clipped_double_q", "double_q", "single_q"),
+                   doc="Bellman target: min of the Polyak and lagged copies, the Polyak copy, or "
+                       "the online weights at the Polyak copy's argmax")
     gamma: float = _f(0.9, lo=0.0, hi=1.0, doc="discount")
     polyak: float = _f(0.9999, lo=0.0, hi=1.0, doc="Polyak averaging rate of the target copy")
     lag_steps: int = _f(6000, lo=0, doc="steps the lagged copy trails the Polyak copy")
@@ -210,19 +213,20 @@ class TrainConfig(_Section):
     """The trainer (``qtopt train``)."""
 
     SECTION = "train"
-    batch_size: int = _f(32, lo=1)
+    batch_size: int = _f(32, lo=1, doc="transitions per gradient step")
     steps: int = _f(1000, lo=1, doc="gradient steps per training epoch")
     epochs: int = _f(3, lo=1, doc="offline relabel/train epochs of qtopt demo and qtopt study "
                      "(each epoch is one Bellman backup of the whole dataset)")
-    optimizer: str = _f("sgd", choices=("sgd", "adam"))
-    learning_rate: float = _f(1e-4, lo=0.0)
-    momentum: float = _f(0.9, lo=0.0, hi=1.0)
+    optimizer: str = _f("sgd", choices=("sgd", "adam"), doc="SGD with momentum (the paper) or Adam")
+    learning_rate: float = _f(1e-4, lo=0.0, doc="optimizer step size")
+    momentum: float = _f(0.9, lo=0.0, hi=1.0, doc="SGD momentum (unused by Adam)")
     l2: float = _f(7e-5, lo=0.0, doc="L2 weight regularisation")
-    loss: str = _f("cross_entropy", choices=("cross_entropy", "squared_error"))
+    loss: str = _f("cross_entropy", choices=("cross_entropy", "squared_error"),
+                   doc="loss between Q and the target (both in [0, 1])")
     augment: bool = _f(True, doc="random crop and colour jitter in training only")
     crop_pad: int = _f(4, lo=0, hi=64,
                        doc="random crop: pad each image side by this many pixels, crop back")
-    shuffle_buffer: int = _f(1000, lo=1)
+    shuffle_buffer: int = _f(1000, lo=1, doc="records in the input pipeline's shuffle buffer")
     checkpoint_every: int = _f(500, lo=1, doc="steps between checkpoints")
     keep_checkpoints: int = _f(3, lo=1, doc="newest checkpoints kept on disk")
     checkpoint_input: bool = _f(True, doc="checkpoint the input position and shuffle buffer "
@@ -230,7 +234,7 @@ class TrainConfig(_Section):
                                 "run reads a fresh shuffle seeded by its step)")
     log_every: int = _f(50, lo=1, doc="steps between TensorBoard summaries")
     deterministic: bool = _f(False, doc="deterministic TensorFlow ops (slower; for tests)")
-    seed: int = _f(0, lo=0)
+    seed: int = _f(0, lo=0, doc="seed of the weights' initialisation and the input order")
 
 
 @dataclass(frozen=True)
@@ -284,7 +288,7 @@ class EvaluateConfig(_Section):
     bin_attempts: int = _f(30, lo=1, doc="bin emptying: attempts per trial")
     bin_trials: int = _f(5, lo=0, doc="bin emptying: trials (0 skips the protocol)")
     gifs: int = _f(0, lo=0, doc="episodes to render as GIFs")
-    seed: int = _f(7, lo=0)
+    seed: int = _f(7, lo=0, doc="seed of the evaluation's trays and attempts")
 
 
 @dataclass(frozen=True)
@@ -433,10 +437,23 @@ def load_config(preset: str = "demo", files: list[str] | tuple[str, ...] = (),
     return Config.from_dict(data)
 
 
-def describe_options() -> list[tuple[str, Any, str]]:
-    """(dotted name, default, doc) for every option, for help texts and the README."""
+def describe_options(config: "Config | None" = None) -> list[tuple[str, Any, str, str]]:
+    """(dotted name, value in ``config`` (default: the base defaults), doc, allowed values) for
+    every option, for ``qtopt config options``."""
+    config = config or Config()
     rows = []
     for section in dataclasses.fields(Config):
+        values = getattr(config, section.name)
         for f in dataclasses.fields(section.default_factory()):
-            rows.append((f"{section.name}.{f.name}", f.default, f.metadata.get("doc", "")))
+            meta = f.metadata
+            if meta.get("choices"):
+                allowed = " | ".join(map(str, meta["choices"]))
+            elif meta.get("lo") is not None or meta.get("hi") is not None:
+                lo, hi = meta.get("lo"), meta.get("hi")
+                allowed = (f"{lo:g} to {hi:g}" if lo is not None and hi is not None else
+                           f">= {lo:g}" if lo is not None else f"<= {hi:g}")
+            else:
+                allowed = ""
+            rows.append((f"{section.name}.{f.name}", getattr(values, f.name),
+                         meta.get("doc", ""), allowed))
     return rows

@@ -53,6 +53,15 @@ def _gcs_options() -> dict:
     return {}
 
 
+def staging_root() -> str:
+    """Where local copies of remote data and checkpoints are staged: ``$QTOPT_STAGING_DIR``, else
+    ``qtopt-staging`` in the system's temp directory."""
+    import tempfile
+
+    return os.environ.get("QTOPT_STAGING_DIR") or os.path.join(tempfile.gettempdir(),
+                                                               "qtopt-staging")
+
+
 def join(base: str, *parts: str) -> str:
     base = str(base)
     if is_remote(base):

@@ -73,3 +73,31 @@ def test_config_show_and_errors():
 def test_usage_errors_exit_2():
     assert qtopt("frobnicate").returncode == 2
     assert qtopt(check_status=2).stdout.startswith("usage")
+
+
+def test_every_command_help_ends_with_examples():
+    from pipelines.cli import COMMANDS
+
+    for name in COMMANDS:
+        help_text = qtopt(name, "--help", check_status=0).stdout
+        examples = help_text.split("examples:\n", 1)
+        assert len(examples) == 2, f"qtopt {name} --help has no examples"
+        first = examples[1].splitlines()[0].strip()
+        assert first.startswith(f"qtopt {name}"), (name, first)
+
+
+def test_commands_are_quiet_unless_verbose(tmp_path):
+    sets = ["--set", "robot.image_size=32", "--set", "collect.episodes_per_block=1"]
+    train = qtopt("train", "--workdir", str(tmp_path / "w"), "--until-step", "0", "--set",
+                  "model.preset=tiny", *sets, check_status=0)
+    assert "export-000000000" in train.stdout
+    assert "oneDNN" not in train.stderr and "absl" not in train.stderr, train.stderr
+    collect = qtopt("collect", "--policy", "scripted", "--episodes", "1", "-o",
+                    str(tmp_path / "e"), *sets, check_status=0)
+    chatter = collect.stdout + collect.stderr
+    assert "argv[0]=" not in chatter and "pybullet build time" not in chatter, chatter
+    assert "collect: 1 episodes in" in collect.stdout
+    # The same command with --verbose lets pybullet's own lines through.
+    loud = qtopt("collect", "--policy", "scripted", "--episodes", "1", "-o",
+                 str(tmp_path / "e2"), *sets, "--verbose", check_status=0)
+    assert "argv[0]=" in loud.stdout + loud.stderr

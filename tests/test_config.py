@@ -81,3 +81,26 @@ def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
     assert load_config("demo", overrides=["collect.objects=1e3x"]).collect.objects == "1e3x"
     with pytest.raises(ConfigError, match="train.learning_rate: expected a number"):
         load_config("demo", overrides=["train.learning_rate=fast"])
+
+
+def test_config_options_shows_a_presets_values_allowed_values_and_meanings(capsys):
+    from pipelines.cli import main
+
+    def rows(*argv) -> dict:
+        assert main(["config", "options", *argv]) == 0
+        lines = capsys.readouterr().out.splitlines()[1:]
+        return {line.split()[0]: line for line in lines}
+
+    demo, long = rows(), rows("--preset", "cpu-long")
+    assert len(demo) == len(long) == len(Config().to_dict()["train"]) + sum(
+        len(v) for k, v in Config().to_dict().items() if k != "train")
+    assert demo["model.preset"].split()[1] == "cpu64"
+    assert long["model.preset"].split()[1] == "fast64"
+    assert "clipped_double_q | double_q | single_q" in demo["targets.kind"]
+    assert "16 to 472" in demo["robot.image_size"]
+    # Every option says what it means (the text after the allowed values).
+    from schemas.config import describe_options
+
+    assert all(doc for _name, _value, doc, _allowed in describe_options())
+    assert main(["config", "options", "--preset", "nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err

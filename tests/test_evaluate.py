@@ -217,3 +217,21 @@ def test_an_evaluation_names_its_export_and_refuses_another(tmp_path):
             *EACH, *ONE_PROCESS])
     rows = json.loads((each / "each.json").read_text())["exports"]
     assert [r["step"] for r in rows] == [20]
+
+
+def test_the_success_plot_writes_counts_and_shows_a_zero_bar():
+    from pipelines.evaluate import success_figure
+
+    result = {"policy": "scripted",
+              "replacement": {"attempts": 200, "successes": 0, "rate": 0.0,
+                              "ci95": [0.0, 0.0188]},
+              "bin_emptying": {"first_k": {"10": {"attempts": 50, "successes": 20, "rate": 0.4,
+                                                  "ci95": [0.276, 0.538]}}}}
+    fig = success_figure(result)
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["0/200\n0.0%", "20/50\n40.0%"]
+    zero, forty = ax.patches[:2]
+    assert zero.get_height() == 0.0 and zero.get_linewidth() > 0
+    assert zero.get_edgecolor()[3] > 0          # an outline that shows at the axis
+    assert abs(forty.get_height() - 40.0) < 1e-9

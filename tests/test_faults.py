@@ -377,3 +377,18 @@ def test_a_chained_job_stops_with_status_3_after_dead_letters(collection, tmp_pa
     assert (tmp_path / "t" / "manifest.json").exists()
     assert invoke(["shard", "-i", f"{src}/*", "-o", tmp_path / "t", "--num-shards", 2,
                    "--set", "pipeline.max_dead_fraction=0.25", *IN_PROCESS]) == 0
+
+
+def test_a_collection_directory_is_shard_input_and_relabel_says_to_shard_it(collection,
+                                                                           tmp_path, capsys):
+    by_glob, by_dir = tmp_path / "glob", tmp_path / "dir"
+    assert qtopt("shard", "-i", f"{collection}/*.tfrecord.gz", "-o", by_glob, "--num-shards", 2,
+                 *IN_PROCESS) == 0
+    assert qtopt("shard", "-i", collection, "-o", by_dir, "--num-shards", 2, *IN_PROCESS) == 0
+    assert shard_bytes(by_dir) == shard_bytes(by_glob)
+    capsys.readouterr()
+    assert qtopt("relabel", "-i", collection, "-e", tmp_path / "none", "-o", tmp_path / "l",
+                 "--epoch", 0, *IN_PROCESS) == 2
+    assert err_line(capsys) == (f"qtopt relabel: error: dataset {collection} holds episodes "
+                                "from qtopt collect, not a dataset: make transitions of them "
+                                f"with qtopt shard -i {collection}")

@@ -156,3 +156,17 @@ def test_version_2_records_read_as_the_cell_before_identities():
     parsed = tf_codec.parse_batch(tf.constant([msg.SerializeToString()]), "transition", (8, 8, 3))
     assert parsed["episode_id"].numpy()[0].decode() == transition["episode_id"]
     assert codec.decode(msg.SerializeToString())["episode_id"] == transition["episode_id"]
+
+
+def test_an_episode_header_decodes_without_its_steps():
+    from schemas import codec
+    from schemas.fake import fake_records
+    from schemas.specs import EPISODE
+
+    episode = fake_records("episode", 1, seed=4, image_size=16, num_steps=3)[0]
+    data = codec.encode(episode)
+    header, full = codec.decode(data, steps=False), codec.decode(data)
+    assert set(header) == {f.name for f in EPISODE.fields}
+    assert all(header[k] == full[k] for k in header if k != "image_shape")
+    assert tuple(header["image_shape"]) == tuple(full["image_shape"])
+    assert "observation/image" not in header
