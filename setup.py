@@ -36,6 +36,9 @@ setup(
         "pyyaml>=6",
         "pillow>=10",
         "matplotlib>=3.7",
+        # qtopt export rlds: TFDS's serializer and metadata writer (4.9.10 resolves beside
+        # tensorflow-cpu 2.21 on Python 3.11).
+        "tensorflow-datasets>=4.9.10,<5",
     ],
     extras_require={
         "test": [
