@@ -27,6 +27,7 @@ episodes give the same dataset on any runner; shards no episode fell into are no
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 
 from schemas import fs
@@ -112,6 +113,31 @@ def rlds_episode(episode: dict) -> dict:
     return {"steps": steps, "episode_metadata": metadata}
 
 
+def write_metadata(staging: str, shards: list[str], lengths: list[int], num_bytes: int,
+                   image_shape) -> None:
+    """dataset_info.json and features.json for the shards, by tfds's own writer.
+
+    The writer lists its directory for the shard names and, given the split's lengths, reads no
+    shard; so it runs in a local directory of empty stand-ins and its files are copied to the
+    staging directory, local or in a bucket alike.
+    """
+    import tempfile
+
+    import tensorflow_datasets as tfds
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in shards:
+            open(os.path.join(tmp, name), "wb").close()
+        split = tfds.core.SplitInfo(name=SPLIT, shard_lengths=list(lengths), num_bytes=num_bytes)
+        tfds.folder_dataset.write_metadata(
+            data_dir=tmp, features=features(image_shape), split_infos=[split],
+            check_data=False,
+            description="QT-Opt grasping episodes (qtopt export rlds), as RLDS steps")
+        for name in METADATA_FILES:
+            with open(os.path.join(tmp, name), "rb") as f:
+                fs.write_bytes(fs.join(staging, name), f.read())
+
+
 def build(pipeline, files, out, run_id, args, config, first, expected, manifest_extra):
     """Add the job to ``pipeline``: read -> serialise -> shards in staging -> commit."""
     import apache_beam as beam
@@ -162,8 +188,6 @@ def build(pipeline, files, out, run_id, args, config, first, expected, manifest_
               | "Write shards" >> beam.Map(write_shard))
 
     def commit(_, infos, letters, ids, counted):
-        import tensorflow_datasets as tfds
-
         reason = refusal(out, ids)
         if reason:
             return dataset.refuse(out, run_id, reason)
@@ -175,16 +199,11 @@ def build(pipeline, files, out, run_id, args, config, first, expected, manifest_
         names = []
         for k, info in enumerate(infos):
             name = shard_file(k, len(infos))
-            filesystem, src = fs.filesystem(fs.join(staging, info["staged"]))
-            filesystem.mv(src, fs.filesystem(fs.join(staging, name))[1])
+            dataset._move(fs.join(staging, info["staged"]), fs.join(staging, name))  # noqa: SLF001
             names.append(name)
         if infos:
-            split = tfds.core.SplitInfo(name=SPLIT, shard_lengths=[i["records"] for i in infos],
-                                        num_bytes=sum(i["bytes"] for i in infos))
-            tfds.folder_dataset.write_metadata(
-                data_dir=staging, features=features(image_shape), split_infos=[split],
-                filename_template=None, check_data=False,
-                description="QT-Opt grasping episodes (qtopt export rlds), RLDS steps")
+            write_metadata(staging, names, [i["records"] for i in infos],
+                           sum(i["bytes"] for i in infos), image_shape)
             names += list(METADATA_FILES)
         dataset.write_dead_letters(fs.join(staging, dataset.DEAD_LETTER), letters)
         names.append(dataset.DEAD_LETTER)

@@ -18,6 +18,7 @@ from schemas.cells import default_cell
 from schemas.config import RobotConfig
 from schemas.fake import fake_records
 from schemas.specs import STATE_SCALARS
+from test_pipelines_gcs import bucket  # noqa: F401  (the GCS emulator fixture)
 
 SIZE = 32
 OTHER_CELL = RobotConfig(image_size=SIZE, object_scale=1.0).cell_identity()
@@ -291,3 +292,21 @@ def test_refusals_two_cells_and_the_other_formats_options(tmp_path, capsys):
                  *IN_PROCESS) == 2
     assert "--num-shards is an option of export rlds, not of export lerobot" in \
         capsys.readouterr().err
+
+
+def test_both_exports_from_and_into_a_bucket(bucket, tmp_path, capsys):
+    from schemas import fs
+
+    local = tmp_path / "episodes"
+    path = _write(local / "episodes-s0-0000000-0000003.tfrecord.gz", _fake(31, 3, 3))
+    fs.write_bytes(f"{bucket}/episodes/{path.name}", path.read_bytes())
+    for fmt, check in (("rlds", _check_rlds), ("lerobot", _check_lerobot)):
+        out = f"{bucket}/export/{fmt}"
+        assert qtopt("export", fmt, f"{bucket}/episodes", "-o", out, *IN_PROCESS) == 0
+        assert not fs.glob(f"{out}/_staging/*")
+        names = [f["name"] for f in json.loads(fs.read_text(f"{out}/manifest.json"))["files"]]
+        copy = tmp_path / fmt
+        for name in names:
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            (copy / name).write_bytes(fs.read_bytes(f"{out}/{name}"))
+        check(copy, _sources(local))
