@@ -241,10 +241,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "--out", "-o", required=True, metavar="DIR")
     parser.add_argument("--num-shards", type=int, default=None,
                         help="rlds: TFRecord shards (default pipeline.num_shards; empty ones "
-                             "are not written)")
+                             "are not written); a shard is gathered on one worker, so at scale "
+                             "choose enough for one to fit its memory")
     parser.add_argument("--episodes-per-file", type=int, default=None,
-                        help="lerobot: episodes per data parquet file (default 500, about "
-                             "100 MB at 64x64)")
+                        help="lerobot: episodes per data parquet file (default 500); a file "
+                             "is gathered on one worker")
     parser.add_argument("--fps", type=float, default=None,
                         help="lerobot: frames per second recorded in info.json and the "
                              "timestamps (default 10)")
