@@ -310,3 +310,14 @@ def test_both_exports_from_and_into_a_bucket(bucket, tmp_path, capsys):
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             (copy / name).write_bytes(fs.read_bytes(f"{out}/{name}"))
         check(copy, _sources(local))
+
+
+def test_an_episode_read_twice_is_refused(tmp_path, capsys):
+    src = tmp_path / "episodes"
+    a = _write(src / "a.tfrecord.gz", _fake(41, 2, 2))
+    (src / "copy.tfrecord.gz").write_bytes(a.read_bytes())
+    out = tmp_path / "out"
+    assert qtopt("export", "rlds", src, "-o", out, *IN_PROCESS) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "read more than once, nothing published" in err, err
+    assert f"{a} (record 0)" in err and not (out / "manifest.json").exists()
