@@ -265,11 +265,11 @@ def run(args: argparse.Namespace) -> int:
     allowed = max_dead_fraction(args, config)
     fmt = args.format
     module = importlib.import_module(FORMATS[fmt])
-    others = [f"--{name.replace('_', '-')}" for name in OPTIONS_OF
+    others = [name for name in OPTIONS_OF
               if getattr(args, name) is not None and OPTIONS_OF[name] != fmt]
     if others:
-        raise UserError(f"{others[0]} is an option of export {OPTIONS_OF[others[0][2:].replace('-', '_')]}"
-                        f", not of export {fmt}")
+        raise UserError(f"--{others[0].replace('_', '-')} is an option of export "
+                        f"{OPTIONS_OF[others[0]]}, not of export {fmt}")
     out = args.output.rstrip("/")
     files = input_files(args.episodes)
     if out in {p.rsplit("/", 1)[0] for p in files}:

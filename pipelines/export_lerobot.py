@@ -92,7 +92,8 @@ def frame_schema(image_shape):
     hf, fields = {}, []
     for name, ft in frame_features(image_shape).items():
         if ft["dtype"] == "image":
-            fields.append(pa.field(name, pa.struct([("bytes", pa.binary()), ("path", pa.string())])))
+            image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+            fields.append(pa.field(name, image))
             hf[name] = {"_type": "Image"}
             continue
         value = {"float32": pa.float32(), "int64": pa.int64(), "bool": pa.bool_()}[ft["dtype"]]
@@ -256,7 +257,8 @@ def build(pipeline, files, out, run_id, args, config, first, expected, manifest_
             length = len(cols["frame_index"])
             first_frame = int(cols["index"][0])
             for name in schema.names:
-                columns[name].extend(cols[name] if name == IMAGE else np.asarray(cols[name]).tolist())
+                values = cols[name]
+                columns[name].extend(values if name == IMAGE else np.asarray(values).tolist())
             row = {"episode_index": index, "tasks": [task], "length": length,
                    "data/chunk_index": chunk, "data/file_index": file_index,
                    "dataset_from_index": first_frame, "dataset_to_index": first_frame + length,
