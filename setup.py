@@ -37,6 +37,9 @@ setup(
         "pillow>=10",
         "matplotlib>=3.7",
         "tqdm>=4.66",
+        # qtopt export rlds: TFDS's serializer and metadata writer (4.9.10 resolves beside
+        # tensorflow-cpu 2.21 on Python 3.11).
+        "tensorflow-datasets>=4.9.10,<5",
     ],
     extras_require={
         "test": [

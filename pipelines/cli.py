@@ -37,6 +37,8 @@ COMMANDS = {
     "study": ("pipelines.study", "dataset-size study: subsample, train, evaluate each subset"),
     "curve": ("pipelines.curve", "a run's learning curve: every kept export on train objects "
                                  "against gradient steps and grasps"),
+    "export": ("pipelines.export", "episodes to an RLDS (TFDS) or LeRobot v3 dataset: "
+                                   "export rlds|lerobot EPISODES -o DIR"),
     "demo": ("pipelines.demo", "the whole system end to end on local defaults (make demo)"),
     "train": ("pipelines.train", "train the Q-function on labelled shards; checkpoints, exports"),
 }

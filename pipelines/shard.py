@@ -25,119 +25,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import re
-from typing import Iterable
 
 from schemas import cells as cell_rules, codec, fs
 from schemas.errors import RecordError, UserError
 from schemas.specs import STATE_SCALARS
-from pipelines import dataset, jobs, records, runner
+from pipelines import dataset, episodes, jobs, records, runner
 
 NAMESPACE = "qtopt.shard"
-_SOURCE_PREFIX = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
 
 
 # ----------------------------------------------------------------------------------- launcher
-
-def parse_inputs(specs: Iterable[str]) -> list[tuple[str | None, str]]:
-    """``[SOURCE=]GLOB`` (or ``[SOURCE=]DIR``: its ``*.tfrecord.gz``) strings to (source or
-    None, glob) pairs."""
-    out = []
-    for spec in specs:
-        m = _SOURCE_PREFIX.match(spec)
-        out.append((m.group(1), m.group(2)) if m and "://" not in m.group(1) else (None, spec))
-    return out
-
-
-def _is_dir(path: str) -> bool:
-    fs_, p = fs.filesystem(path)
-    return fs_.isdir(p)
-
-
-def expand_inputs(inputs: list[tuple[str | None, str]], kind: str = "episode"
-                  ) -> list[tuple[str | None, str]]:
-    """(source, file) for every file the globs match, each file once; UserError if one is empty.
-
-    Names starting with ``_`` or ``.`` (``_SUCCESS.json``, ``_collect.json``) are not record
-    files and are skipped, so ``DIR/*`` means DIR's episode files. The first file of each glob
-    is peeked at, so pointing the job at the wrong kind of records fails here, before any work.
-    """
-    seen, out = set(), []
-    for source, pattern in inputs:
-        if not any(c in pattern for c in "*?[") and _is_dir(pattern):
-            pattern = fs.join(pattern.rstrip("/"), "*.tfrecord.gz")  # a collection directory
-        paths = [p for p in fs.glob(pattern) if not fs.basename(p).startswith(("_", "."))]
-        if not paths:
-            raise UserError(f"input {pattern}: no files match")
-        _check_kind(paths[0], kind)
-        for path in paths:
-            if path not in seen:
-                seen.add(path)
-                out.append((source, path))
-    return out
-
-
-def expected_counts(files: list[tuple[str | None, str]]) -> dict:
-    """{file: episodes it should hold} where that is known: from the collection's
-    ``_SUCCESS.json`` (its ``files``), else from a collect shard's name
-    (``episodes-s<seed>-<first>-<end>``). Other files are counted as read."""
-    found: dict = {}
-    listed: dict = {}
-    for _source, path in files:
-        directory = path.rsplit("/", 1)[0] if "/" in path else "."
-        if directory not in listed:
-            listed[directory] = {}
-            done = fs.join(directory, dataset.COLLECT_DONE)
-            if fs.exists(done):
-                try:
-                    listed[directory] = {name: int(info["records"]) for name, info in
-                                         json.loads(fs.read_text(done)).get("files", {}).items()}
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    raise UserError(f"{done}: not a collection summary (invalid JSON or "
-                                    "files list)") from None
-        name = fs.basename(path)
-        n = listed[directory].get(name, dataset.collect_block_size(name))
-        if n is not None:
-            found[path] = n
-    return found
-
-
-def first_cells(files: list[tuple[str | None, str]]) -> dict:
-    """{cell identity: file} from the first episode of the first file in each directory.
-
-    A cheap look before any work, enough for the usual mix (collect keeps one cell's episodes
-    per directory); the job itself checks every episode before it publishes.
-    """
-    found, seen = {}, set()
-    for _source, path in files:
-        directory = path.rsplit("/", 1)[0]
-        if directory in seen:
-            continue
-        seen.add(directory)
-        for raw in records.read_file(path):
-            if isinstance(raw, dict):  # damaged: the job dead-letters it
-                break
-            try:
-                found.setdefault(records.decode_as(raw, ("episode",))["cell"], path)
-            except RecordError:
-                pass
-            break
-    return found
-
-
-def _check_kind(path: str, kind: str) -> None:
-    for item in records.read_file(path):
-        if isinstance(item, dict):  # damaged: the job itself dead-letters it
-            return
-        try:
-            found, _version = codec.peek_kind(item.data)
-        except RecordError as exc:
-            raise exc.located(item.path, item.index, item.offset) from None
-        if found != kind:
-            raise UserError(f"{path}: holds {found} records; this job reads {kind} records")
-        return
-
 
 # ------------------------------------------------------------------------------- the element work
 
@@ -147,14 +44,6 @@ ORIGIN = "_origin"
 
 def _origin(path: str, index: int) -> str:
     return f"{path}\x00{int(index)}"
-
-
-def duplicate_ids(ids: list) -> dict:
-    """{episode id: [(file, index), ...]} for every id read more than once, copies in order."""
-    where: dict = {}
-    for episode_id, path, index in ids:
-        where.setdefault(episode_id, []).append((path, int(index)))
-    return {i: sorted(w) for i, w in where.items() if len(w) > 1}
 
 
 def duplicate_message(out: str, dups: dict) -> str:
@@ -365,7 +254,7 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
             cell = cell_rules.one_cell(found, f"shard {out}")
         except UserError as exc:
             return dataset.refuse(out, run_id, str(exc))
-        dups = duplicate_ids(ids)
+        dups = episodes.duplicate_ids(ids)
         if dups and not drop_duplicates:
             return dataset.refuse(out, run_id, duplicate_message(out, dups))
         dropped = sum(len(w) - 1 for w in dups.values())
@@ -444,15 +333,15 @@ def shard(cfg, inputs: list[str], out: str, *, num_shards: int | None = None,
     seed = seed if seed is not None else pcfg.shuffle_seed
     if num_shards < 1:
         raise UserError(f"--num-shards must be >= 1, got {num_shards}")
-    parsed = parse_inputs(inputs)
-    files = expand_inputs(parsed)
-    cell_rules.one_cell(first_cells(files), f"shard {out}")
+    parsed = episodes.parse_inputs(inputs)
+    files = episodes.expand_inputs(parsed)
+    cell_rules.one_cell(episodes.first_cells(files), f"shard {out}")
     out = out.rstrip("/")
     options = runner.pipeline_options(list(beam_args), pcfg.direct_num_workers, "qtopt-shard")
     return execute(options, files, out, num_shards, seed,
                    {"inputs": [{"source": s, "glob": g} for s, g in parsed],
                     "input_files": len(files), "created_by": "qtopt shard"},
-                   expected=expected_counts(files), drop_duplicates=drop_duplicates,
+                   expected=episodes.expected_counts(files), drop_duplicates=drop_duplicates,
                    max_dead_fraction=allowed)
 
 

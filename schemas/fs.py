@@ -79,6 +79,11 @@ def exists(path: str) -> bool:
     return fs.exists(p)
 
 
+def is_dir(path: str) -> bool:
+    fs_, p = filesystem(path)
+    return fs_.isdir(p)
+
+
 def makedirs(path: str) -> None:
     fs, p = filesystem(path)
     if not is_remote(path):
