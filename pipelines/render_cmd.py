@@ -20,7 +20,7 @@ from schemas.errors import RecordError, UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="FILE", help="episode TFRecord file (local or gs://)")
-    parser.add_argument("--out", "-o", required=True, metavar="MOVIE",
+    parser.add_argument("--output", "--out", "-o", required=True, metavar="MOVIE",
                         help="output file, .gif or .mp4")
     parser.add_argument("--episodes", default="0", metavar="LIST",
                         help="comma-separated indices in the file or episode ids, or 'all' "
@@ -55,13 +55,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--fps must be > 0, got {args.fps}")
     if args.scale < 0:
         raise UserError(f"--scale must be >= 0, got {args.scale}")
-    if not args.out.lower().endswith((".gif", ".mp4")):
-        raise UserError(f"--out {args.out}: use a .gif or .mp4 file name")
+    if not args.output.lower().endswith((".gif", ".mp4")):
+        raise UserError(f"--out {args.output}: use a .gif or .mp4 file name")
     episodes = pick(args.path, args.episodes)
     movie = []
     for episode in episodes:
         movie.extend(frames(episode, args.scale))
         movie.extend([movie[-1]] * 2)  # hold the outcome frame
-    write_movie(args.out, movie, args.fps)
-    print(f"render: {len(episodes)} episodes, {len(movie)} frames -> {args.out}")
+    write_movie(args.output, movie, args.fps)
+    print(f"render: {len(episodes)} episodes, {len(movie)} frames -> {args.output}")
     return 0

@@ -39,7 +39,8 @@ def parse_fractions(text: str) -> list[float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", choices=["dataset-size"], help="which study")
-    parser.add_argument("--transitions", required=True, metavar="DIR",
+    parser.add_argument("--transitions", "--input", "-i", required=True, metavar="DIR",
+                        dest="transitions",
                         help="the full transition dataset (from qtopt shard)")
     parser.add_argument("--fractions", default="0.25,0.55,1.0",
                         help="shares of episodes to train on (default 0.25,0.55,1.0)")

@@ -23,19 +23,21 @@ from schemas.errors import UserError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--data", action="append", default=[], metavar="GLOB[@WEIGHT]",
+    parser.add_argument("--data", "--input", "-i", action="append", default=[], dest="data",
+                        metavar="GLOB[@WEIGHT]",
                         help="labelled shards (a glob or a directory); repeat to mix datasets, "
                              "each drawn with probability proportional to its weight (default 1)."
                              " Without it train only exports: --until-step 0 writes the "
                              "untrained network's export-000000000")
-    parser.add_argument("--workdir", required=True,
+    parser.add_argument("--workdir", "--output", "-o", required=True, dest="workdir",
                         help="checkpoints/, exports/ and logs/ go here (local or gs://)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--until-step", type=int, default=None, metavar="N",
                         help="train until the global step reaches N (default: train.steps)")
     target.add_argument("--steps", type=int, default=None, metavar="N",
                         help="train N steps more than the workdir's newest checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress lines (train: step S/U, steps/s, ETA, loss)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress lines (train: step S/U, steps/s, ETA, loss)")
     add_config_arguments(parser)
 
 

@@ -30,20 +30,14 @@ with silenced():  # "pybullet build time" on import
 
 from robot import camera, objects
 from robot.interface import Outcome, Robot
+from robot.layout import (MAX_HEIGHT, MIN_HEIGHT, OUT_OF_VIEW, SPAWN_HALF,  # noqa: F401
+                          TRAY_CENTRE, TRAY_FLOOR_Z, TRAY_HALF, WORKSPACE_HALF)
 from schemas import mdp
 from schemas.config import RobotConfig
 from schemas.errors import ConfigError, UserError
 
 DATA = pybullet_data.getDataPath()
 
-# Cell layout, metres, world frame. The arm stands at the origin, the tray in front of it.
-TRAY_CENTRE = np.array([0.6, 0.0])
-TRAY_FLOOR_Z = 0.015                 # top of traybox.urdf's floor box
-TRAY_HALF = 0.25                     # the tray's rim, from its centre
-WORKSPACE_HALF = 0.17                # gripper x/y stay within the tray's flat floor
-SPAWN_HALF = 0.11                    # objects are dropped into the tray's centre region
-MAX_HEIGHT = 0.2                     # gripper height bounds above the tray floor
-MIN_HEIGHT = 0.003
 
 TIME_STEP = 1.0 / 240.0
 # Objects are set down just above the floor (or the objects under them) and settle before step 0,
@@ -83,7 +77,6 @@ ARM_LINKS = ((0.07, _GREY), (0.065, _ORANGE), (0.065, _GREY), (0.06, _ORANGE), (
              (0.055, _ORANGE), (0.05, _GREY), (0.04, _GREY))
 ARM_REST = (0.0, 0.6, 0.0, -1.4, 0.0, 1.1, 0.0)   # elbow up, wrist down: where IK starts
 CACHED = pybullet.URDF_ENABLE_CACHED_GRAPHICS_SHAPES
-OUT_OF_VIEW = (0.25, -0.45, 0.55)    # where the labeller parks the gripper (outside the frustum)
 
 
 def _overlap(lo, hi, flo, fhi) -> bool:

@@ -60,7 +60,7 @@ def moving_blocks(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 def drop_test(cell) -> bool:
     """Run the drop test on a ``SimCell`` whose episode just ended; True for a success."""
-    from robot.cell import OUT_OF_VIEW, TRAY_CENTRE, TRAY_FLOOR_Z
+    from robot.layout import OUT_OF_VIEW, TRAY_CENTRE, TRAY_FLOOR_Z
 
     position, _ = cell.gripper_pose()
     cell.glide((position[0], position[1], TRAY_FLOOR_Z + 0.3))

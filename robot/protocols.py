@@ -83,7 +83,7 @@ def with_replacement(cell, policy, robot: int, attempts: int, objects_per_robot:
 
     Returns (attempt rows, the first ``keep_episodes`` episode records, for rendering).
     """
-    from robot.cell import SPAWN_HALF, TRAY_CENTRE
+    from robot.layout import SPAWN_HALF, TRAY_CENTRE
 
     rng = np.random.default_rng(_sub_seed(seed, 0, robot))
     chosen = rng.choice(len(pool), size=objects_per_robot, replace=objects_per_robot > len(pool))
@@ -104,7 +104,7 @@ def with_replacement(cell, policy, robot: int, attempts: int, objects_per_robot:
 def bin_emptying(cell, policy, trial: int, num_objects: int, attempts: int, pool: list,
                  seed: int, policy_name: str = "", keep_episodes: int = 0):
     """One bin-emptying trial: ``attempts`` grasps at a tray of ``num_objects`` objects."""
-    from robot.cell import SPAWN_HALF, TRAY_CENTRE
+    from robot.layout import SPAWN_HALF, TRAY_CENTRE
 
     rng = np.random.default_rng(_sub_seed(seed, 2, trial))
     chosen = rng.choice(len(pool), size=num_objects, replace=num_objects > len(pool))

@@ -75,15 +75,29 @@ def test_usage_errors_exit_2():
     assert qtopt(check_status=2).stdout.startswith("usage")
 
 
-def test_every_command_help_ends_with_examples():
-    from pipelines.cli import COMMANDS
+def test_every_command_help_ends_with_examples_and_names_options_alike(capsys):
+    import pytest
 
+    from pipelines.cli import COMMANDS, main
+
+    writes_to = {"collect", "shard", "subsample", "relabel", "evaluate", "train", "render",
+                 "export"}
+    reads_from = {"shard", "subsample", "relabel", "train", "study"}
     for name in COMMANDS:
-        help_text = qtopt(name, "--help", check_status=0).stdout
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0
+        help_text = capsys.readouterr().out
         examples = help_text.split("examples:\n", 1)
         assert len(examples) == 2, f"qtopt {name} --help has no examples"
         first = examples[1].splitlines()[0].strip()
         assert first.startswith(f"qtopt {name}"), (name, first)
+        if name in writes_to:
+            assert "-o " in help_text and "--output" in help_text, name
+        if name in reads_from:
+            assert "-i " in help_text and "--input" in help_text, name
+        if name in ("finetune", "demo", "curve", "study"):
+            assert "--run" in help_text, name
 
 
 def test_commands_are_quiet_unless_verbose(tmp_path):
