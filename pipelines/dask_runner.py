@@ -30,6 +30,8 @@ import typing as t
 from apache_beam.runners.dask import dask_runner as beam_dask
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
+from schemas.errors import UserError
+
 # The tag of the metric updates a ParDo's bundles emit beside their outputs.
 _METRICS = ("qtopt", "metrics")
 
@@ -238,7 +240,14 @@ class DaskRunner(beam_dask.DaskRunner):
             cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
                                                processes=True, dashboard_address=None)
             dask_options["address"] = cluster
-        client = distributed.Client(**dask_options)
+        try:
+            client = distributed.Client(**dask_options)
+        except (OSError, TimeoutError) as exc:
+            if cluster is not None:
+                cluster.close()
+            where = dask_options.get("address") or dask_options.get("scheduler_file")
+            raise UserError(f"--runner=DaskRunner: cannot reach the Dask scheduler at {where} "
+                            f"({exc})") from None
         try:
             pipeline.replace_all(dask_overrides())
             translator = _Translator(bag_kwargs)

@@ -87,6 +87,17 @@ def test_dask_runner_gets_our_runner_one_element_per_partition_and_local_workers
         runner.pipeline_options(["--runner=DaskRunner", "--dask_adress=h:8786"])
 
 
+def test_an_unreachable_dask_scheduler_is_a_one_line_error(inputs, tmp_path, capsys):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    assert qtopt("shard", "-i", f"{inputs}/episodes/*.gz", "-o", tmp_path / "ds",
+                 "--runner=DaskRunner", f"--dask_client_address={address}",
+                 "--dask_connection_timeout=1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"qtopt shard: error: --runner=DaskRunner: cannot reach the Dask "
+                              f"scheduler at {address}")
+    assert not (tmp_path / "ds").exists()
+
+
 def test_command_parsers_keep_unknown_options_for_beam():
     parser = argparse.ArgumentParser()
     parser.add_argument("--output")
