@@ -143,7 +143,8 @@ def resolve_args(beam_args: Sequence[str] | None, num_workers: int = 0,
                 num_workers or os.cpu_count() or 1
             args.append(f"--direct_num_workers={workers}")
     elif runner.split(".")[-1] == "DaskRunner":
-        # Beam's own DaskRunner (short name unknown to Beam) drops tagged outputs and metrics.
+        # Beam's own DaskRunner (a name Beam does not resolve) mixes a ParDo's tagged outputs
+        # into its main output and reports no metrics: pipelines.dask_runner fills those gaps.
         args = _without(args, "runner") + [f"--runner={DASK_RUNNER}"]
         if _option_value(args, "dask_npartitions") is None and \
                 _option_value(args, "dask_partition_size") is None:
