@@ -9,6 +9,9 @@ import glob
 from setuptools import find_packages, setup
 
 PACKAGES = ("pipelines", "model", "robot", "schemas")
+# What `pip install 'apache-beam[dask]==2.77.0'` resolves to on Python 3.11 (dask and distributed
+# 2026.8.0); pipelines/dask_runner.py reaches into Beam's Dask translation, so Beam stays < 3.
+DASK = ["apache-beam[dask]>=2.77,<3", "dask>=2026.8,<2027", "distributed>=2026.8,<2027"]
 
 setup(
     name="qtopt",
@@ -47,11 +50,14 @@ setup(
             "hypothesis>=6.100",
             "gcp-storage-emulator>=2024.8",
             "import-linter>=2.1",
+            *DASK,  # tests/test_pipelines_runners.py runs the jobs on a Dask cluster
         ],
         # The reference simulator of benchmarks/sim_throughput.py (pybullet_envs needs old gym).
         "bench": [
             "gym==0.23.1",
         ],
+        # --runner=DaskRunner (pipelines/dask_runner.py): Beam's Dask runner on a Dask cluster.
+        "dask": DASK,
         # MP4 output of `qtopt render` (GIF needs only Pillow).
         "render": [
             "imageio-ffmpeg>=0.5",
@@ -61,6 +67,7 @@ setup(
             "hypothesis>=6.100",
             "gcp-storage-emulator>=2024.8",
             "import-linter>=2.1",
+            *DASK,
             "ruff>=0.5",
         ],
     },

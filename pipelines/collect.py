@@ -95,7 +95,9 @@ def _collect_fn():
 
             plan = self.plan
             config = RobotConfig(**plan["robot"])
-            self.cell = SimCell(config, plan["objects"], robot_id=f"sim-{os.getpid()}")
+            # Not the worker's pid: an episode's bytes depend only on the plan and its index,
+            # whichever worker or runner ran it.
+            self.cell = SimCell(config, plan["objects"], robot_id="sim-collect")
             from schemas.config import CEMConfig
 
             self.policy = make_policy(plan["policy"], config, plan["epsilon"],

@@ -1,4 +1,5 @@
-"""Runner choice and option pass-through; Dataflow dry runs; a PortableRunner cluster on loopback."""
+"""Runner choice and option pass-through; Dataflow dry runs; a PortableRunner cluster on loopback;
+collect, shard and relabel on a Dask cluster of worker processes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import subprocess
 
 import pytest
 
-from pipelines_testlib import (IN_PROCESS, PYTHON, REPO, free_port, make_export, qtopt,
+from pipelines_testlib import (IN_PROCESS, PYTHON, REPO, free_port, make_export, manifest, qtopt,
                                shard_bytes, stop, wait_for_port, write_episodes)
 from pipelines import runner
 
@@ -66,6 +67,35 @@ def test_other_runners_and_options_pass_through():
     assert options.get_all_options()["use_public_ips"] is False  # a flag named unlike its dest
     with pytest.raises(runner.UserError, match="--no_such_option"):
         runner.pipeline_options(["--no_such_option=1"])
+
+
+def test_dask_runner_gets_our_runner_one_element_per_partition_and_local_workers():
+    mine = "--runner=pipelines.dask_runner.DaskRunner"
+    for name in ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"):
+        assert runner.resolve_args([f"--runner={name}"], num_workers=3) == \
+            [mine, "--dask_partition_size=1", "--direct_num_workers=3"]
+    remote = runner.resolve_args(["--runner", "DaskRunner", "--dask_client_address", "h:8786",
+                                  "--dask_npartitions=8"])
+    assert remote == ["--dask_client_address", "h:8786", "--dask_npartitions=8", mine]
+    options = runner.pipeline_options(["--runner=DaskRunner", "--dask_client_address=h:8786"])
+    assert runner.runner_name(options) == "DaskRunner" and not runner.is_local(options)
+    assert options.get_all_options()["address"] == "h:8786"
+    assert runner.threads_per_worker(options) is None  # TensorFlow: the cluster's cores
+    local = runner.pipeline_options(["--runner=DaskRunner", "--direct_num_workers=2"])
+    assert runner.threads_per_worker(local) == max(1, (os.cpu_count() or 1) // 2)
+    with pytest.raises(runner.UserError, match="--dask_adress"):
+        runner.pipeline_options(["--runner=DaskRunner", "--dask_adress=h:8786"])
+
+
+def test_an_unreachable_dask_scheduler_is_a_one_line_error(inputs, tmp_path, capsys):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    assert qtopt("shard", "-i", f"{inputs}/episodes/*.gz", "-o", tmp_path / "ds",
+                 "--runner=DaskRunner", f"--dask_client_address={address}",
+                 "--dask_connection_timeout=1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"qtopt shard: error: --runner=DaskRunner: cannot reach the Dask "
+                              f"scheduler at {address}")
+    assert not (tmp_path / "ds").exists()
 
 
 def test_command_parsers_keep_unknown_options_for_beam():
@@ -150,3 +180,75 @@ def test_shard_on_a_portable_cluster_matches_the_local_runner(inputs, portable_c
                  *portable_cluster) == 0
     assert shard_bytes(out) == shard_bytes(inputs / "ds")
     assert not (out / "_staging").exists()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """A Dask scheduler and two single-threaded worker processes, as a lab would run them."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield cluster.scheduler_address, client
+
+
+def _job_line(capsys) -> dict:
+    """The job's JSON summary line, less its output directory."""
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    line.pop("output")
+    return line
+
+
+def _published(directory) -> tuple[dict, dict]:
+    """Every published file's bytes, and the manifest less what names this run."""
+    m = manifest(directory)
+    files = {p.name: p.read_bytes() for p in directory.iterdir() if p.name != "manifest.json"}
+    return files, {k: v for k, v in m.items() if k not in ("run_id", "published")}
+
+
+def test_collect_shard_and_relabel_on_a_dask_cluster_match_the_local_runner(dask_cluster,
+                                                                           tmp_path, capsys):
+    address, client = dask_cluster
+    dask = ["--runner=DaskRunner", f"--dask_client_address={address}"]
+    small = ["--set", "robot.image_size=32", "--set", "robot.max_objects=6"]
+    collect = ["collect", "--policy", "scripted", "--episodes", 4, "--episodes-per-block", 1,
+               "--seed", 3, *small]
+    for where, beam_args in (("local", IN_PROCESS), ("dask", dask)):
+        assert qtopt(*collect, "--out", tmp_path / where / "episodes", *beam_args) == 0
+    summaries = []
+    for where in ("local", "dask"):
+        episodes = tmp_path / where / "episodes"
+        summary = json.loads((episodes / "_SUCCESS.json").read_text())
+        assert summary.pop("seconds") >= 0 and summary.pop("episodes_per_s") > 0
+        summaries.append(summary)
+        assert sorted(p.name for p in episodes.glob("episodes-*")) == sorted(summary["files"])
+    # The counts Beam's metrics gave (new episodes, steps) are the same on both runners.
+    assert summaries[0] == summaries[1] and summaries[0]["new_episodes"] == 4
+    assert summaries[0]["steps_per_episode"] > 0
+    local_eps = {p.name: p.read_bytes() for p in (tmp_path / "local" / "episodes").iterdir()}
+    dask_eps = {p.name: p.read_bytes() for p in (tmp_path / "dask" / "episodes").iterdir()
+                if p.name != "_SUCCESS.json"}
+    local_eps.pop("_SUCCESS.json")
+    assert dask_eps == local_eps
+
+    make_export(tmp_path / "exports", image_size=32)
+    lines = {}
+    for where, beam_args in (("local", IN_PROCESS), ("dask", dask)):
+        capsys.readouterr()
+        assert qtopt("shard", "-i", f"{tmp_path}/local/episodes/*.tfrecord.gz",
+                     "-o", tmp_path / where / "ds", "--num-shards", 3, *beam_args) == 0
+        lines[where, "shard"] = _job_line(capsys)
+        # Both runners read the same inputs, which the manifests name.
+        assert qtopt("relabel", "-i", tmp_path / "local" / "ds", "-e", tmp_path / "exports",
+                     "-o", tmp_path / where / "labelled", "--epoch", 0,
+                     "--set", "model.preset=tiny", *beam_args) == 0
+        lines[where, "relabel"] = _job_line(capsys)
+    for job, directory in (("shard", "ds"), ("relabel", "labelled/epoch-0")):
+        local, dask_out = (_published(tmp_path / w / directory) for w in ("local", "dask"))
+        assert dask_out == local  # shards, catalogue, dead letters and manifest
+        assert local[1]["accounting"]["records_out"] > 0
+        # Counts, accounting and Beam's metrics, as the job printed them.
+        assert lines["dask", job] == lines["local", job] and lines["local", job]["metrics"]
+    # Both worker processes ran the jobs' tasks.
+    executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    assert len(executed) == 2 and all(n > 0 for n in executed.values())
