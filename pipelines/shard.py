@@ -29,7 +29,8 @@ import hashlib
 from schemas import cells as cell_rules, codec, fs
 from schemas.errors import RecordError, UserError
 from schemas.specs import STATE_SCALARS
-from pipelines import dataset, episodes, jobs, records, runner
+from pipelines import dataset, jobs, records, runner
+from pipelines import episodes as episode_inputs
 
 NAMESPACE = "qtopt.shard"
 
@@ -254,7 +255,7 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
             cell = cell_rules.one_cell(found, f"shard {out}")
         except UserError as exc:
             return dataset.refuse(out, run_id, str(exc))
-        dups = episodes.duplicate_ids(ids)
+        dups = episode_inputs.duplicate_ids(ids)
         if dups and not drop_duplicates:
             return dataset.refuse(out, run_id, duplicate_message(out, dups))
         dropped = sum(len(w) - 1 for w in dups.values())
@@ -333,16 +334,16 @@ def shard(cfg, inputs: list[str], out: str, *, num_shards: int | None = None,
     seed = seed if seed is not None else pcfg.shuffle_seed
     if num_shards < 1:
         raise UserError(f"--num-shards must be >= 1, got {num_shards}")
-    parsed = episodes.parse_inputs(inputs)
-    files = episodes.expand_inputs(parsed)
-    cell_rules.one_cell(episodes.first_cells(files), f"shard {out}")
+    parsed = episode_inputs.parse_inputs(inputs)
+    files = episode_inputs.expand_inputs(parsed)
+    cell_rules.one_cell(episode_inputs.first_cells(files), f"shard {out}")
     out = out.rstrip("/")
     options = runner.pipeline_options(list(beam_args), pcfg.direct_num_workers, "qtopt-shard")
     return execute(options, files, out, num_shards, seed,
                    {"inputs": [{"source": s, "glob": g} for s, g in parsed],
                     "input_files": len(files), "created_by": "qtopt shard"},
-                   expected=episodes.expected_counts(files), drop_duplicates=drop_duplicates,
-                   max_dead_fraction=allowed)
+                   expected=episode_inputs.expected_counts(files),
+                   drop_duplicates=drop_duplicates, max_dead_fraction=allowed)
 
 
 def run(args: argparse.Namespace) -> int:
