@@ -89,19 +89,13 @@ def _collect_fn():
             self.plan = plan
 
         def setup(self):
-            from robot.cell import SimCell
-            from pipelines.policies import make_policy
-            from schemas.config import RobotConfig
+            from pipelines.policies import worker_cell_and_policy
 
-            plan = self.plan
-            config = RobotConfig(**plan["robot"])
-            # Not the worker's pid: an episode's bytes depend only on the plan and its index,
-            # whichever worker or runner ran it.
-            self.cell = SimCell(config, plan["objects"], robot_id="sim-collect")
-            from schemas.config import CEMConfig
-
-            self.policy = make_policy(plan["policy"], config, plan["epsilon"],
-                                      CEMConfig(**plan["cem"]), plan["scripted_epsilon"])
+            # Not the worker's pid as robot id: an episode's bytes depend only on the plan and
+            # its index, whichever worker or runner ran it.
+            self.cell, self.policy = worker_cell_and_policy(
+                self.plan, "sim-collect", self.plan["epsilon"], self.plan["cem"],
+                self.plan["scripted_epsilon"])
             self.counts = {name: Metrics.counter(NAMESPACE, name) for name in
                            ("episodes", "successes", "steps", "labelled", "labeller_agrees")}
             self.seconds = Metrics.distribution(NAMESPACE, "episode_ms")
@@ -220,14 +214,13 @@ def make_plan(cfg, out: str, source: str | None) -> dict:
 
 def _check_plan(out: str, plan: dict, write: bool = True) -> None:
     """Refuse to mix two different collections in one directory."""
+    from pipelines.jobs import recorded_identity
+
     path = fs.join(out, PLAN)
     identity = {k: plan[k] for k in ("policy", "objects", "seed", "source", "epsilon",
                                      "scripted_epsilon", "robot")}
-    if fs.exists(path):
-        try:
-            previous = json.loads(fs.read_text(path))
-        except ValueError:
-            raise UserError(f"{path}: not valid JSON; remove it or use another --out") from None
+    previous = recorded_identity(path)
+    if previous is not None:
         if previous != identity:
             diff = sorted(k for k in identity if previous.get(k) != identity[k])
             raise UserError(f"--out {out} holds a different collection (differs in "

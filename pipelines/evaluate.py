@@ -47,14 +47,10 @@ def _evaluate_fn():
             self.plan = plan
 
         def setup(self):
-            from robot.cell import SimCell
-            from pipelines.policies import make_policy
-            from schemas.config import RobotConfig
+            from pipelines.policies import worker_cell_and_policy
 
-            config = RobotConfig(**self.plan["robot"])
-            self.cell = SimCell(config, self.plan["objects"], robot_id="sim-eval")
+            self.cell, self.policy = worker_cell_and_policy(self.plan, "sim-eval", epsilon=0.0)
             self.pool = self.cell.pool
-            self.policy = make_policy(self.plan["policy"], config, epsilon=0.0)
 
         def process(self, element):
             from robot import protocols
@@ -133,14 +129,10 @@ def describe_export(identity: dict) -> str:
 
 def check_plan(out: str, plan: dict) -> None:
     """Refuse an output directory holding another evaluation: another export above all."""
-    identity = fs.join(out, "plan.json")
-    if not fs.exists(identity):
-        return
-    try:
-        stored = json.loads(fs.read_text(identity))
-    except ValueError:
-        raise UserError(f"{identity}: not valid JSON; use another --out") from None
-    if stored == plan:
+    from pipelines.jobs import recorded_identity
+
+    stored = recorded_identity(fs.join(out, "plan.json"))
+    if stored is None or stored == plan:
         return
     old, new = stored.get("export"), plan.get("export")
     if old and new and old != new:

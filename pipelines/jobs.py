@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 
 from pipelines import dataset, runner
+from schemas import fs
 from schemas.errors import DeadLettered, UserError
 
 
@@ -38,6 +39,18 @@ class JobResult:
         if self.status:
             raise UserError(f"qtopt {self.job} exited with status {self.status}")
         return self
+
+
+def recorded_identity(path: str) -> dict | None:
+    """What a previous run into the same output recorded about itself (collect's
+    ``_collect.json``, evaluate's ``plan.json``), or None; a rerun compares it with its own
+    and refuses to mix two different runs in one directory."""
+    if not fs.exists(path):
+        return None
+    try:
+        return json.loads(fs.read_text(path))
+    except ValueError:
+        raise UserError(f"{path}: not valid JSON; remove it or use another --output") from None
 
 
 def add_max_dead_fraction(parser: argparse.ArgumentParser) -> None:
