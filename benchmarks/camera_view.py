@@ -3,7 +3,7 @@
     python -m benchmarks.camera_view [--trays 30] [--preset demo] [--set robot.camera=shoulder]
 
 - ``workspace_fraction``: share of the image whose pixel ray meets the tray floor inside the
-  square the gripper can reach (``robot.cell.WORKSPACE_HALF`` around the tray centre).
+  square the gripper can reach (``robot.layout.WORKSPACE_HALF`` around the tray centre).
 - ``object_px_median`` / ``object_px_p10``: visible pixels of each object in the tray at step 0
   (gripper at its start pose), over ``--trays`` fixed trays of train objects.
 - ``finger_px_low_median``: visible finger pixels with the gripper within 3 cm of the floor, over
@@ -26,17 +26,17 @@ import numpy as np
 
 LOW = 0.03             # "near the floor", metres above it
 VISIBLE_PX = 8         # finger pixels that count as visible
-HEIGHTS = (0.005, 0.02, 0.06, 0.12, 0.2)   # up to robot.cell.MAX_HEIGHT
+HEIGHTS = (0.005, 0.02, 0.06, 0.12, 0.2)   # up to robot.layout.MAX_HEIGHT
 GRID = (-1.0, 0.0, 1.0)   # fractions of the workspace's half-width
 
 
 def workspace_fraction(cell) -> float:
     """Cast every pixel's ray onto the floor plane and count those landing in the workspace."""
-    from robot import cell as C
+    from robot import layout as C
 
     size = cell.config.image_size
-    view = np.asarray(cell._view, np.float64).reshape(4, 4).T
-    proj = np.asarray(cell._proj, np.float64).reshape(4, 4).T
+    view = np.asarray(cell.camera.view, np.float64).reshape(4, 4).T
+    proj = np.asarray(cell.camera.proj, np.float64).reshape(4, 4).T
     inv = np.linalg.inv(proj @ view)
     centres = (np.arange(size) + 0.5) / size * 2.0 - 1.0
     xs, ys = np.meshgrid(centres, -centres)
@@ -62,7 +62,7 @@ def object_pixels(cell, trays: int, seed: int) -> list[int]:
 
 def finger_poses(cell) -> list[tuple[float, int]]:
     """(height, finger px) for every pose of the grid, in an empty tray."""
-    from robot import cell as C
+    from robot import layout as C
 
     out = []
     for yaw in (0.0, math.pi / 2):

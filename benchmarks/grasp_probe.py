@@ -141,7 +141,7 @@ def _narrowest_axis(points_xy: np.ndarray) -> float:
 
 def privileged_features(cell, close_action, mesh_cache: dict | None = None) -> np.ndarray:
     """PRIVILEGED_FEATURES of the cell's present state, for ``close_action`` sent next."""
-    from robot import cell as cellmod
+    from robot import layout as cellmod
     from schemas import mdp
 
     cfg, p = cell.config, cell._p
@@ -155,12 +155,12 @@ def privileged_features(cell, close_action, mesh_cache: dict | None = None) -> n
                        cellmod.TRAY_FLOOR_Z + cellmod.MAX_HEIGHT)
     yaw += float(np.clip(command.yaw, -cfg.max_rotation, cfg.max_rotation))
     height = float(grasp[2] - cellmod.TRAY_FLOOR_Z)
-    if not cell._bodies:
+    if not cell.tray.bodies:
         return np.array([1.0, 0.0, height, 0.0])
-    centres = np.array([p.getBasePositionAndOrientation(b)[0] for b in cell._bodies])
+    centres = np.array([p.getBasePositionAndOrientation(b)[0] for b in cell.tray.bodies])
     gaps = np.hypot(*(centres[:, :2] - grasp[:2]).T)
     i = int(np.argmin(gaps))
-    vertices = _object_vertices(cell, cell._bodies[i], mesh_cache, cell.object_ids[i])
+    vertices = _object_vertices(cell, cell.tray.bodies[i], mesh_cache, cell.object_ids[i])
     # The fingers slide along the gripper frame's y axis.
     closing = yaw + math.pi / 2
     offset = abs(math.remainder(closing - _narrowest_axis(vertices[:, :2]), math.pi))

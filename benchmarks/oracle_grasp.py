@@ -189,7 +189,7 @@ class OracleGrasp:
     """The privileged controller; one instance per cell, ``reset`` before every tray."""
 
     def __init__(self, cell, target: str = "clear"):
-        from robot import cell as cellmod
+        from robot import gripper as cellmod_gripper, layout as cellmod
 
         self.cell = cell
         self.cfg = cell.config
@@ -198,14 +198,14 @@ class OracleGrasp:
         self.tray_centre = np.asarray(cellmod.TRAY_CENTRE, np.float64)
         self.workspace = cellmod.WORKSPACE_HALF
         self.min_height = cellmod.MIN_HEIGHT
-        self.finger_half = cellmod.FINGER_HALF
-        self.finger_length = 2 * cellmod.FINGER_HALF[2]
-        self.opening = 2 * (cellmod.FINGER_OPEN - cellmod.FINGER_HALF[1])
+        self.finger_half = cellmod_gripper.FINGER_HALF
+        self.finger_length = 2 * cellmod_gripper.FINGER_HALF[2]
+        self.opening = 2 * (cellmod_gripper.FINGER_OPEN - cellmod_gripper.FINGER_HALF[1])
         self._mesh_cache: dict = {}
 
     def reset(self) -> None:
         p = self.cell._p
-        self.local = [local_points(p, b, self._mesh_cache) for b in self.cell._bodies]
+        self.local = [local_points(p, b, self._mesh_cache) for b in self.cell.tray.bodies]
         self.excluded: set[int] = set()
         self.last_plan: Plan | None = None
         self.last_try = {"reached": False, "blocked": False, "closed_on": False}
@@ -220,7 +220,7 @@ class OracleGrasp:
     def items(self) -> list[Item]:
         p = self.cell._p
         out = []
-        for i, (body, local) in enumerate(zip(self.cell._bodies, self.local)):
+        for i, (body, local) in enumerate(zip(self.cell.tray.bodies, self.local)):
             pts = world_points(p, body, local)
             widths, middles = calipers(pts[:, :2])
             pos, _ = p.getBasePositionAndOrientation(body)
@@ -408,7 +408,7 @@ class OracleGrasp:
 def run_tray(cell, oracle: OracleGrasp, seed: int) -> dict:
     observation = cell.reset(seed)
     p = cell._p
-    speeds = [float(np.linalg.norm(p.getBaseVelocity(b)[0])) for b in cell._bodies]
+    speeds = [float(np.linalg.norm(p.getBaseVelocity(b)[0])) for b in cell.tray.bodies]
     oracle.reset()
     while not cell.done:
         cell.execute_command(oracle.action(observation))

@@ -25,18 +25,21 @@ import warnings
 def unsettled_cell(config):
     """The cell as it was before scenes settled at reset: a fixed 50 + 6 per object sub-steps
     of undamped physics, objects left awake (what settling costs, measured side by side)."""
-    from robot import cell as C
+    from robot import tray as T
+    from robot.cell import SimCell
 
-    class Unsettled(C.SimCell):
-        def _settle_objects(self):
+    class UnsettledTray(T.Tray):
+        def settle(self):
             p = self._p
-            for body in self._bodies:
-                p.changeDynamics(body, -1, linearDamping=C.BULLET_DAMPING,
-                                 angularDamping=C.BULLET_DAMPING)
-            for _ in range(50 + 6 * len(self._bodies)):
+            for body in self.bodies:
+                p.changeDynamics(body, -1, linearDamping=T.BULLET_DAMPING,
+                                 angularDamping=T.BULLET_DAMPING)
+            for _ in range(50 + 6 * len(self.bodies)):
                 p.stepSimulation()
 
-    return Unsettled(config, "train")
+    cell = SimCell(config, "train")
+    cell.tray = UnsettledTray(cell._p, cell.config, cell.pool)
+    return cell
 
 
 class Ours:

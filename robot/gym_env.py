@@ -15,7 +15,9 @@ import numpy as np
 from gymnasium import spaces
 
 from schemas import mdp
-from robot.cell import FINGER_CLOSED, FINGER_OPEN, MAX_HEIGHT, SimCell
+from robot.cell import SimCell
+from robot.gripper import FINGER_CLOSED, FINGER_OPEN
+from robot.layout import MAX_HEIGHT
 from schemas.config import RobotConfig
 
 ENV_ID = "qtopt/Grasping-v0"

@@ -7,8 +7,9 @@ import pytest
 
 from robot import objects
 from schemas import mdp
-from robot.cell import (FINGER_CLOSED, FINGER_OPEN, FINGER_SETTLE_SUBSTEPS, SimCell,
-                        TRAY_CENTRE, TRAY_FLOOR_Z, WORKSPACE_HALF)
+from robot.cell import SimCell
+from robot.gripper import FINGER_CLOSED, FINGER_OPEN, FINGER_SETTLE_SUBSTEPS
+from robot.layout import TRAY_CENTRE, TRAY_FLOOR_Z, WORKSPACE_HALF
 from robot.episode import run_episode
 from robot.policies import RandomPolicy, ScriptedGrasp
 from schemas.config import RobotConfig
@@ -299,7 +300,7 @@ def test_camera_placement_changes_the_view_not_the_world():
 
 
 def test_objects_are_at_rest_when_the_episode_starts():
-    from robot.cell import SETTLE_MAX_STEPS
+    from robot.tray import SETTLE_MAX_STEPS
 
     cell = _cell()
     speeds, drifts, settle = [], [], []
@@ -323,8 +324,8 @@ def test_objects_are_at_rest_when_the_episode_starts():
     on_tray = []
     for seed in range(8):
         cell.reset(seed)
-        on_tray += [bool(cell._p.getContactPoints(bodyA=b, bodyB=cell._tray))
-                    for b in cell._bodies]
+        on_tray += [bool(cell._p.getContactPoints(bodyA=b, bodyB=cell.tray.body))
+                    for b in cell.tray.bodies]
     assert np.mean(on_tray) >= 0.95
     # One object set down alone comes to rest at once, and stays put (asleep) until touched.
     cell.reset(0, placements=[(cell.pool[0], (0.6, 0.0), 0.3)])

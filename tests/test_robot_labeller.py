@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from robot import labeller, objects
-from robot.cell import TRAY_CENTRE, SimCell
+from robot.cell import SimCell
+from robot.layout import TRAY_CENTRE
 from robot.episode import run_episode
 from robot.policies import ScriptedGrasp
 from schemas.config import RobotConfig
