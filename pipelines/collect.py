@@ -24,8 +24,13 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from schemas import fs
+from schemas.config import CEMConfig, RobotConfig
 from schemas.errors import UserError
 from pipelines import dataset, runner
 from pipelines.jobs import JobResult
@@ -78,70 +83,88 @@ def missing_blocks(n: int, done: list[tuple[int, int, str]], per_block: int) -> 
 
 # -------------------------------------------------------------------------------- Beam parts
 
-def _collect_fn():
-    import apache_beam as beam
-    from apache_beam.metrics import Metrics
+@dataclass(frozen=True)
+class CollectPlan:
+    """What every collect worker needs: where shards go, the policy and the cell, and what
+    the episodes' seeds and ids derive from."""
 
-    class CollectBlock(beam.DoFn):
-        """(start, end) -> one published shard of episodes; one cell per worker."""
+    out: str
+    policy: str                  # scripted, random, or an export directory
+    policy_label: str            # as recorded in each episode
+    objects: str | tuple         # a split name, or URDF paths
+    seed: int
+    source: str
+    epsilon: float
+    scripted_epsilon: float
+    robot: RobotConfig
+    cem: CEMConfig
 
-        def __init__(self, plan: dict):
-            self.plan = plan
-
-        def setup(self):
-            from pipelines.policies import worker_cell_and_policy
-
-            # Not the worker's pid as robot id: an episode's bytes depend only on the plan and
-            # its index, whichever worker or runner ran it.
-            self.cell, self.policy = worker_cell_and_policy(
-                self.plan, "sim-collect", self.plan["epsilon"], self.plan["cem"],
-                self.plan["scripted_epsilon"])
-            self.counts = {name: Metrics.counter(NAMESPACE, name) for name in
-                           ("episodes", "successes", "steps", "labelled", "labeller_agrees")}
-            self.seconds = Metrics.distribution(NAMESPACE, "episode_ms")
-
-        def process(self, block):
-            from robot.episode import run_episode
-            from schemas.tfrecord_io import RecordWriter
-
-            plan, (start, end) = self.plan, block
-            path = fs.join(plan["out"], dataset.collect_shard_name(plan["seed"], start, end))
-            if fs.exists(path):  # a retried bundle: the shard is already published
-                return
-            with RecordWriter(path) as writer:
-                for index in range(start, end):
-                    t0 = time.perf_counter()
-                    record = run_episode(
-                        self.cell, self.policy, episode_seed(plan["seed"], index),
-                        source=plan["source"], policy_name=plan["policy_label"],
-                        episode_id_=episode_name(plan["source"], plan["seed"], index))
-                    writer.write_record(record)
-                    outcome = self.cell.outcome
-                    self.counts["episodes"].inc()
-                    self.counts["successes"].inc(int(outcome.success))
-                    self.counts["steps"].inc(int(record["num_steps"]))
-                    if outcome.labeller != "ground_truth":
-                        self.counts["labelled"].inc()
-                        self.counts["labeller_agrees"].inc(
-                            int(outcome.success == outcome.ground_truth))
-                    self.seconds.update(int(1000 * (time.perf_counter() - t0)))
-            yield path
-
-        def teardown(self):
-            if hasattr(self, "cell"):
-                self.cell.close()
-
-    return CollectBlock
+    def identity(self) -> dict:
+        """What ``_collect.json`` records: a rerun into the same directory must match it."""
+        return {"policy": self.policy, "epsilon": self.epsilon, "seed": self.seed,
+                "objects": list(self.objects) if isinstance(self.objects, tuple)
+                else self.objects, "source": self.source,
+                "scripted_epsilon": self.scripted_epsilon,
+                "robot": dataclasses.asdict(self.robot)}
 
 
-def build(pipeline, blocks: list[tuple[int, int]], plan: dict):
-    import apache_beam as beam
+class CollectBlock(beam.DoFn):
+    """(start, end) -> one published shard of episodes; one cell per worker."""
 
+    def __init__(self, plan: CollectPlan):
+        self.plan = plan
+
+    def setup(self):
+        from pipelines.policies import worker_cell_and_policy
+
+        plan = self.plan
+        # Not the worker's pid as robot id: an episode's bytes depend only on the plan and its
+        # index, whichever worker or runner ran it.
+        self.cell, self.policy = worker_cell_and_policy(
+            plan.robot, plan.objects, plan.policy, "sim-collect", plan.epsilon, plan.cem,
+            plan.scripted_epsilon)
+        self.counts = {name: Metrics.counter(NAMESPACE, name) for name in
+                       ("episodes", "successes", "steps", "labelled", "labeller_agrees")}
+        self.seconds = Metrics.distribution(NAMESPACE, "episode_ms")
+
+    def process(self, block):
+        from robot.episode import run_episode
+        from schemas.tfrecord_io import RecordWriter
+
+        plan, (start, end) = self.plan, block
+        path = fs.join(plan.out, dataset.collect_shard_name(plan.seed, start, end))
+        if fs.exists(path):  # a retried bundle: the shard is already published
+            return
+        with RecordWriter(path) as writer:
+            for index in range(start, end):
+                t0 = time.perf_counter()
+                record = run_episode(
+                    self.cell, self.policy, episode_seed(plan.seed, index),
+                    source=plan.source, policy_name=plan.policy_label,
+                    episode_id_=episode_name(plan.source, plan.seed, index))
+                writer.write_record(record)
+                outcome = self.cell.outcome
+                self.counts["episodes"].inc()
+                self.counts["successes"].inc(int(outcome.success))
+                self.counts["steps"].inc(int(record["num_steps"]))
+                if outcome.labeller != "ground_truth":
+                    self.counts["labelled"].inc()
+                    self.counts["labeller_agrees"].inc(
+                        int(outcome.success == outcome.ground_truth))
+                self.seconds.update(int(1000 * (time.perf_counter() - t0)))
+        yield path
+
+    def teardown(self):
+        if hasattr(self, "cell"):
+            self.cell.close()
+
+
+def build(pipeline, blocks: list[tuple[int, int]], plan: CollectPlan):
     return (pipeline
             | "Blocks" >> beam.Create(blocks)
             # One block per bundle, so every worker gets blocks to run.
             | "Spread" >> beam.Reshuffle()
-            | "Collect" >> beam.ParDo(_collect_fn()(plan)))
+            | "Collect" >> beam.ParDo(CollectBlock(plan)))
 
 
 # -------------------------------------------------------------------------------- launcher
@@ -183,7 +206,7 @@ def _overrides(args) -> list[str]:
     return out
 
 
-def make_plan(cfg, out: str, source: str | None) -> dict:
+def make_plan(cfg, out: str, source: str | None) -> CollectPlan:
     from robot import objects
     from pipelines.policies import make_policy
 
@@ -206,19 +229,19 @@ def make_plan(cfg, out: str, source: str | None) -> dict:
     source = source or default_source
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", source):
         raise UserError(f"--source {source!r}: use letters, digits and _ . : - only")
-    return {"out": out, "policy": policy, "policy_label": policy_label, "objects": object_spec,
-            "seed": c.seed, "source": source, "epsilon": c.epsilon,
-            "scripted_epsilon": c.scripted_epsilon if policy == "scripted" else 0.0,
-            "robot": dataclasses.asdict(cfg.robot), "cem": dataclasses.asdict(cfg.cem)}
+    return CollectPlan(out=out, policy=policy, policy_label=policy_label,
+                       objects=object_spec if isinstance(object_spec, str) else tuple(object_spec),
+                       seed=c.seed, source=source, epsilon=c.epsilon,
+                       scripted_epsilon=c.scripted_epsilon if policy == "scripted" else 0.0,
+                       robot=cfg.robot, cem=cfg.cem)
 
 
-def _check_plan(out: str, plan: dict, write: bool = True) -> None:
+def _check_plan(out: str, plan: CollectPlan, write: bool = True) -> None:
     """Refuse to mix two different collections in one directory."""
     from pipelines.jobs import recorded_identity
 
     path = fs.join(out, PLAN)
-    identity = {k: plan[k] for k in ("policy", "objects", "seed", "source", "epsilon",
-                                     "scripted_epsilon", "robot")}
+    identity = plan.identity()
     previous = recorded_identity(path)
     if previous is not None:
         if previous != identity:
@@ -276,7 +299,7 @@ def collect(cfg, output: str, *, source: str | None = None, workers: int | None 
     _check_plan(out, plan, write=not dry)
     if not dry:
         fs.remove_stale_temporaries(out)
-    done = existing_blocks(out, plan["seed"])
+    done = existing_blocks(out, plan.seed)
     beyond = max((end for _start, end, _path in done), default=0)
     if beyond > n:
         raise UserError(f"--out {out} already holds episodes up to index {beyond - 1} of this "
@@ -284,7 +307,7 @@ def collect(cfg, output: str, *, source: str | None = None, workers: int | None 
                         f"--episodes {beyond} or more, or another directory)")
     blocks = missing_blocks(n, done, per_block)
     have = n - sum(e - s for s, e in blocks)
-    print(f"collect: {plan['policy_label']} on {plan['source']} -> {out}: {have}/{n} episodes "
+    print(f"collect: {plan.policy_label} on {plan.source} -> {out}: {have}/{n} episodes "
           f"present, {len(blocks)} blocks to run", flush=True)
     t0 = time.monotonic()
     counts: dict = {}
@@ -296,7 +319,7 @@ def collect(cfg, output: str, *, source: str | None = None, workers: int | None 
         build(pipeline, blocks, plan)
 
         def poll():
-            present = sum(min(e, n) - s for s, e, _ in existing_blocks(out, plan["seed"])
+            present = sum(min(e, n) - s for s, e, _ in existing_blocks(out, plan.seed)
                           if s < n)
             return present, ""
 
@@ -310,7 +333,7 @@ def collect(cfg, output: str, *, source: str | None = None, workers: int | None 
             return JobResult("collect", out, 0, {"dry_run": described})
         counts = runner.counters(result, NAMESPACE)
     elapsed = time.monotonic() - t0
-    summary = summarise(out, plan["seed"], n)
+    summary = summarise(out, plan.seed, n)
     if summary["episodes"] != n or summary["unique_ids"] != n:
         raise UserError(f"--out {out}: expected {n} distinct episodes, found "
                         f"{summary['episodes']} ({summary['unique_ids']} distinct ids)")
@@ -323,7 +346,7 @@ def collect(cfg, output: str, *, source: str | None = None, workers: int | None 
               "success_95ci": [round(lo, 4), round(hi, 4)], "seconds": round(elapsed, 1),
               "episodes_per_s": round(new / elapsed, 3) if new else 0.0,
               "steps_per_episode": round(counts["steps"] / new, 2) if new else None,
-              "policy": plan["policy_label"], "source": plan["source"], "seed": plan["seed"]}
+              "policy": plan.policy_label, "source": plan.source, "seed": plan.seed}
     report["files"] = summary["files"]
     if counts.get("labelled"):
         report["labeller_agreement"] = round(counts["labeller_agrees"] / counts["labelled"], 4)

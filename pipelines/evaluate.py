@@ -25,62 +25,86 @@ evaluation of another export is refused, not reused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import time
+from dataclasses import dataclass
+
+import apache_beam as beam
 
 from pipelines import runner
 from pipelines.jobs import JobResult
 from schemas import fs
+from schemas.config import EvaluateConfig, RobotConfig
 from schemas.errors import UserError
 
 NAMESPACE = "qtopt.evaluate"
 
 
-def _evaluate_fn():
-    import apache_beam as beam
+@dataclass(frozen=True)
+class EvaluatePlan:
+    """What every evaluation worker needs; ``plan.json`` records it, and a rerun into the same
+    directory must match it."""
 
-    class EvaluateGroup(beam.DoFn):
-        """(protocol, group) -> that robot's or trial's attempts, published as JSON."""
+    out: str
+    policy: str                  # scripted, random, or an export directory
+    policy_label: str
+    objects: str
+    robot: RobotConfig
+    evaluate: EvaluateConfig
+    export: dict | None = None   # path, step and SHA-256 of an export policy
 
-        def __init__(self, plan: dict):
-            self.plan = plan
+    def to_dict(self) -> dict:
+        out = {"out": self.out, "policy": self.policy, "policy_label": self.policy_label,
+               "objects": self.objects, "robot": dataclasses.asdict(self.robot),
+               "evaluate": dataclasses.asdict(self.evaluate)}
+        if self.export is not None:
+            out["export"] = self.export
+        return out
 
-        def setup(self):
-            from pipelines.policies import worker_cell_and_policy
 
-            self.cell, self.policy = worker_cell_and_policy(self.plan, "sim-eval", epsilon=0.0)
-            self.pool = self.cell.pool
+class EvaluateGroup(beam.DoFn):
+    """(protocol, group) -> that robot's or trial's attempts, published as JSON."""
 
-        def process(self, element):
-            from robot import protocols
-            from schemas.tfrecord_io import write_records
+    def __init__(self, plan: EvaluatePlan):
+        self.plan = plan
 
-            protocol, group = element
-            plan, ev = self.plan, self.plan["evaluate"]
-            path = fs.join(plan["out"], "attempts", f"{protocol}-{group:03d}.json")
-            if fs.exists(path):
-                return
-            keep = ev["gifs"] if group == 0 else 0
-            if protocol == "replacement":
-                rows, kept = protocols.with_replacement(
-                    self.cell, self.policy, group, ev["attempts"], ev["objects_per_robot"],
-                    self.pool, ev["seed"], plan["policy_label"], keep)
-            else:
-                rows, kept = protocols.bin_emptying(
-                    self.cell, self.policy, group, ev["bin_objects"], ev["bin_attempts"],
-                    self.pool, ev["seed"], plan["policy_label"], keep)
-            if kept:
-                write_records(fs.join(plan["out"], "episodes", f"{protocol}-{group:03d}"
-                                      ".tfrecord.gz"), kept)
-            fs.write_text(path, json.dumps([r.row() for r in rows]))
-            yield path
+    def setup(self):
+        from pipelines.policies import worker_cell_and_policy
 
-        def teardown(self):
-            if hasattr(self, "cell"):
-                self.cell.close()
+        plan = self.plan
+        self.cell, self.policy = worker_cell_and_policy(plan.robot, plan.objects, plan.policy,
+                                                        "sim-eval", epsilon=0.0)
+        self.pool = self.cell.pool
 
-    return EvaluateGroup
+    def process(self, element):
+        from robot import protocols
+        from schemas.tfrecord_io import write_records
+
+        protocol, group = element
+        plan, ev = self.plan, self.plan.evaluate
+        path = fs.join(plan.out, "attempts", f"{protocol}-{group:03d}.json")
+        if fs.exists(path):
+            return
+        keep = ev.gifs if group == 0 else 0
+        if protocol == "replacement":
+            rows, kept = protocols.with_replacement(
+                self.cell, self.policy, group, ev.attempts, ev.objects_per_robot,
+                self.pool, ev.seed, plan.policy_label, keep)
+        else:
+            rows, kept = protocols.bin_emptying(
+                self.cell, self.policy, group, ev.bin_objects, ev.bin_attempts,
+                self.pool, ev.seed, plan.policy_label, keep)
+        if kept:
+            write_records(fs.join(plan.out, "episodes", f"{protocol}-{group:03d}.tfrecord.gz"),
+                          kept)
+        fs.write_text(path, json.dumps([r.row() for r in rows]))
+        yield path
+
+    def teardown(self):
+        if hasattr(self, "cell"):
+            self.cell.close()
 
 
 def elements(ev) -> list[tuple[str, int]]:
@@ -88,13 +112,11 @@ def elements(ev) -> list[tuple[str, int]]:
             [("bin_emptying", t) for t in range(ev.bin_trials)])
 
 
-def build(pipeline, todo: list, plan: dict):
-    import apache_beam as beam
-
+def build(pipeline, todo: list, plan: EvaluatePlan):
     return (pipeline
             | "Groups" >> beam.Create(todo)
             | "Spread" >> beam.Reshuffle()
-            | "Evaluate" >> beam.ParDo(_evaluate_fn()(plan)))
+            | "Evaluate" >> beam.ParDo(EvaluateGroup(plan)))
 
 
 def check_policy(policy: str, robot_config) -> str:
@@ -287,8 +309,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate_policy(cfg, policy: str, objects_arg: str, out: str, workers: int | None,
                     beam_args: list) -> dict:
     """One policy's evaluation into ``out`` (resumable); returns and writes its result."""
-    import dataclasses
-
     ev = cfg.evaluate
     label = check_policy(policy, cfg.robot)
     export = export_identity(policy)
@@ -296,12 +316,11 @@ def evaluate_policy(cfg, policy: str, objects_arg: str, out: str, workers: int |
         policy, label = export["path"], f"export:{export['path']}"
     out = out.rstrip("/")
     fs.makedirs(out)
-    plan = {"out": out, "policy": policy, "policy_label": label, "objects": objects_arg,
-            "robot": dataclasses.asdict(cfg.robot), "evaluate": dataclasses.asdict(ev)}
-    if export is not None:
-        plan["export"] = export
-    check_plan(out, plan)
-    fs.write_text(fs.join(out, "plan.json"), json.dumps(plan, indent=1, sort_keys=True))
+    plan = EvaluatePlan(out=out, policy=policy, policy_label=label, objects=objects_arg,
+                        robot=cfg.robot, evaluate=ev, export=export)
+    check_plan(out, plan.to_dict())
+    fs.write_text(fs.join(out, "plan.json"), json.dumps(plan.to_dict(), indent=1,
+                                                        sort_keys=True))
     todo = [e for e in elements(ev)
             if not fs.exists(fs.join(out, "attempts", f"{e[0]}-{e[1]:03d}.json"))]
     total = len(elements(ev))

@@ -34,15 +34,12 @@ def make_policy(name: str, config: RobotConfig | None = None, epsilon: float = 0
     return EpsilonGreedy(greedy, epsilon, config=config) if epsilon > 0 else greedy
 
 
-def worker_cell_and_policy(plan: dict, robot_id: str, epsilon: float, cem: dict | None = None,
-                           scripted_epsilon: float = 0.0):
-    """What a collect or evaluate worker holds: a simulated cell of the plan's robot config and
-    objects, and the plan's policy for it."""
+def worker_cell_and_policy(robot: RobotConfig, objects, policy: str, robot_id: str,
+                           epsilon: float, cem=None, scripted_epsilon: float = 0.0):
+    """What a collect or evaluate worker holds: a simulated cell of ``robot`` with ``objects``
+    (a split name or URDF paths), and ``policy`` for it."""
     from robot.cell import SimCell
-    from schemas.config import CEMConfig
 
-    config = RobotConfig(**plan["robot"])
-    cell = SimCell(config, plan["objects"], robot_id=robot_id)
-    policy = make_policy(plan["policy"], config, epsilon,
-                         CEMConfig(**cem) if cem is not None else None, scripted_epsilon)
-    return cell, policy
+    cell = SimCell(robot, objects if isinstance(objects, str) else list(objects),
+                   robot_id=robot_id)
+    return cell, make_policy(policy, robot, epsilon, cem, scripted_epsilon)
