@@ -11,12 +11,17 @@ only exports (the newest checkpoint, or the untrained network at step 0).
 Both ``--data`` and ``--workdir`` may be ``gs://`` (any fsspec URL): shards are copied and
 checkpoints and logs staged locally under ``$QTOPT_STAGING_DIR`` (default: the temp directory),
 with every checkpoint copied up to ``--workdir`` as soon as it is saved.
+
+``--strategy mirrored`` trains on every local GPU, ``--strategy multi-worker`` on the machines
+``TF_CONFIG`` lists, each running the same command (``model.distribute``; README, "Running at
+scale").
 """
 
 from __future__ import annotations
 
 import os
 
+from model.distribute import STRATEGIES
 from pipelines.cli import add_config_arguments, config_from_args
 from schemas.errors import UserError
 
@@ -34,6 +39,10 @@ def add_arguments(parser) -> None:
                         help="train until the global step reaches N (default: train.steps)")
     target.add_argument("--steps", type=int, default=None, metavar="N",
                         help="train N steps more than the workdir's newest checkpoint")
+    parser.add_argument("--strategy", default="default", choices=STRATEGIES,
+                        help="default: one process as is; mirrored: every local GPU; "
+                             "multi-worker: the machines TF_CONFIG lists, each running this "
+                             "command (train.batch_size is the global batch)")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines (train: step S/U, steps/s, ETA, loss)")
     add_config_arguments(parser)
 
@@ -59,19 +68,28 @@ def run(args) -> int:
             raise UserError(f"{flag} must be >= 0, got {value}")
     config = config_from_args(args)
     datasets = parse_data(args.data)
+    strategy = getattr(args, "strategy", "default")
+    if strategy != "default" and not datasets:
+        raise UserError(f"--strategy {strategy}: needs --data (without it train only exports, "
+                        "which one process does: drop --strategy)")
+    from model import distribute
+
+    distribution = distribute.make(strategy)   # before any other TensorFlow work
     from model.train import Trainer, export_only
 
     if not datasets:
         result = export_only(config, args.workdir, args.until_step, args.steps)
     else:
-        result = Trainer(config, datasets, args.workdir).run(
+        result = Trainer(config, datasets, args.workdir, distribution=distribution).run(
             args.until_step, progress=not args.no_progress, steps=args.steps)
+    who = f"{distribution.describe()}: " if distribution is not None else ""
+    export = result.export_path or "(the chief writes it)"
     if not result.trained:
-        print(f"train: {args.workdir} is at step {result.step} (target {result.until_step}): "
-              f"nothing to train; export {result.export_path}")
+        print(f"train: {who}{args.workdir} is at step {result.step} (target {result.until_step}):"
+              f" nothing to train; export {export}")
         return 0
     if result.start_step:
-        print(f"resumed at step {result.start_step}")
-    print(f"step {result.step}: loss {result.loss:.4f}, {result.steps_per_s:.1f} steps/s, "
-          f"export {result.export_path}")
+        print(f"{who}resumed at step {result.start_step}")
+    print(f"{who}step {result.step}: loss {result.loss:.4f}, {result.steps_per_s:.1f} steps/s, "
+          f"export {export}" + (f", weights {result.digest}" if result.digest else ""))
     return 0
