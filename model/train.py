@@ -18,6 +18,10 @@ an emulator). Checkpoints and logs are written to a local staging directory as u
 completed checkpoint is then copied up, its files first and the ``checkpoint`` index last, so the
 remote index only ever names complete checkpoints. A run starts by downloading the checkpoint the
 remote index names. Remote shards are staged by ``model.data``.
+
+Under a ``tf.distribute`` strategy (``model.distribute``) the same loop runs on every worker: each
+reads its own part of the data, every replica computes its share of the global batch's loss, and
+the chief alone writes checkpoints, logs and exports.
 """
 
 from __future__ import annotations
@@ -224,16 +228,10 @@ class Trainer:
         input_subdir = f"input-{input_key}"
         if self.remote:  # before the managers exist: they read the index when built
             _pull_newest(self.checkpoint_dir, self.local_checkpoint_dir, input_subdir)
-        save_dir = self.local_checkpoint_dir
-        if not self.chief:
-            # TensorFlow's multi-worker pattern: every worker saves (saving may need them all),
-            # but only the chief where checkpoints are read; the others into a directory of
-            # their own, emptied after every save. All restore the chief's.
-            save_dir = tempfile.mkdtemp(prefix="qtopt-worker-checkpoints-")
-            weakref.finalize(self, shutil.rmtree, save_dir, True)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, save_dir,
-                                                  max_to_keep=cfg.keep_checkpoints,
-                                                  checkpoint_name="ckpt")
+        # Only the chief manages the checkpoints; the other workers restore the chief's.
+        self.manager = None if not self.chief else tf.train.CheckpointManager(
+            self.checkpoint, self.local_checkpoint_dir, max_to_keep=cfg.keep_checkpoints,
+            checkpoint_name="ckpt")
         # Built once the newest checkpoint is known: its step may seed the stream.
         if expanded is not None:
             input_dataset = data.from_files(
@@ -400,10 +398,16 @@ class Trainer:
         if self.distribution is not None:
             # Every worker's input position is saved before the chief's index names the step.
             self._gather(tf.constant([step], tf.int64))
-        path = self.manager.save(checkpoint_number=step)
         if not self.chief:
-            shutil.rmtree(self.manager.directory, ignore_errors=True)
-            return path
+            # TensorFlow's multi-worker pattern: every worker saves (saving may need them all),
+            # the others than the chief into a directory of their own, removed at once.
+            scratch = tempfile.mkdtemp(prefix="qtopt-worker-checkpoint-")
+            try:
+                self.checkpoint.write(os.path.join(scratch, f"ckpt-{step}"))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return self._shown(os.path.join(self.local_checkpoint_dir, f"ckpt-{step}"))
+        path = self.manager.save(checkpoint_number=step)
         if self.remote:
             self._push_checkpoint(path)
             return self._shown(path)
