@@ -195,6 +195,9 @@ class Trainer:
         self.expanded = None
         batch_size, shard = cfg.batch_size, None
         if distribution is not None:
+            # Each worker builds its own pipeline over its part of the data rather than use
+            # tf.distribute's distributed datasets, whose iterators cannot be checkpointed: so
+            # every worker's input position resumes as one process's does.
             batch_size = _worker_batch_size(cfg.batch_size, distribution)
             shard = (distribution.worker, distribution.workers) if distribution.workers > 1 \
                 else None

@@ -60,6 +60,32 @@ def _workers(pattern, workdir):
     return procs
 
 
+# Two replicas on one machine: the CPU split into two logical devices (before TensorFlow starts),
+# so that the worker's batch is cut in two as it would be for two GPUs.
+MIRRORED_SCRIPT = """
+import sys
+import schemas
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from model.distribute import Distribution
+from model.train import Trainer
+from schemas.config import load_config
+d = Distribution(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), "mirrored")
+config = load_config("demo", overrides=sys.argv[4:])
+result = Trainer(config, [(sys.argv[1], 1.0)], sys.argv[2], distribution=d).run(
+    int(sys.argv[3]), progress=False)
+print(d.describe(), result.step, result.digest)
+"""
+
+
+def _mirrored(pattern, workdir):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    return subprocess.Popen([sys.executable, "-c", MIRRORED_SCRIPT, pattern, str(workdir),
+                             str(UNTIL)] + OVERRIDES, cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _latest_step(workdir):
     index = os.path.join(workdir, "checkpoints", "checkpoint")
     if not os.path.exists(index):
@@ -84,10 +110,39 @@ def _losses(workdir):
     return found
 
 
-def test_two_workers_train_one_model_and_resume_after_one_is_killed(tmp_path):
+def _assert_close(reference, workdir):
+    """``workdir``'s export and logged losses are ``reference``'s, up to rounding."""
+    alone, other = load_export(str(reference / "exports")), load_export(str(workdir / "exports"))
+    for name in ("online", "polyak", "lagged"):
+        for a, b in zip(alone.networks[name].variables, other.networks[name].variables):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-4,
+                                       err_msg=f"{workdir.name}: {name} {a.path}")
+    # The loss of every global batch too, from the first step (initial weights, whole data).
+    losses, expected = _losses(workdir), _losses(reference)
+    assert sorted(losses) == sorted(expected) == list(range(1, UNTIL + 1))
+    np.testing.assert_allclose([losses[s] for s in sorted(losses)],
+                               [expected[s] for s in sorted(expected)], rtol=0, atol=1e-5,
+                               err_msg=workdir.name)
+    assert expected[UNTIL] < expected[1] - 0.05        # it did learn something
+
+
+@pytest.fixture
+def processes():
+    """Popen objects the test starts; any still running at its end are killed."""
+    started = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_two_workers_train_one_model_and_resume_after_one_is_killed(tmp_path, processes):
+    """Also two replicas of one process (``mirrored``), run while a worker is down."""
     pattern = write_shards(tmp_path / "labelled", 8, 2, size=SIZE)
-    single, multi = tmp_path / "single", tmp_path / "multi"
+    single, multi, mirrored = tmp_path / "single", tmp_path / "multi", tmp_path / "mirrored"
     workers = _workers(pattern, multi)
+    processes.extend(workers)
     deadline = time.time() + 150
     while _latest_step(multi) < 10 and workers[1].poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -95,7 +150,10 @@ def test_two_workers_train_one_model_and_resume_after_one_is_killed(tmp_path):
     workers[1].wait()
     at_kill = _latest_step(multi)
     assert 10 <= at_kill < UNTIL, _finish(workers[0])[2][-2000:]
-    # One process on the same global batch of 16, while the other worker notices the loss.
+    # While the other worker waits to notice the loss: two replicas of one process, and one
+    # process alone, on the same global batch of 16.
+    two_replicas = _mirrored(pattern, mirrored)
+    processes.append(two_replicas)
     train(load_config("demo", overrides=OVERRIDES), [(pattern, 1.0)], str(single),
           until_step=UNTIL, progress=False)
     # The other worker cannot go on alone: it stops with one line naming the lost task.
@@ -106,7 +164,9 @@ def test_two_workers_train_one_model_and_resume_after_one_is_killed(tmp_path):
     assert not (multi / "exports").exists()
     assert _latest_step(multi) == at_kill
 
-    results = [_finish(p) for p in _workers(pattern, multi)]
+    restarted = _workers(pattern, multi)
+    processes.extend(restarted)
+    results = [_finish(p) for p in restarted]
     for i, (status, out, err) in enumerate(results):
         assert status == 0, err[-2000:]
         assert f"worker {i} of 2: resumed at step {at_kill}" in out
@@ -118,60 +178,13 @@ def test_two_workers_train_one_model_and_resume_after_one_is_killed(tmp_path):
     digests = [re.search(r"weights ([0-9a-f]{16})", out).group(1) for _, out, _ in results]
     exported = load_export(str(multi / "exports"))
     assert digests[0] == digests[1] == weights_digest(exported.networks)
+    _assert_close(single, multi)
 
-    alone = load_export(str(single / "exports"))
-    for name in ("online", "polyak", "lagged"):
-        for a, b in zip(alone.networks[name].variables, exported.networks[name].variables):
-            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-4,
-                                       err_msg=f"{name} {a.path}")
-    # The loss of every global batch too, from the first step (initial weights, whole data).
-    losses, expected = _losses(multi), _losses(single)
-    assert sorted(losses) == sorted(expected) == list(range(1, UNTIL + 1))
-    np.testing.assert_allclose([losses[s] for s in sorted(losses)],
-                               [expected[s] for s in sorted(expected)], rtol=0, atol=1e-5)
-    assert expected[UNTIL] < expected[1] - 0.05        # it did learn something
-
-
-# Two replicas on one machine: the CPU split into two logical devices (before TensorFlow starts),
-# so that the worker's batch is cut in two as it would be for two GPUs.
-MIRRORED_SCRIPT = """
-import sys
-import schemas
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from model.distribute import Distribution
-from model.train import Trainer
-from schemas.config import load_config
-d = Distribution(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), "mirrored")
-config = load_config("demo", overrides=sys.argv[3:])
-result = Trainer(config, [(sys.argv[1], 1.0)], sys.argv[2], distribution=d).run(
-    20, progress=False)
-print(d.describe(), result.step, result.digest)
-"""
-
-
-def test_mirrored_replicas_on_one_machine_train_like_one_process(tmp_path):
-    pattern = write_shards(tmp_path / "labelled", 8, 2, size=SIZE)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.Popen([sys.executable, "-c", MIRRORED_SCRIPT, pattern,
-                             str(tmp_path / "mirrored")] + OVERRIDES, cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    train(load_config("demo", overrides=OVERRIDES), [(pattern, 1.0)], str(tmp_path / "single"),
-          until_step=20, progress=False)
-    status, out, err = _finish(proc)
+    status, out, err = _finish(two_replicas)
     assert status == 0, err[-2000:]
-    mirrored = load_export(str(tmp_path / "mirrored" / "exports"))
-    assert out.split()[:3] == ["2", "replicas", "20"]
-    assert out.split()[3] == weights_digest(mirrored.networks)
-    alone = load_export(str(tmp_path / "single" / "exports"))
-    for name in ("online", "polyak", "lagged"):
-        for a, b in zip(alone.networks[name].variables, mirrored.networks[name].variables):
-            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-4,
-                                       err_msg=f"{name} {a.path}")
-    losses, expected = _losses(tmp_path / "mirrored"), _losses(tmp_path / "single")
-    np.testing.assert_allclose([losses[s] for s in range(1, 21)],
-                               [expected[s] for s in range(1, 21)], rtol=0, atol=1e-5)
+    assert out.split() == ["2", "replicas", str(UNTIL),
+                           weights_digest(load_export(str(mirrored / "exports")).networks)]
+    _assert_close(single, mirrored)
 
 
 def _records(dataset):
