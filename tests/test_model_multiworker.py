@@ -46,13 +46,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _workers(pattern, workdir):
-    """Both workers of a two-worker cluster on this machine, as subprocesses."""
+    """Both workers of a two-worker cluster on this machine, as subprocesses (their temporary
+    files beside the workdir: a worker killed while saving leaves its scratch checkpoint)."""
     hosts = [f"localhost:{free_port()}" for _ in range(2)]
+    scratch = workdir.parent / "tmp"
+    scratch.mkdir(exist_ok=True)
     procs = []
     for i in range(2):
         tf_config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-                   TF_CONFIG=json.dumps(tf_config))
+                   TF_CONFIG=json.dumps(tf_config), TMPDIR=str(scratch))
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "pipelines.cli", "train", "--data", pattern, "--workdir",
              str(workdir), "--strategy", "multi-worker"] + ARGS,
