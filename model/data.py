@@ -173,8 +173,10 @@ def find_damaged(expanded, cache_dir: str | None = None) -> RecordError | None:
     return None
 
 
-def _records(files: list[str], seed: int, training: bool, sources=None) -> tf.data.Dataset:
-    """(record, file name for errors); ``sources`` names staged copies by their URLs."""
+def _records(files: list[str], seed: int, training: bool, sources=None,
+             shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+    """(record, file name for errors); ``sources`` names staged copies by their URLs.
+    ``shard`` (i, n): keep every n-th record from the i-th."""
     names = tf.data.Dataset.from_tensor_slices(files if sources is None else (files, sources))
     if training:
         names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
@@ -183,8 +185,25 @@ def _records(files: list[str], seed: int, training: bool, sources=None) -> tf.da
         return tf.data.TFRecordDataset(f, compression_type="GZIP").map(
             lambda r: (r, f if source is None else source))
 
-    return names.interleave(read, cycle_length=min(len(files), 8), block_length=1,
-                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    records = names.interleave(read, cycle_length=min(len(files), 8), block_length=1,
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return records if shard is None else records.shard(shard[1], shard[0])
+
+
+def _shard_files(expanded, shard):
+    """``expanded`` cut to part i of n (``shard``), with the record shard each dataset still
+    needs: a dataset of at least n files gives every n-th file to each part; one of fewer is
+    read whole by every part, which keeps every n-th record (all parts draw the same stream,
+    seeded alike, so the parts are disjoint)."""
+    if shard is None:
+        return expanded, [None] * len(expanded)
+    i, n = shard
+    cut, record_shards = [], []
+    for files, weight in expanded:
+        whole = len(files) < n
+        cut.append((files if whole else files[i::n], weight))
+        record_shards.append(shard if whole else None)
+    return cut, record_shards
 
 
 def make_dataset(datasets, spec, batch_size: int, *, training: bool = True, seed: int = 0,
@@ -202,19 +221,24 @@ def make_dataset(datasets, spec, batch_size: int, *, training: bool = True, seed
 
 def from_files(expanded, spec, batch_size: int, *, training: bool = True, seed: int = 0,
                shuffle_buffer: int = 1000, augment: bool = True, crop_pad: int = 4,
-               check: bool = True, cache_dir: str | None = None) -> tf.data.Dataset:
+               check: bool = True, cache_dir: str | None = None,
+               shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """``make_dataset`` over ``expand``'s output: ``[(files, weight), ...]``.
 
     Remote files are staged into ``cache_dir`` first (default: ``default_cache_dir()``).
+    ``shard`` (i, n): the part i of n of every dataset that worker i of n trains on; batches
+    are then ``batch_size`` records of that part.
     """
     image_shape = (spec.image_size, spec.image_size, 3)
+    expanded, record_shards = _shard_files(expanded, shard)
     local = [stage(files, cache_dir) for files, _ in expanded]
     if check:
         for (files, _), copies in zip(expanded, local):
             check_shards(copies, image_shape, names=files)
     streams = [_records(copies, seed + i, training,
-                        sources=None if copies == files else files)
-               for i, ((files, _), copies) in enumerate(zip(expanded, local))]
+                        sources=None if copies == files else files, shard=record_shard)
+               for i, ((files, _), copies, record_shard) in enumerate(
+                   zip(expanded, local, record_shards))]
     if len(streams) == 1:
         records = streams[0]
     else:
@@ -225,7 +249,11 @@ def from_files(expanded, spec, batch_size: int, *, training: bool = True, seed: 
     if training:
         records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     batches = records.batch(batch_size, drop_remainder=training)
-    batches = tf.data.Dataset.zip((batches, tf.data.Dataset.counter()))
+    # Batch k of worker i of n draws the augmentations of global slot k * n + i: the workers'
+    # parts of one global batch are augmented independently.
+    counter = tf.data.Dataset.counter() if shard is None else \
+        tf.data.Dataset.counter(shard[0], shard[1])
+    batches = tf.data.Dataset.zip((batches, counter))
     names = spec.input_names + ("target",)
     do_augment = training and augment
 

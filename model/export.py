@@ -108,6 +108,18 @@ def weights_to_bytes(variables) -> bytes:
     return buf.getvalue()
 
 
+def weights_digest(networks: dict) -> str:
+    """SHA-256 (16 hex digits) of the networks' weights (``{"online": QNetwork, ...}``): names,
+    shapes and values, so two processes or an export and a live trainer can be compared."""
+    digest = hashlib.sha256()
+    for name in sorted(networks):
+        for v in networks[name].variables:
+            value = np.ascontiguousarray(v.numpy())
+            digest.update(f"{name}/{v.path}:{value.dtype}{value.shape}".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def assign_from_bytes(variables, data: bytes, where: str) -> None:
     """Load ``weights_to_bytes`` output into ``variables``, checking names and shapes."""
     try:

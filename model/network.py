@@ -145,25 +145,32 @@ def _init():
     return keras.initializers.TruncatedNormal(stddev=0.01)
 
 
-def _conv_bn_relu(x, filters, kernel, stride, name):
+def _bn(name, sync):
+    # Synchronised across replicas, batch statistics are those of the global batch: replicas
+    # compute what one process would, and their moving statistics stay identical.
+    return keras.layers.BatchNormalization(name=name, synchronized=True) if sync else \
+        keras.layers.BatchNormalization(name=name)
+
+
+def _conv_bn_relu(x, filters, kernel, stride, name, sync=False):
     x = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False,
                             kernel_initializer=_init(), name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = _bn(f"{name}_bn", sync)(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _dense_bn_relu(x, units, name):
+def _dense_bn_relu(x, units, name, sync=False):
     x = keras.layers.Dense(units, use_bias=False, kernel_initializer=_init(),
                            name=f"{name}_dense")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = _bn(f"{name}_bn", sync)(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _stack(x, layers, prefix):
+def _stack(x, layers, prefix, sync=False):
     for i, layer in enumerate(layers):
         if layer[0] == "conv":
             _, filters, kernel, stride = layer
-            x = _conv_bn_relu(x, filters, kernel, stride, f"{prefix}{i}")
+            x = _conv_bn_relu(x, filters, kernel, stride, f"{prefix}{i}", sync)
         else:
             x = keras.layers.MaxPooling2D(layer[1], padding="same", name=f"{prefix}{i}_pool")(x)
     return x
@@ -172,10 +179,13 @@ def _stack(x, layers, prefix):
 class QNetwork:
     """Online, Polyak or lagged copy of the Q-function: tower, head and the composed model."""
 
-    def __init__(self, spec: InputSpec, preset: str, name: str = "q", initial_q: float = 0.5):
+    def __init__(self, spec: InputSpec, preset: str, name: str = "q", initial_q: float = 0.5,
+                 sync_batch_norm: bool = False):
         """``initial_q``: Q of the untrained network (the output bias is its log-odds). Epoch 0's
         targets bootstrap from it, and every later epoch decays it by gamma only once per
-        backup, so a start far above the data's returns takes many epochs to wash out."""
+        backup, so a start far above the data's returns takes many epochs to wash out.
+        ``sync_batch_norm``: batch statistics over all replicas of a ``tf.distribute`` strategy
+        (the same weights either way)."""
         if preset not in PRESETS:
             raise UserError(f"unknown model preset {preset!r}; presets: {', '.join(PRESETS)}")
         self.spec = spec
@@ -184,7 +194,7 @@ class QNetwork:
 
         image = keras.Input((spec.image_size, spec.image_size, 3), dtype="uint8", name="image")
         x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(image)
-        features = _stack(x, arch.tower, "tower")
+        features = _stack(x, arch.tower, "tower", sync_batch_norm)
         self.tower = keras.Model(image, features, name=f"{name}_tower")
 
         fmap = keras.Input(features.shape[1:], name="features")
@@ -193,15 +203,16 @@ class QNetwork:
         e = keras.layers.Rescaling(np.asarray(spec.input_scale, np.float32),
                                    name="action_state_scale")(action_state)
         for i, units in enumerate(arch.embed):
-            e = _dense_bn_relu(e, units, f"embed{i}")
-        e = _dense_bn_relu(e, features.shape[-1], f"embed{len(arch.embed)}")
+            e = _dense_bn_relu(e, units, f"embed{i}", sync_batch_norm)
+        e = _dense_bn_relu(e, features.shape[-1], f"embed{len(arch.embed)}",
+                            sync_batch_norm)
         # Broadcast over height and width: the "tile and add" of figure 13.
         e = keras.layers.Reshape((1, 1, features.shape[-1]), name="embed_tile")(e)
         h = keras.layers.Add(name="merge")([fmap, e])
-        h = _stack(h, arch.head, "head")
+        h = _stack(h, arch.head, "head", sync_batch_norm)
         h = keras.layers.Flatten(name="flatten")(h)
         for i, units in enumerate(arch.dense):
-            h = _dense_bn_relu(h, units, f"fc{i}")
+            h = _dense_bn_relu(h, units, f"fc{i}", sync_batch_norm)
         if not 0.0 < initial_q < 1.0:
             raise UserError(f"model.initial_q must lie strictly between 0 and 1, got {initial_q}")
         bias = float(np.log(initial_q / (1.0 - initial_q)))

@@ -18,14 +18,20 @@ an emulator). Checkpoints and logs are written to a local staging directory as u
 completed checkpoint is then copied up, its files first and the ``checkpoint`` index last, so the
 remote index only ever names complete checkpoints. A run starts by downloading the checkpoint the
 remote index names. Remote shards are staged by ``model.data``.
+
+Under a ``tf.distribute`` strategy (``model.distribute``) the same loop runs on every worker: each
+reads its own part of the data, every replica computes its share of the global batch's loss, and
+the chief alone writes checkpoints, logs and exports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -39,7 +45,7 @@ import tensorflow as tf
 from model import data
 from schemas.mdp import bounds_from_config
 from model.copies import TargetCopies
-from model.export import write_export
+from model.export import weights_digest, write_export
 from model.network import InputSpec, QNetwork
 from schemas import cells, fs
 from schemas.errors import UserError
@@ -57,6 +63,7 @@ class TrainResult:
     loss: float
     steps_per_s: float
     until_step: int | None = None
+    digest: str | None = None   # under a strategy: weights_digest of the three copies
 
     @property
     def trained(self) -> int:
@@ -149,12 +156,15 @@ class Trainer:
     """Networks, optimizer, input and checkpoint of one training run; ``run`` trains."""
 
     def __init__(self, config, datasets, workdir: str, input_dataset=None,
-                 staging_dir: str | None = None):
+                 staging_dir: str | None = None, distribution=None):
         """``staging_dir``: local directory for a remote workdir's checkpoints and logs (default:
         a fresh one under ``$QTOPT_STAGING_DIR`` or the system temp directory, removed with the
-        trainer)."""
+        trainer). ``distribution``: a ``model.distribute.Distribution`` to train under (None:
+        no ``tf.distribute`` strategy at all)."""
         self.config = config
         cfg = config.train
+        self.distribution = distribution
+        self.chief = distribution is None or distribution.chief
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(cfg.seed)
@@ -162,25 +172,41 @@ class Trainer:
         self.spec = InputSpec(config.robot.image_size, config.model.state_inputs,
                               translation_range=config.robot.max_translation)
         q0 = config.model.initial_q
-        self.online = QNetwork(self.spec, config.model.preset, "online", initial_q=q0)
-        self.polyak = QNetwork(self.spec, config.model.preset, "polyak", initial_q=q0)
-        self.lagged = QNetwork(self.spec, config.model.preset, "lagged", initial_q=q0)
-        self.copies = TargetCopies(self.online, self.polyak, self.lagged, config.targets.polyak,
-                                   config.targets.lag_steps)
-        self.copies.reset()
-        self.optimizer = make_optimizer(cfg)
-        self.trainable = self.online.model.trainable_variables
-        self.optimizer.build(self.trainable)
-        self.kernels = [v for v in self.trainable if v.path.endswith("kernel")]
-        self.loss = loss_fn(cfg.loss)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        sync = distribution is not None
+        scope = distribution.strategy.scope() if sync else contextlib.nullcontext()
+        with scope:  # every variable is mirrored on all replicas under a strategy
+            self.online = QNetwork(self.spec, config.model.preset, "online", initial_q=q0,
+                                   sync_batch_norm=sync)
+            self.polyak = QNetwork(self.spec, config.model.preset, "polyak", initial_q=q0,
+                                   sync_batch_norm=sync)
+            self.lagged = QNetwork(self.spec, config.model.preset, "lagged", initial_q=q0,
+                                   sync_batch_norm=sync)
+            self.copies = TargetCopies(self.online, self.polyak, self.lagged,
+                                       config.targets.polyak, config.targets.lag_steps)
+            self.copies.reset()
+            self.optimizer = make_optimizer(cfg)
+            self.trainable = self.online.model.trainable_variables
+            self.optimizer.build(self.trainable)
+            self.kernels = [v for v in self.trainable if v.path.endswith("kernel")]
+            self.loss = loss_fn(cfg.loss)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
 
         input_key, expanded = "in-memory", None
         self.expanded = None
+        batch_size, shard = cfg.batch_size, None
+        if distribution is not None:
+            # Each worker builds its own pipeline over its part of the data rather than use
+            # tf.distribute's distributed datasets, whose iterators cannot be checkpointed: so
+            # every worker's input position resumes as one process's does.
+            batch_size = _worker_batch_size(cfg.batch_size, distribution)
+            shard = (distribution.worker, distribution.workers) if distribution.workers > 1 \
+                else None
         if input_dataset is None:
             expanded = self.expanded = data.expand(datasets)
             check_cell(config.robot, data.dataset_cells(expanded))
-            input_key = _fingerprint(expanded, cfg)
+            # Each worker's input position is its own, kept under its own name.
+            input_key = _fingerprint(expanded, cfg, None if distribution is None
+                                     else [batch_size, shard])
 
         self.checkpoint = tf.train.Checkpoint(
             step=self.step, online=self.online.model, polyak=self.polyak.model,
@@ -204,15 +230,17 @@ class Trainer:
         input_subdir = f"input-{input_key}"
         if self.remote:  # before the managers exist: they read the index when built
             _pull_newest(self.checkpoint_dir, self.local_checkpoint_dir, input_subdir)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.local_checkpoint_dir,
-                                                  max_to_keep=cfg.keep_checkpoints,
-                                                  checkpoint_name="ckpt")
+        # Only the chief manages the checkpoints; the other workers restore the chief's.
+        self.manager = None if not self.chief else tf.train.CheckpointManager(
+            self.checkpoint, self.local_checkpoint_dir, max_to_keep=cfg.keep_checkpoints,
+            checkpoint_name="ckpt")
         # Built once the newest checkpoint is known: its step may seed the stream.
         if expanded is not None:
             input_dataset = data.from_files(
-                expanded, self.spec, cfg.batch_size, training=True,
-                seed=_input_seed(cfg, self.manager.latest_checkpoint),
-                shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad)
+                expanded, self.spec, batch_size, training=True,
+                seed=_input_seed(cfg, self._latest_checkpoint()),
+                shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad,
+                shard=shard)
         self.input_dataset = input_dataset
         self.iterator = iter(input_dataset)
         # The input position is only meaningful for the same shards and input settings, so it is
@@ -225,36 +253,110 @@ class Trainer:
                 os.path.join(self.local_checkpoint_dir, input_subdir) if self.remote
                 else fs.join(self.checkpoint_dir, input_subdir),
                 max_to_keep=cfg.keep_checkpoints, checkpoint_name="input")
-        self.train_step = tf.function(self._train_step)
+        self.train_step = tf.function(self._train_step if distribution is None
+                                      else self._distributed_step)
+        if distribution is not None:
+            self._gather = tf.function(self._gather_fn)
 
     # -- one gradient step
 
     def _train_step(self, inputs, target):
+        # Under a strategy this runs on every replica, on its part of the global batch.
+        replica = None if self.distribution is None else tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
             logits = self.online.logits(inputs, training=True)
             data_loss = self.loss(logits, target)
             l2 = self.config.train.l2 * tf.add_n([tf.nn.l2_loss(k) for k in self.kernels])
             loss = data_loss + l2
+            if replica is not None:  # the optimizer sums the replicas' gradients
+                loss = loss / replica.num_replicas_in_sync
         grads = tape.gradient(loss, self.trainable)
         finite = tf.math.is_finite(loss) & tf.math.is_finite(tf.linalg.global_norm(grads))
-
-        def apply():
-            self.optimizer.apply(grads, self.trainable)
-            self.copies.polyak_update()
-            self.step.assign_add(1)
-            return tf.constant(True)
+        if replica is not None:  # every replica applies the step, or none does
+            bad = replica.all_reduce(tf.distribute.ReduceOp.SUM,
+                                     tf.cast(tf.logical_not(finite), tf.float32))
+            finite = tf.equal(bad, 0.0)
 
         # A non-finite step applies no update, so weights, optimizer state and target copies stay
         # those of the last good step (the loop stops right after it and saves nothing).
-        tf.cond(finite, apply, lambda: tf.constant(False))
-        return {"loss": data_loss, "finite": finite, "mean_q": tf.reduce_mean(tf.sigmoid(logits)),
-                "mean_target": tf.reduce_mean(target)}
+        if replica is None:
+            tf.cond(finite, lambda: self._apply(grads), lambda: tf.constant(False))
+        else:
+            replica.merge_call(self._apply_if_finite, args=(finite, grads))
+        out = {"loss": data_loss, "finite": finite, "mean_q": tf.reduce_mean(tf.sigmoid(logits)),
+               "mean_target": tf.reduce_mean(target)}
+        if replica is not None:  # replicas' parts are equal in size: the global batch's means
+            for key in ("loss", "mean_q", "mean_target"):
+                out[key] = replica.all_reduce(tf.distribute.ReduceOp.MEAN, out[key])
+        return out
+
+    def _apply(self, grads):
+        self.optimizer.apply(grads, self.trainable)
+        self.copies.polyak_update()
+        self.step.assign_add(1)
+        return tf.constant(True)
+
+    def _apply_if_finite(self, distribution, finite, grads):
+        """``_apply`` on every replica if ``finite``. The condition is taken in cross-replica
+        context, as Keras's LossScaleOptimizer does: a branch that synchronises replicas (the
+        optimizer sums gradients) cannot run under a condition inside a replica."""
+        finite = distribution.experimental_local_results(finite)[0]  # the same on every replica
+
+        def apply_all():
+            distribution.extended.call_for_each_replica(self._apply, args=(grads,))
+            return tf.constant(True)
+
+        tf.cond(finite, apply_all, lambda: tf.constant(False))
+
+    def _distributed_step(self, inputs, target):
+        """One step on every replica; ``inputs, target`` is this worker's part of the batch."""
+        strategy = self.distribution.strategy
+        n = self.distribution.local_replicas
+        args = (inputs, target)
+        if n > 1:  # this worker's devices each take an equal slice
+            flat = [tf.split(t, n) for t in tf.nest.flatten(args)]
+            args = strategy.experimental_distribute_values_from_function(
+                lambda ctx: tf.nest.pack_sequence_as(
+                    (inputs, target), [parts[ctx.replica_id_in_sync_group % n]
+                                       for parts in flat]))
+        out = strategy.run(self._train_step, args=args)
+        return {k: strategy.experimental_local_results(v)[0] for k, v in out.items()}
+
+    def _gather_fn(self, values):
+        """``values`` [k] of every replica, stacked [replicas, k]; a barrier too."""
+        strategy = self.distribution.strategy
+
+        def gather():
+            return tf.distribute.get_replica_context().all_gather(values[None], axis=0)
+
+        return strategy.experimental_local_results(strategy.run(gather))[0]
+
+    def _check_agreement(self, start: int, until: int) -> None:
+        """All workers must resume at one step and train to one step, or their collectives
+        would wait for each other forever; every worker sees all values, so all stop alike."""
+        seen = self._gather(tf.constant([start, until], tf.int64)).numpy()
+        if (seen != seen[0]).any():
+            starts = sorted({int(v) for v in seen[:, 0]})
+            untils = sorted({int(v) for v in seen[:, 1]})
+            if len(starts) > 1:
+                raise UserError(f"{self.checkpoint_dir}: workers resumed at different steps "
+                                f"{starts}: every worker must reach the same --workdir (a shared "
+                                "file system or gs://)")
+            raise UserError(f"workers train to different steps {untils}: give every worker the "
+                            "same --until-step / --steps and config")
 
     # -- checkpoints
 
+    def _latest_checkpoint(self) -> str | None:
+        """The newest checkpoint this run resumes from (workers other than the chief save
+        elsewhere: theirs is the chief's)."""
+        if self.chief:
+            return self.manager.latest_checkpoint
+        return tf.train.latest_checkpoint(self.local_checkpoint_dir)
+
     def restore(self) -> int:
         """Resume from the newest checkpoint, if any; returns the step reached."""
-        latest = self.manager.latest_checkpoint
+        latest = self._latest_checkpoint()
         if latest is None:
             if fs.glob(fs.join(self.checkpoint_dir, "ckpt-*")):
                 raise UserError(f"{self.checkpoint_dir}: checkpoint files but no 'checkpoint' "
@@ -293,14 +395,41 @@ class Trainer:
         step = int(self.step.numpy())
         if self.input_manager is not None:  # first: the main checkpoint's index commits both
             self.input_manager.save(checkpoint_number=step)
+            if self.remote and not self.chief:
+                self._push_checkpoint(None, step)
+        if self.distribution is not None:
+            # Every worker's input position is saved before the chief's index names the step.
+            self._gather(tf.constant([step], tf.int64))
+        if not self.chief:
+            # TensorFlow's multi-worker pattern: every worker saves (saving may need them all),
+            # the others than the chief into a directory of their own, removed at once.
+            scratch = tempfile.mkdtemp(prefix="qtopt-worker-checkpoint-")
+            try:
+                self.checkpoint.write(os.path.join(scratch, f"ckpt-{step}"))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return self._shown(os.path.join(self.local_checkpoint_dir, f"ckpt-{step}"))
         path = self.manager.save(checkpoint_number=step)
         if self.remote:
             self._push_checkpoint(path)
             return self._shown(path)
         return path
 
-    def _push_checkpoint(self, path: str) -> None:
-        """Copy the checkpoint just saved at local ``path`` to the remote workdir."""
+    def _push_checkpoint(self, path: str | None, input_step: int | None = None) -> None:
+        """Copy the checkpoint just saved at local ``path`` to the remote workdir; with
+        ``path`` None, only the input position saved at ``input_step`` (a worker other than
+        the chief)."""
+        if path is None:
+            if input_step is None or self.input_manager is None:
+                return
+            managers = [self.input_manager]
+            uploads = sorted(glob.glob(os.path.join(self.input_manager.directory,
+                                                    f"input-{input_step}.*")))
+            uploads.append(os.path.join(self.input_manager.directory, "checkpoint"))
+            for local in uploads:
+                _upload(local, self._shown(local))
+            self._prune_remote(managers, ("input",))
+            return
         managers = [self.manager] + ([self.input_manager] if self.input_manager else [])
         # Files first, then the input index, then the main index: a copy cut short leaves the
         # remote index naming the previous, complete checkpoint.
@@ -312,9 +441,12 @@ class Trainer:
         uploads += [os.path.join(m.directory, "checkpoint") for m in reversed(managers)]
         for local in uploads:
             _upload(local, self._shown(local))
-        # Then prune what the managers dropped, as TensorFlow does locally; the files of
+        self._prune_remote(managers, ("ckpt", "input"))
+
+    def _prune_remote(self, managers, prefixes) -> None:
+        # Prune what the managers dropped, as TensorFlow does locally; the files of
         # checkpoints still listed stay even where this run never downloaded them.
-        for m, prefix in zip(managers, ("ckpt", "input")):
+        for m, prefix in zip(managers, prefixes):
             keep = {os.path.basename(p) for p in m.checkpoints}
             for remote in fs.glob(self._shown(os.path.join(m.directory, f"{prefix}-*"))):
                 if remote.rsplit("/", 1)[-1].split(".", 1)[0] not in keep:
@@ -340,14 +472,19 @@ class Trainer:
         return UserError(f"{found} (training input at step {step}; nothing saved after "
                          "the last checkpoint)")
 
-    def export_if_missing(self) -> str:
-        """The complete export of the current step, written only if it is not there yet."""
+    def export_if_missing(self) -> str | None:
+        """The complete export of the current step, written only if it is not there yet (by the
+        chief alone: None elsewhere)."""
         from model.export import MANIFEST, export_dir
 
+        if not self.chief:
+            return None
         path = export_dir(fs.join(self.workdir, "exports"), int(self.step.numpy()))
         return path if fs.exists(fs.join(path, MANIFEST)) else self.export()
 
-    def export(self) -> str:
+    def export(self) -> str | None:
+        if not self.chief:  # the weights are the chief's
+            return None
         return write_export(fs.join(self.workdir, "exports"), int(self.step.numpy()),
                             {"online": self.online, "polyak": self.polyak,
                              "lagged": self.lagged},
@@ -363,15 +500,34 @@ class Trainer:
             steps: int | None = None) -> TrainResult:
         """Train until the global step reaches ``until_step`` (default ``train.steps``), or
         ``steps`` more than the workdir's checkpoint. A workdir already there trains nothing
-        and only writes its export if that is missing."""
+        and only writes its export if that is missing. Under a strategy, a worker that stops
+        (killed, unreachable) stops the others with an error; all resume when rerun."""
+        if self.distribution is None:
+            return self._run(until_step, progress, steps)
+        try:
+            return self._run(until_step, progress, steps)
+        except _LOST_WORKER as exc:
+            text = exc.message if hasattr(exc, "message") else str(exc)
+            tasks = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", text)))
+            lost = ", ".join(tasks) if tasks else f"another worker ({_op_message(exc)})"
+            raise UserError(f"{self.distribution.describe()}: lost contact with {lost} after "
+                            f"step {int(self.step.numpy())}; nothing saved after the last "
+                            "checkpoint: rerun the same command on every worker to resume") \
+                from None
+
+    def _run(self, until_step, progress, steps) -> TrainResult:
         cfg = self.config.train
         start = self.restore()
         until = (start + int(steps) if steps is not None else
                  cfg.steps if until_step is None else int(until_step))
+        if self.distribution is not None:
+            self._check_agreement(start, until)
         if until <= start:
-            return TrainResult(start, start, self.export_if_missing(), float("nan"), 0.0, until)
+            return TrainResult(start, start, self.export_if_missing(), float("nan"), 0.0, until,
+                               self._digest())
         step = start
-        writer = tf.summary.create_file_writer(self.local_logs_dir)
+        writer = tf.summary.create_file_writer(self.local_logs_dir) if self.chief else \
+            tf.summary.create_noop_writer()
         bar = StepProgress(start, until) if progress and until > start else None
         loss, t0, last_log, last_log_time = float("nan"), time.perf_counter(), step, None
         last_saved = start
@@ -385,7 +541,7 @@ class Trainer:
                 raise self._damaged_input(step + 1, exc) from None
             out = self.train_step(inputs, target)
             if not bool(out["finite"]):
-                latest = self.manager.latest_checkpoint
+                latest = self._latest_checkpoint()
                 raise NonFiniteLoss(
                     f"non-finite loss at step {step + 1}: training stopped; newest checkpoint "
                     f"{self._shown(latest) if latest else '(none)'} left as it was")
@@ -420,7 +576,30 @@ class Trainer:
         self._push_logs()
         export_path = self.export()
         return TrainResult(step, start, export_path, loss,
-                           (step - start) / elapsed if step > start else 0.0, until)
+                           (step - start) / elapsed if step > start else 0.0, until,
+                           self._digest())
+
+    def _digest(self) -> str | None:
+        """Under a strategy, what each worker holds, for comparing workers (None otherwise)."""
+        if self.distribution is None:
+            return None
+        return weights_digest({"online": self.online, "polyak": self.polyak,
+                               "lagged": self.lagged})
+
+
+# What a collective raises when a peer is gone (killed, restarted, unreachable).
+_LOST_WORKER = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError, tf.errors.AbortedError)
+
+
+def _worker_batch_size(batch_size: int, distribution) -> int:
+    """This worker's part of the global batch ``batch_size``: equal parts per replica."""
+    replicas = distribution.replicas
+    if batch_size % replicas:
+        raise UserError(f"train.batch_size {batch_size} does not split into equal parts for "
+                        f"the {replicas} replicas ({distribution.describe()}); make it a "
+                        f"multiple of {replicas}")
+    return batch_size // replicas * distribution.local_replicas
 
 
 def _pull_newest(remote_dir: str, local_dir: str, input_subdir: str) -> None:
@@ -458,10 +637,11 @@ def _upload(local: str, remote: str) -> None:
         shutil.copyfileobj(src, dst, 1 << 22)
 
 
-def _fingerprint(expanded, cfg) -> str:
-    """Short hash of the shards and the input settings that shape the batch sequence."""
-    key = json.dumps([expanded, cfg.batch_size, cfg.shuffle_buffer, cfg.seed, cfg.augment,
-                      cfg.crop_pad])
+def _fingerprint(expanded, cfg, part=None) -> str:
+    """Short hash of the shards and the input settings that shape the batch sequence (``part``:
+    a worker's batch size and shard, under a strategy)."""
+    key = [expanded, cfg.batch_size, cfg.shuffle_buffer, cfg.seed, cfg.augment, cfg.crop_pad]
+    key = json.dumps(key if part is None else key + [part])
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 

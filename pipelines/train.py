@@ -11,12 +11,17 @@ only exports (the newest checkpoint, or the untrained network at step 0).
 Both ``--data`` and ``--workdir`` may be ``gs://`` (any fsspec URL): shards are copied and
 checkpoints and logs staged locally under ``$QTOPT_STAGING_DIR`` (default: the temp directory),
 with every checkpoint copied up to ``--workdir`` as soon as it is saved.
+
+``--strategy mirrored`` trains on every local GPU, ``--strategy multi-worker`` on the machines
+``TF_CONFIG`` lists, each running the same command (``model.distribute``; README, "Running at
+scale").
 """
 
 from __future__ import annotations
 
 import os
 
+from model.distribute import STRATEGIES
 from pipelines.jobs import JobResult
 from pipelines.options import add_config_arguments, config_from_args
 from schemas.errors import UserError
@@ -36,6 +41,10 @@ def add_arguments(parser) -> None:
                         help="train until the global step reaches N (default: train.steps)")
     target.add_argument("--steps", type=int, default=None, metavar="N",
                         help="train N steps more than the workdir's newest checkpoint")
+    parser.add_argument("--strategy", default="default", choices=STRATEGIES,
+                        help="default: one process as is; mirrored: every local GPU; "
+                             "multi-worker: the machines TF_CONFIG lists, each running this "
+                             "command (train.batch_size is the global batch)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress lines (train: step S/U, steps/s, ETA, loss)")
     add_config_arguments(parser)
@@ -57,31 +66,43 @@ def parse_data(values) -> list[tuple[str, float]]:
 
 def run(args) -> int:
     return train(config_from_args(args), parse_data(args.data), args.workdir,
-                 until_step=args.until_step, steps=args.steps,
-                 progress=not args.no_progress).status
+                 until_step=args.until_step, steps=args.steps, progress=not args.no_progress,
+                 strategy=args.strategy).status
 
 
 def train(cfg, data: list[tuple[str, float]], workdir: str, *, until_step: int | None = None,
-          steps: int | None = None, progress: bool = True) -> JobResult:
+          steps: int | None = None, progress: bool = True,
+          strategy: str = "default") -> JobResult:
     """Train on ``data`` ((glob or directory, weight) pairs) in ``workdir`` until ``until_step``
-    (or ``steps`` more); without data, only export."""
+    (or ``steps`` more), in this process or as one worker of ``strategy``; without data, only
+    export."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for flag, value in (("--until-step", until_step), ("--steps", steps)):
         if value is not None and value < 0:
             raise UserError(f"{flag} must be >= 0, got {value}")
+    if strategy != "default" and not data:
+        raise UserError(f"--strategy {strategy}: needs --data (without it train only exports, "
+                        "which one process does: drop --strategy)")
+    from model import distribute
+
+    distribution = distribute.make(strategy)   # before any other TensorFlow work
     from model.train import Trainer, export_only
 
     if not data:
         result = export_only(cfg, workdir, until_step, steps)
     else:
-        result = Trainer(cfg, data, workdir).run(until_step, progress=progress, steps=steps)
+        result = Trainer(cfg, data, workdir, distribution=distribution).run(
+            until_step, progress=progress, steps=steps)
+    who = f"{distribution.describe()}: " if distribution is not None else ""
+    export = result.export_path or "(the chief writes it)"
     summary = {"step": result.step, "export": result.export_path, "trained": result.trained}
     if not result.trained:
-        print(f"train: {workdir} is at step {result.step} (target {result.until_step}): "
-              f"nothing to train; export {result.export_path}")
+        print(f"train: {who}{workdir} is at step {result.step} (target {result.until_step}):"
+              f" nothing to train; export {export}")
         return JobResult("train", workdir, 0, summary)
     if result.start_step:
-        print(f"resumed at step {result.start_step}")
-    print(f"step {result.step}: loss {result.loss:.4f}, {result.steps_per_s:.1f} steps/s, "
-          f"export {result.export_path}")
-    return JobResult("train", workdir, 0, {**summary, "loss": result.loss})
+        print(f"{who}resumed at step {result.start_step}")
+    print(f"{who}step {result.step}: loss {result.loss:.4f}, {result.steps_per_s:.1f} steps/s, "
+          f"export {export}" + (f", weights {result.digest}" if result.digest else ""))
+    return JobResult("train", workdir, 0, {**summary, "loss": result.loss,
+                                           "digest": result.digest})
