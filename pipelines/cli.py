@@ -23,10 +23,10 @@ from schemas.errors import DeadLettered, UserError
 
 # name -> (module, one-line help). Add a command by adding a line here.
 COMMANDS = {
-    "inspect": ("pipelines.inspect_cmd", "describe TFRecord files of any record kind"),
-    "config": ("pipelines.config_cmd", "show presets and resolved configurations"),
+    "inspect": ("pipelines.inspect_records", "describe TFRecord files of any record kind"),
+    "config": ("pipelines.presets", "show presets and resolved configurations"),
     "collect": ("pipelines.collect", "run a policy in simulated cells, episodes to TFRecord shards"),
-    "render": ("pipelines.render_cmd", "a GIF or MP4 of chosen episodes of a TFRecord file"),
+    "render": ("pipelines.render", "a GIF or MP4 of chosen episodes of a TFRecord file"),
     "shard": ("pipelines.shard", "episodes to shuffled transition shards, catalogue, manifest"),
     "subsample": ("pipelines.subsample", "a stable, nested fraction of a dataset's episodes"),
     "relabel": ("pipelines.relabel", "Bellman targets for transitions from a target export"),

@@ -315,7 +315,7 @@ def test_episodes_of_the_old_layout_read_as_the_old_cell_and_are_not_mixed(tmp_p
     episode = next(tfrecord_io.read_records(str(old[0])))
     assert episode["cell"] == CELL_BEFORE_IDENTITIES != default_cell(16)
     assert int(episode["schema_version"]) == 3  # read as the current layout
-    from pipelines.inspect_cmd import summarise
+    from pipelines.inspect_records import summarise
     info = summarise(str(old[0]))  # inspect tells the version stored
     assert info["schema_version"] == 2 and info["record"]["cell"] == CELL_BEFORE_IDENTITIES
     out = tmp_path / "ds"
