@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -54,3 +55,12 @@ def write_raw(path, records: list[dict], edit=None) -> None:
                 edit(i, example)
                 data = example.SerializeToString()
             w.write(data)
+
+
+def latest_checkpoint_step(workdir) -> int:
+    """The step of the newest checkpoint a workdir's index names (0 without one)."""
+    index = os.path.join(workdir, "checkpoints", "checkpoint")
+    if not os.path.exists(index):
+        return 0
+    found = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', open(index).read(), re.M)
+    return int(found.group(1)) if found else 0

@@ -22,7 +22,7 @@ import schemas  # noqa: F401
 
 tf = pytest.importorskip("tensorflow")
 
-from model_testlib import labelled, write_shards  # noqa: E402
+from model_testlib import labelled, latest_checkpoint_step, write_shards  # noqa: E402
 from pipelines_testlib import free_port, qtopt  # noqa: E402
 
 from model import data  # noqa: E402
@@ -89,14 +89,6 @@ def _mirrored(pattern, workdir):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _latest_step(workdir):
-    index = os.path.join(workdir, "checkpoints", "checkpoint")
-    if not os.path.exists(index):
-        return 0
-    found = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', open(index).read(), re.M)
-    return int(found.group(1)) if found else 0
-
-
 def _finish(proc, timeout=180):
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
@@ -147,11 +139,11 @@ def test_two_workers_train_one_model_and_resume_after_one_is_killed(tmp_path, pr
     workers = _workers(pattern, multi)
     processes.extend(workers)
     deadline = time.time() + 150
-    while _latest_step(multi) < 10 and workers[1].poll() is None and time.time() < deadline:
+    while latest_checkpoint_step(multi) < 10 and workers[1].poll() is None and time.time() < deadline:
         time.sleep(0.005)
     workers[1].send_signal(signal.SIGKILL)
     workers[1].wait()
-    at_kill = _latest_step(multi)
+    at_kill = latest_checkpoint_step(multi)
     assert 10 <= at_kill < UNTIL, _finish(workers[0])[2][-2000:]
     # While the other worker waits to notice the loss: two replicas of one process, and one
     # process alone, on the same global batch of 16.
@@ -165,7 +157,7 @@ def test_two_workers_train_one_model_and_resume_after_one_is_killed(tmp_path, pr
     assert re.search(r"qtopt train: error: worker 0 of 2: lost contact with "
                      r"/job:worker/replica:0/task:1 after step \d+; nothing saved", err), err
     assert not (multi / "exports").exists()
-    assert _latest_step(multi) == at_kill
+    assert latest_checkpoint_step(multi) == at_kill
 
     restarted = _workers(pattern, multi)
     processes.extend(restarted)

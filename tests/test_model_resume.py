@@ -2,7 +2,6 @@
 ends with exactly the weights of a run that was never interrupted."""
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import schemas  # noqa: F401
 
 pytest.importorskip("tensorflow")
 
-from model_testlib import SIZE, write_shards  # noqa: E402
+from model_testlib import SIZE, latest_checkpoint_step, write_shards  # noqa: E402
 
 from model.export import load_export  # noqa: E402
 
@@ -38,14 +37,6 @@ def _env():
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 
 
-def _latest_step(workdir):
-    index = os.path.join(workdir, "checkpoints", "checkpoint")
-    if not os.path.exists(index):
-        return 0
-    found = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', open(index).read(), re.M)
-    return int(found.group(1)) if found else 0
-
-
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     pattern = write_shards(tmp_path / "labelled", 48, 3)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -53,11 +44,11 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     proc = subprocess.Popen(_command(pattern, killed), cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
-    while _latest_step(killed) < 20 and proc.poll() is None and time.time() < deadline:
+    while latest_checkpoint_step(killed) < 20 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    at_kill = _latest_step(killed)
+    at_kill = latest_checkpoint_step(killed)
     assert 20 <= at_kill < UNTIL, proc.stdout.read().decode()[-2000:]
     assert not os.path.exists(killed / "exports")           # it never reached the end
 
