@@ -27,16 +27,11 @@ the chief alone writes checkpoints, logs and exports.
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
-import weakref
 from dataclasses import dataclass
 
 import keras
@@ -44,6 +39,7 @@ import tensorflow as tf
 
 from model import data
 from schemas.mdp import bounds_from_config
+from model.checkpoints import CheckpointStore
 from model.copies import TargetCopies
 from model.export import weights_digest, write_export
 from model.network import InputSpec, QNetwork
@@ -157,10 +153,9 @@ class Trainer:
 
     def __init__(self, config, datasets, workdir: str, input_dataset=None,
                  staging_dir: str | None = None, distribution=None):
-        """``staging_dir``: local directory for a remote workdir's checkpoints and logs (default:
-        a fresh one under ``$QTOPT_STAGING_DIR`` or the system temp directory, removed with the
-        trainer). ``distribution``: a ``model.distribute.Distribution`` to train under (None:
-        no ``tf.distribute`` strategy at all)."""
+        """``staging_dir``: local directory for a remote workdir's checkpoints and logs
+        (``model.checkpoints``). ``distribution``: a ``model.distribute.Distribution`` to train
+        under (None: no ``tf.distribute`` strategy at all)."""
         self.config = config
         cfg = config.train
         self.distribution = distribution
@@ -171,10 +166,42 @@ class Trainer:
         self.workdir = str(workdir)
         self.spec = InputSpec(config.robot.image_size, config.model.state_inputs,
                               translation_range=config.robot.max_translation)
-        q0 = config.model.initial_q
-        sync = distribution is not None
-        scope = distribution.strategy.scope() if sync else contextlib.nullcontext()
-        with scope:  # every variable is mirrored on all replicas under a strategy
+        self._build_networks()
+        self.expanded = None if input_dataset is not None else data.expand(datasets)
+        batch_size, shard = self._worker_part()
+        if self.expanded is not None:
+            check_cell(config.robot, data.dataset_cells(self.expanded))
+        self.checkpoint = tf.train.Checkpoint(
+            step=self.step, online=self.online.model, polyak=self.polyak.model,
+            lagged=self.lagged.model, snapshot=self.copies.snapshot, optimizer=self.optimizer)
+        # Each worker's input position is its own, kept under a name of its data and settings.
+        input_key = "in-memory" if self.expanded is None else _fingerprint(
+            self.expanded, cfg, None if distribution is None else [batch_size, shard])
+        self.store = CheckpointStore(self.checkpoint, self.workdir, cfg.keep_checkpoints,
+                                     f"input-{input_key}", self.chief, staging_dir)
+        # Built once the newest checkpoint is known: its step may seed the stream.
+        if self.expanded is not None:
+            input_dataset = data.from_files(
+                self.expanded, self.spec, batch_size, training=True,
+                seed=_input_seed(cfg, self.store.latest()),
+                shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad,
+                shard=shard)
+        self.input_dataset = input_dataset
+        self.iterator = iter(input_dataset)
+        if cfg.checkpoint_input:
+            self.store.keep_input(self.iterator)
+        self.train_step = tf.function(self._train_step if distribution is None
+                                      else self._distributed_step)
+        if distribution is not None:
+            self._gather = tf.function(self._gather_fn)
+
+    def _build_networks(self) -> None:
+        """The online, Polyak and lagged networks, the optimizer and the step counter; under a
+        strategy every variable is mirrored on all replicas."""
+        config, cfg = self.config, self.config.train
+        q0, sync = config.model.initial_q, self.distribution is not None
+        scope = self.distribution.strategy.scope() if sync else contextlib.nullcontext()
+        with scope:
             self.online = QNetwork(self.spec, config.model.preset, "online", initial_q=q0,
                                    sync_batch_norm=sync)
             self.polyak = QNetwork(self.spec, config.model.preset, "polyak", initial_q=q0,
@@ -191,72 +218,16 @@ class Trainer:
             self.loss = loss_fn(cfg.loss)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
 
-        input_key, expanded = "in-memory", None
-        self.expanded = None
-        batch_size, shard = cfg.batch_size, None
-        if distribution is not None:
-            # Each worker builds its own pipeline over its part of the data rather than use
-            # tf.distribute's distributed datasets, whose iterators cannot be checkpointed: so
-            # every worker's input position resumes as one process's does.
-            batch_size = _worker_batch_size(cfg.batch_size, distribution)
-            shard = (distribution.worker, distribution.workers) if distribution.workers > 1 \
-                else None
-        if input_dataset is None:
-            expanded = self.expanded = data.expand(datasets)
-            check_cell(config.robot, data.dataset_cells(expanded))
-            # Each worker's input position is its own, kept under its own name.
-            input_key = _fingerprint(expanded, cfg, None if distribution is None
-                                     else [batch_size, shard])
-
-        self.checkpoint = tf.train.Checkpoint(
-            step=self.step, online=self.online.model, polyak=self.polyak.model,
-            lagged=self.lagged.model, snapshot=self.copies.snapshot, optimizer=self.optimizer)
-        # checkpoint_dir / logs_dir name the workdir's own (maybe remote) directories in messages;
-        # TensorFlow only ever sees the local ones.
-        self.checkpoint_dir = fs.join(self.workdir, "checkpoints")
-        self.logs_dir = fs.join(self.workdir, "logs")
-        self.remote = fs.is_remote(self.workdir)
-        if self.remote:
-            if staging_dir is None:
-                base = fs.staging_root()
-                os.makedirs(base, exist_ok=True)
-                staging_dir = tempfile.mkdtemp(prefix="train-", dir=base)
-                weakref.finalize(self, shutil.rmtree, staging_dir, True)
-            self.local_checkpoint_dir = os.path.join(staging_dir, "checkpoints")
-            self.local_logs_dir = os.path.join(staging_dir, "logs")
-            self._pushed_logs: dict[str, int] = {}
-        else:
-            self.local_checkpoint_dir, self.local_logs_dir = self.checkpoint_dir, self.logs_dir
-        input_subdir = f"input-{input_key}"
-        if self.remote:  # before the managers exist: they read the index when built
-            _pull_newest(self.checkpoint_dir, self.local_checkpoint_dir, input_subdir)
-        # Only the chief manages the checkpoints; the other workers restore the chief's.
-        self.manager = None if not self.chief else tf.train.CheckpointManager(
-            self.checkpoint, self.local_checkpoint_dir, max_to_keep=cfg.keep_checkpoints,
-            checkpoint_name="ckpt")
-        # Built once the newest checkpoint is known: its step may seed the stream.
-        if expanded is not None:
-            input_dataset = data.from_files(
-                expanded, self.spec, batch_size, training=True,
-                seed=_input_seed(cfg, self._latest_checkpoint()),
-                shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad,
-                shard=shard)
-        self.input_dataset = input_dataset
-        self.iterator = iter(input_dataset)
-        # The input position is only meaningful for the same shards and input settings, so it is
-        # kept apart, under a name derived from them: a new epoch's data starts from its beginning
-        # while a killed run over the same data resumes at the very batch it stopped at.
-        self.input_manager = None
-        if cfg.checkpoint_input:
-            self.input_manager = tf.train.CheckpointManager(
-                tf.train.Checkpoint(input=self.iterator),
-                os.path.join(self.local_checkpoint_dir, input_subdir) if self.remote
-                else fs.join(self.checkpoint_dir, input_subdir),
-                max_to_keep=cfg.keep_checkpoints, checkpoint_name="input")
-        self.train_step = tf.function(self._train_step if distribution is None
-                                      else self._distributed_step)
-        if distribution is not None:
-            self._gather = tf.function(self._gather_fn)
+    def _worker_part(self) -> tuple[int, tuple | None]:
+        """This worker's batch size and (shard, shards) of the data. Under a strategy each
+        worker builds its own pipeline over its part rather than use tf.distribute's
+        distributed datasets, whose iterators cannot be checkpointed: so every worker's input
+        position resumes as one process's does."""
+        d = self.distribution
+        if d is None:
+            return self.config.train.batch_size, None
+        return (_worker_batch_size(self.config.train.batch_size, d),
+                (d.worker, d.workers) if d.workers > 1 else None)
 
     # -- one gradient step
 
@@ -339,131 +310,24 @@ class Trainer:
             starts = sorted({int(v) for v in seen[:, 0]})
             untils = sorted({int(v) for v in seen[:, 1]})
             if len(starts) > 1:
-                raise UserError(f"{self.checkpoint_dir}: workers resumed at different steps "
+                raise UserError(f"{self.store.checkpoint_dir}: workers resumed at different steps "
                                 f"{starts}: every worker must reach the same --workdir (a shared "
                                 "file system or gs://)")
             raise UserError(f"workers train to different steps {untils}: give every worker the "
                             "same --until-step / --steps and config")
 
-    # -- checkpoints
-
-    def _latest_checkpoint(self) -> str | None:
-        """The newest checkpoint this run resumes from (workers other than the chief save
-        elsewhere: theirs is the chief's)."""
-        if self.chief:
-            return self.manager.latest_checkpoint
-        return tf.train.latest_checkpoint(self.local_checkpoint_dir)
+    # -- checkpoints (model.checkpoints keeps them)
 
     def restore(self) -> int:
         """Resume from the newest checkpoint, if any; returns the step reached."""
-        latest = self._latest_checkpoint()
-        if latest is None:
-            if fs.glob(fs.join(self.checkpoint_dir, "ckpt-*")):
-                raise UserError(f"{self.checkpoint_dir}: checkpoint files but no 'checkpoint' "
-                                "index (half-written?); move them away to start afresh")
-            return 0
-        # A remote checkpoint was downloaded with whatever files it had, so the local copy is
-        # checked and the remote name reported.
-        shown = self._shown(latest)
-        missing = [s for s in (".index",) if not fs.exists(latest + s)]
-        if missing or not fs.glob(latest + ".data-*"):
-            raise UserError(f"{shown}: checkpoint is missing or half-written (no "
-                            f"{'.index' if missing else '.data-*'} file)")
-        self._restore(self.checkpoint, latest, shown)
-        step = int(self.step.numpy())
-        if self.input_manager is not None:
-            input_ckpt = fs.join(self.input_manager.directory, f"input-{step}")
-            if fs.exists(input_ckpt + ".index"):
-                self._restore(self.input_manager.checkpoint, input_ckpt, self._shown(input_ckpt))
-        return step
-
-    def _shown(self, local_path: str) -> str:
-        if not self.remote:
-            return local_path
-        rel = os.path.relpath(local_path, self.local_checkpoint_dir).replace(os.sep, "/")
-        return fs.join(self.checkpoint_dir, rel)
-
-    @staticmethod
-    def _restore(checkpoint, path: str, shown: str | None = None) -> None:
-        try:
-            checkpoint.restore(path).assert_existing_objects_matched()
-        except (tf.errors.OpError, AssertionError, ValueError, IndexError) as exc:
-            reason = str(exc).strip().splitlines()[0][:300]
-            raise UserError(f"{shown or path}: cannot restore checkpoint ({reason})") from None
+        return self.store.restore()
 
     def save(self) -> str:
-        step = int(self.step.numpy())
-        if self.input_manager is not None:  # first: the main checkpoint's index commits both
-            self.input_manager.save(checkpoint_number=step)
-            if self.remote and not self.chief:
-                self._push_checkpoint(None, step)
+        barrier = None
         if self.distribution is not None:
-            # Every worker's input position is saved before the chief's index names the step.
-            self._gather(tf.constant([step], tf.int64))
-        if not self.chief:
-            # TensorFlow's multi-worker pattern: every worker saves (saving may need them all),
-            # the others than the chief into a directory of their own, removed at once.
-            scratch = tempfile.mkdtemp(prefix="qtopt-worker-checkpoint-")
-            try:
-                self.checkpoint.write(os.path.join(scratch, f"ckpt-{step}"))
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-            return self._shown(os.path.join(self.local_checkpoint_dir, f"ckpt-{step}"))
-        path = self.manager.save(checkpoint_number=step)
-        if self.remote:
-            self._push_checkpoint(path)
-            return self._shown(path)
-        return path
-
-    def _push_checkpoint(self, path: str | None, input_step: int | None = None) -> None:
-        """Copy the checkpoint just saved at local ``path`` to the remote workdir; with
-        ``path`` None, only the input position saved at ``input_step`` (a worker other than
-        the chief)."""
-        if path is None:
-            if input_step is None or self.input_manager is None:
-                return
-            managers = [self.input_manager]
-            uploads = sorted(glob.glob(os.path.join(self.input_manager.directory,
-                                                    f"input-{input_step}.*")))
-            uploads.append(os.path.join(self.input_manager.directory, "checkpoint"))
-            for local in uploads:
-                _upload(local, self._shown(local))
-            self._prune_remote(managers, ("input",))
-            return
-        managers = [self.manager] + ([self.input_manager] if self.input_manager else [])
-        # Files first, then the input index, then the main index: a copy cut short leaves the
-        # remote index naming the previous, complete checkpoint.
-        step = path.rsplit("-", 1)[-1]
-        uploads = sorted(glob.glob(path + ".*"))
-        if self.input_manager is not None:
-            uploads += sorted(glob.glob(os.path.join(self.input_manager.directory,
-                                                     f"input-{step}.*")))
-        uploads += [os.path.join(m.directory, "checkpoint") for m in reversed(managers)]
-        for local in uploads:
-            _upload(local, self._shown(local))
-        self._prune_remote(managers, ("ckpt", "input"))
-
-    def _prune_remote(self, managers, prefixes) -> None:
-        # Prune what the managers dropped, as TensorFlow does locally; the files of
-        # checkpoints still listed stay even where this run never downloaded them.
-        for m, prefix in zip(managers, prefixes):
-            keep = {os.path.basename(p) for p in m.checkpoints}
-            for remote in fs.glob(self._shown(os.path.join(m.directory, f"{prefix}-*"))):
-                if remote.rsplit("/", 1)[-1].split(".", 1)[0] not in keep:
-                    fs.remove(remote)
-
-    def _push_logs(self) -> None:
-        """Copy event files that grew since the last push (they are only ever appended to)."""
-        if not self.remote or not os.path.isdir(self.local_logs_dir):
-            return
-        for root, _, names in os.walk(self.local_logs_dir):
-            for name in sorted(names):
-                local = os.path.join(root, name)
-                n = os.path.getsize(local)
-                if self._pushed_logs.get(local) != n:
-                    rel = os.path.relpath(local, self.local_logs_dir).replace(os.sep, "/")
-                    _upload(local, fs.join(self.logs_dir, rel))
-                    self._pushed_logs[local] = n
+            def barrier(step):
+                self._gather(tf.constant([step], tf.int64))
+        return self.store.save(int(self.step.numpy()), barrier)
 
     def _damaged_input(self, step: int, exc) -> UserError:
         found = data.find_damaged(self.expanded) if self.expanded else None
@@ -526,7 +390,7 @@ class Trainer:
             return TrainResult(start, start, self.export_if_missing(), float("nan"), 0.0, until,
                                self._digest())
         step = start
-        writer = tf.summary.create_file_writer(self.local_logs_dir) if self.chief else \
+        writer = tf.summary.create_file_writer(self.store.local_logs_dir) if self.chief else \
             tf.summary.create_noop_writer()
         bar = StepProgress(start, until) if progress and until > start else None
         loss, t0, last_log, last_log_time = float("nan"), time.perf_counter(), step, None
@@ -541,10 +405,10 @@ class Trainer:
                 raise self._damaged_input(step + 1, exc) from None
             out = self.train_step(inputs, target)
             if not bool(out["finite"]):
-                latest = self._latest_checkpoint()
+                latest = self.store.latest()
                 raise NonFiniteLoss(
                     f"non-finite loss at step {step + 1}: training stopped; newest checkpoint "
-                    f"{self._shown(latest) if latest else '(none)'} left as it was")
+                    f"{self.store.shown(latest) if latest else '(none)'} left as it was")
             step += 1
             self.copies.after_step(step)
             loss = float(out["loss"])
@@ -564,16 +428,16 @@ class Trainer:
             if step % cfg.checkpoint_every == 0:
                 self.save()
                 last_saved = step
-                if self.remote:
+                if self.store.remote:
                     writer.flush()
-                    self._push_logs()
+                    self.store.push_logs()
             if bar is not None:
                 bar.update(step, loss, float(out["mean_q"]))
         writer.flush()
         elapsed = time.perf_counter() - t0
         if step != last_saved:
             self.save()
-        self._push_logs()
+        self.store.push_logs()
         export_path = self.export()
         return TrainResult(step, start, export_path, loss,
                            (step - start) / elapsed if step > start else 0.0, until,
@@ -600,41 +464,6 @@ def _worker_batch_size(batch_size: int, distribution) -> int:
                         f"the {replicas} replicas ({distribution.describe()}); make it a "
                         f"multiple of {replicas}")
     return batch_size // replicas * distribution.local_replicas
-
-
-def _pull_newest(remote_dir: str, local_dir: str, input_subdir: str) -> None:
-    """Download the checkpoint the remote index names (and its input position) into
-    ``local_dir``, with the indexes; files missing remotely stay missing, for ``restore``."""
-    shutil.rmtree(local_dir, ignore_errors=True)
-    os.makedirs(local_dir)
-    index = fs.join(remote_dir, "checkpoint")
-    if not fs.exists(index):
-        return
-    _download(index, os.path.join(local_dir, "checkpoint"))
-    state = tf.train.get_checkpoint_state(local_dir)
-    if state is None or not state.model_checkpoint_path:
-        return
-    name = state.model_checkpoint_path.replace("\\", "/").rsplit("/", 1)[-1]
-    for remote in fs.glob(fs.join(remote_dir, name + ".*")):
-        _download(remote, os.path.join(local_dir, remote.rsplit("/", 1)[-1]))
-    input_remote = fs.join(remote_dir, input_subdir)
-    if fs.exists(fs.join(input_remote, "checkpoint")):
-        input_local = os.path.join(local_dir, input_subdir)
-        os.makedirs(input_local)
-        _download(fs.join(input_remote, "checkpoint"), os.path.join(input_local, "checkpoint"))
-        step = name.rsplit("-", 1)[-1]
-        for remote in fs.glob(fs.join(input_remote, f"input-{step}.*")):
-            _download(remote, os.path.join(input_local, remote.rsplit("/", 1)[-1]))
-
-
-def _download(remote: str, local: str) -> None:
-    with fs.open_file(remote, "rb") as src, open(local, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 22)
-
-
-def _upload(local: str, remote: str) -> None:
-    with open(local, "rb") as src, fs.atomic_write(remote, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 22)
 
 
 def _fingerprint(expanded, cfg, part=None) -> str:
