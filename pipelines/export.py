@@ -26,16 +26,14 @@ import importlib
 import json
 import os
 
-from schemas import fs
+from schemas import fs, mdp
 from schemas.errors import RecordError, UserError
-from schemas.specs import ACTION_LAYOUT
 from pipelines import dataset, records, runner
 from pipelines.jobs import JobResult
 
 NAMESPACE = "qtopt.export"
 FORMAT = "qtopt-export/1"
 FORMATS = {"rlds": "pipelines.export_rlds", "lerobot": "pipelines.export_lerobot"}
-TERMINATE = ACTION_LAYOUT.index("terminate")
 ENDED_BY_TERMINATION, ENDED_BY_STEP_LIMIT = "termination", "step_limit"
 # The options that belong to one format: giving one to the other is an error, not ignored.
 OPTIONS_OF = {"num_shards": "rlds", "episodes_per_file": "lerobot", "fps": "lerobot",
@@ -45,7 +43,7 @@ OPTIONS_OF = {"num_shards": "rlds", "episodes_per_file": "lerobot", "fps": "lero
 def ended_by(episode: dict) -> str:
     """``"termination"`` when the episode's last action terminated it, else ``"step_limit"``."""
     n = int(episode["num_steps"])
-    if n > 0 and float(episode["action"][n - 1][TERMINATE]) > 0.5:
+    if n > 0 and float(episode["action"][n - 1][mdp.TERMINATE]) > 0.5:
         return ENDED_BY_TERMINATION
     return ENDED_BY_STEP_LIMIT
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas import fs
+from schemas import fs, mdp
 from schemas.errors import UserError
 
 
@@ -49,10 +49,11 @@ def frames(episode: dict, scale: int) -> list[np.ndarray]:
         caption = [(f"{episode['episode_id']}  step {t}/{n}  {closed}  "
                     f"h={episode['observation/height'][t]:.3f}", (255, 255, 255))]
         if t < n:
-            grip = "close" if a[5] > 0.5 else ("open" if a[6] > 0.5 else "-")
-            caption.append((f"t=({a[0]:+.2f},{a[1]:+.2f},{a[2]:+.2f}) g={grip}"
-                            f"{' END' if a[7] > 0.5 else ''} r={episode['reward'][t]:+.2f}",
-                            (200, 200, 120)))
+            grip = ("close" if a[mdp.CLOSE] > 0.5 else
+                    "open" if a[mdp.OPEN] > 0.5 else "-")
+            end = " END" if a[mdp.TERMINATE] > 0.5 else ""
+            caption.append((f"t=({a[0]:+.2f},{a[1]:+.2f},{a[2]:+.2f}) g={grip}{end} "
+                            f"r={episode['reward'][t]:+.2f}", (200, 200, 120)))
         else:
             ok = bool(episode["success"])
             caption.append(("SUCCESS" if ok else "failure",

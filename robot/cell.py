@@ -119,7 +119,7 @@ class SimCell(Robot):
                                                  float(command.translation[2]))
         else:
             terminate = command.terminate
-        recorded[7] = float(terminate)
+        recorded[mdp.TERMINATE] = float(terminate)
         self._move(command)
         self.arm.follow(self._p, self.gripper.body)
         self._steps += 1

@@ -14,17 +14,29 @@ import numpy as np
 
 from schemas.config import RobotConfig
 from schemas.errors import UserError
-from schemas.specs import ACTION_DIM
+from schemas.specs import ACTION_DIM, ACTION_LAYOUT, EPISODE, STATE_SCALARS
 
+# The observation's keys: the episode spec's step fields (``schemas.specs``), by name.
 IMAGE = "observation/image"
-GRIPPER_CLOSED = "observation/gripper_closed"
-GRIPPER_OPENING = "observation/gripper_opening"
-HEIGHT = "observation/height"
+GRIPPER_CLOSED = f"observation/{STATE_SCALARS[0]}"
+GRIPPER_OPENING = f"observation/{STATE_SCALARS[1]}"
+HEIGHT = f"observation/{STATE_SCALARS[2]}"
 OBSERVATION_KEYS = (IMAGE, GRIPPER_CLOSED, GRIPPER_OPENING, HEIGHT)
+assert set(OBSERVATION_KEYS) == {f.name for f in EPISODE.step_fields
+                                 if f.name.startswith("observation/")}
 # The gripper's widest opening between the finger pads and about its start height (metres):
 # the ranges the network scales the state scalars by (``model.network.STATE_RANGES``).
 MAX_OPENING = 0.088
 HEIGHT_RANGE = 0.25
+
+# Where each part of the action lies, by the spec's names (appendix D.2).
+TRANSLATION = slice(ACTION_LAYOUT.index("translation_x"), ACTION_LAYOUT.index("translation_z") + 1)
+ROTATION = slice(ACTION_LAYOUT.index("rotation_sin"), ACTION_LAYOUT.index("rotation_cos") + 1)
+CLOSE, OPEN = ACTION_LAYOUT.index("gripper_close"), ACTION_LAYOUT.index("gripper_open")
+TERMINATE = ACTION_LAYOUT.index("terminate")
+# What CEM treats as a Gaussian (translation and rotation), the gripper pair.
+CONTINUOUS = tuple(range(TRANSLATION.start, ROTATION.stop))
+GRIPPER = (CLOSE, OPEN)
 
 # Algorithm 2: the heuristic ends the episode once a closed gripper is above this height (metres
 # above the tray floor) and still being commanded upwards.
@@ -51,15 +63,15 @@ def zero_action() -> np.ndarray:
 def make_action(translation=(0.0, 0.0, 0.0), yaw: float = 0.0, gripper: str | None = None,
                 terminate: bool = False) -> np.ndarray:
     a = zero_action()
-    a[:3] = translation
-    a[3:5] = (math.sin(yaw), math.cos(yaw))
+    a[TRANSLATION] = translation
+    a[ROTATION] = (math.sin(yaw), math.cos(yaw))
     if gripper == "close":
-        a[5] = 1.0
+        a[CLOSE] = 1.0
     elif gripper == "open":
-        a[6] = 1.0
+        a[OPEN] = 1.0
     elif gripper is not None:
         raise ValueError(f"gripper must be 'close', 'open' or None, got {gripper!r}")
-    a[7] = float(terminate)
+    a[TERMINATE] = float(terminate)
     return a
 
 
@@ -85,21 +97,22 @@ def gripper_or_move(action, gripper_closed: bool) -> np.ndarray:
     a = check_action(action).copy()
     gripper = decode_action(a).gripper
     if gripper is not None and (gripper == "close") != bool(gripper_closed):
-        a[:5] = (0.0, 0.0, 0.0, 0.0, 1.0)
+        a[TRANSLATION] = 0.0
+        a[ROTATION] = (0.0, 1.0)
     elif gripper is not None:
-        a[5:7] = 0.0
+        a[[CLOSE, OPEN]] = 0.0
     return a
 
 
 def decode_action(action) -> Command:
     a = check_action(action)
-    sin, cos = float(a[3]), float(a[4])
+    sin, cos = (float(v) for v in a[ROTATION])
     # (0, 0) encodes no rotation, as does the zero action of a record's last step.
     yaw = math.atan2(sin, cos) if (sin != 0.0 or cos != 0.0) else 0.0
     gripper = None
-    if a[5] > 0.5 or a[6] > 0.5:
-        gripper = "close" if a[5] >= a[6] else "open"
-    return Command(a[:3].astype(np.float64), yaw, gripper, bool(a[7] > 0.5))
+    if a[CLOSE] > 0.5 or a[OPEN] > 0.5:
+        gripper = "close" if a[CLOSE] >= a[OPEN] else "open"
+    return Command(a[TRANSLATION].astype(np.float64), yaw, gripper, bool(a[TERMINATE] > 0.5))
 
 
 def scripted_termination(gripper_closed: bool, height: float, translation_z: float) -> bool:
@@ -119,12 +132,6 @@ def step_reward(done: bool, success: bool, step_penalty: float) -> float:
 # one-hot, or both 0 for "no gripper command". The per-step limits come from
 # ``RobotConfig.max_translation``/``max_rotation``, which the cell clips to; CEM clips its samples
 # to the same bounds, and an export records the bounds it was trained with.
-
-# Dimensions CEM treats as a Gaussian, the gripper pair, and the terminate bit.
-CONTINUOUS = (0, 1, 2, 3, 4)
-GRIPPER = (5, 6)          # (close, open)
-TERMINATE = 7
-
 
 def action_bounds(max_translation: float | None = None, max_rotation: float | None = None):
     """(low, high) float32[8] for the robot's per-step limits (RobotConfig defaults if None)."""
