@@ -59,7 +59,8 @@ def bench_shard(root: str, files: list[str], workers: int) -> dict:
     size_mb = sum(os.path.getsize(f) for f in files) / 1e6
     out = os.path.join(root, "transitions")
     t0 = time.perf_counter()
-    shard.execute(_local_options(workers), [(None, f) for f in files], out, 4, 0, {})
+    shard.execute(_local_options(workers, shard.LOCAL_MODE), [(None, f) for f in files], out, 4,
+                  0, {})
     shard_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()

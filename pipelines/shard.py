@@ -31,10 +31,13 @@ from typing import Iterable
 
 from schemas import cells as cell_rules, codec, fs
 from schemas.errors import RecordError, UserError
-from schemas.specs import STATE_SCALARS
+from schemas.specs import SCHEMA_VERSION, STATE_SCALARS, TRANSITION
 from pipelines import dataset, records, runner
 
 NAMESPACE = "qtopt.shard"
+# Locally one process: Beam's worker-process and worker-thread modes lost transitions in
+# measured runs (docs/pipelines.md, "Runners and options").
+LOCAL_MODE = "in_memory"
 _SOURCE_PREFIX = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
 
 
@@ -190,6 +193,40 @@ def episode_transitions(episode: dict, source: str | None = None) -> list[dict]:
     return out
 
 
+_OBSERVATION = ("image",) + STATE_SCALARS
+
+
+def encoded_transitions(episode: dict, source: str | None = None) -> list[bytes]:
+    """``codec.encode`` of each of ``episode_transitions(episode, source)``, byte for byte, from
+    an episode ``codec.decode`` has validated: each step's values become Features once, shared
+    by the two transitions that hold the step, instead of every transition being built,
+    validated and encoded value by value."""
+    fields = {f.name: f for f in TRANSITION.fields}
+
+    def feature(name, value):
+        return codec.feature(fields[name], value)
+
+    n = int(episode["num_steps"])
+    header = {"schema_version": feature("schema_version", SCHEMA_VERSION),
+              "kind": feature("kind", TRANSITION.kind),
+              "image_shape": feature("image_shape", episode["image_shape"]),
+              "episode_id": feature("episode_id", episode["episode_id"]),
+              "source": feature("source", source or episode["source"])}
+    observations = [{name: feature(f"observation/{name}", episode[f"observation/{name}"][t])
+                     for name in _OBSERVATION} for t in range(n + 1)]
+    out = []
+    for t in range(n):
+        features = dict(header, step=feature("step", t),
+                        action=feature("action", episode["action"][t]),
+                        reward=feature("reward", episode["reward"][t]),
+                        is_terminal=feature("is_terminal", bool(episode["is_terminal"][t + 1])))
+        for name in _OBSERVATION:
+            features[f"observation/{name}"] = observations[t][name]
+            features[f"next_observation/{name}"] = observations[t + 1][name]
+        out.append(codec.example_bytes(features))
+    return out
+
+
 def _beam_parts():
     """The DoFns, built on first use so ``qtopt shard --help`` does not import Beam."""
     import apache_beam as beam
@@ -243,10 +280,10 @@ def _beam_parts():
             self.transitions = Metrics.counter(NAMESPACE, "transitions")
 
         def process(self, episode):
-            for rec in episode_transitions(episode):
-                key = shuffle_key(self.seed, rec["episode_id"], rec["step"])
+            for step, data in enumerate(encoded_transitions(episode)):
+                key = shuffle_key(self.seed, episode["episode_id"], step)
                 self.transitions.inc()
-                yield shard_of(key, self.num_shards), (key, codec.encode(rec))
+                yield shard_of(key, self.num_shards), (key, data)
 
     class WriteShard(beam.DoFn):
         """(shard, [(key, bytes)]) -> the shard file in staging, sorted by key."""
@@ -271,7 +308,8 @@ def _write_shard(staging: str, name: str, rows: list) -> dict:
     from schemas.tfrecord_io import RecordWriter
 
     path = fs.join(staging, name)
-    with RecordWriter(path) as w:
+    # ISA-L's gzip: zlib spent most of the job's time compressing (reproductions/README.md).
+    with RecordWriter(path, fast=True) as w:
         for _key, data in rows:
             w.write(data)
     return {"name": name, "records": len(rows), "bytes": fs.size(path)}
@@ -456,7 +494,8 @@ def run(args: argparse.Namespace) -> int:
     files = expand_inputs(inputs)
     cell_rules.one_cell(first_cells(files), f"shard {args.output}")
     out = args.output.rstrip("/")
-    options = runner.pipeline_options(args.beam_args, cfg.direct_num_workers, "qtopt-shard")
+    options = runner.pipeline_options(args.beam_args, cfg.direct_num_workers, "qtopt-shard",
+                                      LOCAL_MODE)
     return execute(options, files, out, num_shards, seed,
                    {"inputs": [{"source": s, "glob": g} for s, g in inputs],
                     "input_files": len(files), "created_by": "qtopt shard"},
