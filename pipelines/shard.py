@@ -349,18 +349,21 @@ def _write_catalogue(rows: list, staging: str) -> dict:
 
 def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
           num_shards: int, seed: int, manifest_extra: dict, mark_progress: bool = False,
-          expected: dict | None = None, drop_duplicates: bool = False):
+          expected: dict | None = None, drop_duplicates: bool = False,
+          one_process: bool = False):
     """Add the shard job to ``pipeline``: files -> staged shards -> commit (manifest last).
 
     ``expected``: {file: episodes it holds} where known (``expected_counts``). An episode id
     read twice refuses the job, or with ``drop_duplicates`` keeps the copy read first (by
-    file name and record index)."""
+    file name and record index). ``one_process``: the runner has no workers to spread the
+    files over (local ``in_memory``), so they are not redistributed."""
     beam, ReadEpisodes, ToTransitions, WriteShard = _beam_parts()
     from schemas.catalogue import catalogue_row
 
     staging = dataset.staging_dir(out, run_id)
     read = (pipeline
-            | "Files" >> beam.Create(files)  # Create redistributes its elements itself
+            # Create redistributes its elements itself (a grouping: one more stage) unless told.
+            | "Files" >> beam.Create(files, reshuffle=not one_process)
             | "Read episodes" >> beam.ParDo(ReadEpisodes(out, run_id, mark_progress,
                                                          dict(expected or {})))
             .with_outputs("dead", "cells", "ids", "counted", main="episodes"))
@@ -515,7 +518,8 @@ def execute(options, files, out, num_shards, seed, manifest_extra, expected=None
     local = runner.is_local(options)
     pipeline = runner.new_pipeline(options)
     build(pipeline, files, out, run_id, num_shards, seed, manifest_extra, mark_progress=local,
-          expected=expected, drop_duplicates=drop_duplicates)
+          expected=expected, drop_duplicates=drop_duplicates,
+          one_process=local and runner.running_mode(options) == "in_memory")
 
     seen: dict = {}
 
