@@ -390,8 +390,8 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
               | "Write shards" >> beam.ParDo(WriteShard(out, run_id, num_shards, mark_progress)))
 
     # Each episode's catalogue row and image shape go to commit as one side input, which writes
-    # the catalogue: no stage of their own (each local stage costs Beam a fixed tenth of a
-    # second or so, a sizeable share of a small job).
+    # the catalogue: no stages of their own (a stage's fixed costs in Beam, DoFn set-up and a
+    # sampler thread per bundle, are a sizeable share of a small job).
     rows = (episodes
             | "Catalogue rows" >> beam.Map(
                 lambda e: (catalogue_row(e), tuple(int(v) for v in e["image_shape"]))))

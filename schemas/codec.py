@@ -117,6 +117,7 @@ def validate(record: Mapping[str, Any]) -> dict:
         out.update(_check_steps(spec, record, out, image_shape))
     return out
 
+
 _STEP_DTYPES = {"image": np.uint8, "float32": np.float32, "int64": np.int64, "bool": bool}
 
 

@@ -31,7 +31,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # CPU time on image records (gzip.GzipFile would use 9). Fixed, so bytes stay deterministic.
 COMPRESS_LEVEL = 6
 # ``RecordWriter(fast=True)``: ISA-L's deflate at its best level, a quarter to a seventh of
-# zlib-6's CPU time on image records for files about a fifth larger (reproductions/README.md).
+# zlib-6's CPU time on image records for files about a quarter larger (reproductions/README.md).
 FAST_COMPRESS_LEVEL = 3
 
 
