@@ -29,6 +29,8 @@ setup(
         "tensorflow>=2.17,<2.22; sys_platform != 'linux' or platform_machine != 'x86_64'",
         "tfrecord>=1.14,<2",
         "crc32c>=2.3",
+        # ISA-L's gzip: every reader decompresses with it, `qtopt shard` also compresses with it.
+        "isal>=1.6,<2",
         "protobuf>=4.25,<7",
         "pyarrow>=15",
         "gcsfs>=2024.6",

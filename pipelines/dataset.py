@@ -228,7 +228,7 @@ def raise_refusal(out: str, run_id: str) -> None:
 
 def mark_progress(out: str, run_id: str, stage: str, key: str, count: int = 1) -> None:
     """Leave a marker the launcher's progress line counts; markers go with the staging dir."""
-    fs.write_bytes(fs.join(out, STAGING, run_id, PROGRESS, stage, f"{key}={count}"), b"")
+    fs.touch(fs.join(out, STAGING, run_id, PROGRESS, stage, f"{key}={count}"))
 
 
 def progress_counts(out: str, run_id: str, seen: dict | None = None) -> dict:

@@ -249,6 +249,15 @@ def describe_dry_run(pipeline, result) -> dict:
     return info
 
 
+def running_mode(options) -> str | None:
+    """The local FnApiRunner's ``direct_running_mode``, or None off this machine."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    if runner_name(options) not in _DIRECT_ALIASES:
+        return None
+    return options.view_as(DirectOptions).direct_running_mode
+
+
 def threads_per_worker(options) -> int | None:
     """Cores per local worker process (for TensorFlow's thread pools), or None off this machine.
 

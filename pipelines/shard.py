@@ -25,14 +25,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 
 from schemas import cells as cell_rules, codec, fs
 from schemas.errors import RecordError, UserError
-from schemas.specs import STATE_SCALARS
+from schemas.specs import SCHEMA_VERSION, STATE_SCALARS, TRANSITION
 from pipelines import dataset, jobs, records, runner
 from pipelines import episodes as episode_inputs
 
 NAMESPACE = "qtopt.shard"
+# Locally one process: Beam's worker-process and worker-thread modes lost transitions in
+# measured runs (docs/pipelines.md, "Runners and options").
+LOCAL_MODE = "in_memory"
 
 
 # ----------------------------------------------------------------------------------- launcher
@@ -84,6 +88,40 @@ def episode_transitions(episode: dict, source: str | None = None) -> list[dict]:
             **{f"{prefix}/{name}": episode[f"observation/{name}"][t + dt]
                for prefix, dt in (("observation", 0), ("next_observation", 1))
                for name in ("image",) + STATE_SCALARS}))
+    return out
+
+
+_OBSERVATION = ("image",) + STATE_SCALARS
+
+
+def encoded_transitions(episode: dict, source: str | None = None) -> list[bytes]:
+    """``codec.encode`` of each of ``episode_transitions(episode, source)``, byte for byte, from
+    an episode ``codec.decode`` has validated: each step's values become Features once, shared
+    by the two transitions that hold the step, instead of every transition being built,
+    validated and encoded value by value."""
+    fields = {f.name: f for f in TRANSITION.fields}
+
+    def feature(name, value):
+        return codec.feature(fields[name], value)
+
+    n = int(episode["num_steps"])
+    header = {"schema_version": feature("schema_version", SCHEMA_VERSION),
+              "kind": feature("kind", TRANSITION.kind),
+              "image_shape": feature("image_shape", episode["image_shape"]),
+              "episode_id": feature("episode_id", episode["episode_id"]),
+              "source": feature("source", source or episode["source"])}
+    observations = [{name: feature(f"observation/{name}", episode[f"observation/{name}"][t])
+                     for name in _OBSERVATION} for t in range(n + 1)]
+    out = []
+    for t in range(n):
+        features = dict(header, step=feature("step", t),
+                        action=feature("action", episode["action"][t]),
+                        reward=feature("reward", episode["reward"][t]),
+                        is_terminal=feature("is_terminal", bool(episode["is_terminal"][t + 1])))
+        for name in _OBSERVATION:
+            features[f"observation/{name}"] = observations[t][name]
+            features[f"next_observation/{name}"] = observations[t + 1][name]
+        out.append(codec.example_bytes(features))
     return out
 
 
@@ -140,21 +178,26 @@ def _beam_parts():
             self.transitions = Metrics.counter(NAMESPACE, "transitions")
 
         def process(self, episode):
-            for rec in episode_transitions(episode):
-                key = shuffle_key(self.seed, rec["episode_id"], rec["step"])
+            # One element per shard the episode reaches instead of one per transition: fewer
+            # for Beam to carry through the grouping (a third as many at 10 steps, 4 shards).
+            by_shard: dict = {}
+            for step, data in enumerate(encoded_transitions(episode)):
+                key = shuffle_key(self.seed, episode["episode_id"], step)
+                by_shard.setdefault(shard_of(key, self.num_shards), []).append((key, data))
                 self.transitions.inc()
-                yield shard_of(key, self.num_shards), (key, codec.encode(rec))
+            yield from by_shard.items()
 
     class WriteShard(beam.DoFn):
-        """(shard, [(key, bytes)]) -> the shard file in staging, sorted by key."""
+        """(shard, [[(key, bytes), ...], ...]) -> the shard file in staging, sorted by key."""
 
         def __init__(self, out, run_id, num_shards, mark):
             self.out, self.run_id, self.num_shards, self.mark = out, run_id, num_shards, mark
 
         def process(self, item):
-            index, values = item
+            index, batches = item
             info = _write_shard(dataset.staging_dir(self.out, self.run_id),
-                                dataset.shard_name(index, self.num_shards), sorted(values))
+                                dataset.shard_name(index, self.num_shards),
+                                sorted(itertools.chain.from_iterable(batches)))
             if self.mark:
                 dataset.mark_progress(self.out, self.run_id, "write", info["name"],
                                       info["records"])
@@ -168,7 +211,8 @@ def _write_shard(staging: str, name: str, rows: list) -> dict:
     from schemas.tfrecord_io import RecordWriter
 
     path = fs.join(staging, name)
-    with RecordWriter(path) as w:
+    # ISA-L's gzip: zlib spent most of the job's time compressing (reproductions/README.md).
+    with RecordWriter(path, fast=True) as w:
         for _key, data in rows:
             w.write(data)
     return {"name": name, "records": len(rows), "bytes": fs.size(path)}
@@ -202,18 +246,21 @@ def _write_catalogue(rows: list, staging: str) -> dict:
 
 def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
           num_shards: int, seed: int, manifest_extra: dict, mark_progress: bool = False,
-          expected: dict | None = None, drop_duplicates: bool = False):
+          expected: dict | None = None, drop_duplicates: bool = False,
+          one_process: bool = False):
     """Add the shard job to ``pipeline``: files -> staged shards -> commit (manifest last).
 
     ``expected``: {file: episodes it holds} where known (``expected_counts``). An episode id
     read twice refuses the job, or with ``drop_duplicates`` keeps the copy read first (by
-    file name and record index)."""
+    file name and record index). ``one_process``: the runner has no workers to spread the
+    files over (local ``in_memory``), so they are not redistributed."""
     beam, ReadEpisodes, ToTransitions, WriteShard = _beam_parts()
     from schemas.catalogue import catalogue_row
 
     staging = dataset.staging_dir(out, run_id)
     read = (pipeline
-            | "Files" >> beam.Create(files)  # Create redistributes its elements itself
+            # Create redistributes its elements itself (a grouping: one more stage) unless told.
+            | "Files" >> beam.Create(files, reshuffle=not one_process)
             | "Read episodes" >> beam.ParDo(ReadEpisodes(out, run_id, mark_progress,
                                                          dict(expected or {})))
             .with_outputs("dead", "cells", "ids", "counted", main="episodes"))
@@ -239,15 +286,14 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
               | "Group by shard" >> beam.GroupByKey()
               | "Write shards" >> beam.ParDo(WriteShard(out, run_id, num_shards, mark_progress)))
 
-    catalogue = (episodes
-                 | "Catalogue rows" >> beam.Map(catalogue_row)
-                 | "All rows" >> beam.combiners.ToList()
-                 | "Write catalogue" >> beam.Map(_write_catalogue, staging))
-    shapes = (episodes
-              | "Image shapes" >> beam.Map(lambda e: tuple(int(v) for v in e["image_shape"]))
-              | "Distinct shapes" >> beam.Distinct())
+    # Each episode's catalogue row and image shape go to commit as one side input, which writes
+    # the catalogue: no stages of their own (a stage's fixed costs in Beam, DoFn set-up and a
+    # sampler thread per bundle, are a sizeable share of a small job).
+    rows = (episodes
+            | "Catalogue rows" >> beam.Map(
+                lambda e: (catalogue_row(e), tuple(int(v) for v in e["image_shape"]))))
 
-    def commit(_, infos, cat, letters, image_shapes, cells, ids, counted):
+    def commit(_, infos, rows, letters, cells, ids, counted):
         found: dict = {}
         for cell, path in sorted(cells):
             found.setdefault(cell, path)
@@ -261,7 +307,8 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
         dropped = sum(len(w) - 1 for w in dups.values())
         infos = sorted(list(infos) + _write_empty_shards(infos, staging, num_shards),
                        key=lambda i: i["name"])
-        cat = cat[0]
+        cat = _write_catalogue([row for row, _shape in rows], staging)
+        image_shapes = {shape for _row, shape in rows}
         # Two branches of the job counted the same episodes; if they disagree, the runner lost
         # or repeated data and nothing is published.
         written = sum(i["records"] for i in infos)
@@ -297,9 +344,8 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
     AsList = beam.pvalue.AsList  # noqa: N806
     return (pipeline
             | "Commit trigger" >> beam.Create([None])
-            | "Commit" >> beam.Map(commit, AsList(shards), AsList(catalogue), AsList(read.dead),
-                                   AsList(shapes), AsList(read.cells), AsList(read.ids),
-                                   AsList(read.counted)))
+            | "Commit" >> beam.Map(commit, AsList(shards), AsList(rows), AsList(read.dead),
+                                   AsList(read.cells), AsList(read.ids), AsList(read.counted)))
 
 
 # ------------------------------------------------------------------------------------ command
@@ -338,7 +384,8 @@ def shard(cfg, inputs: list[str], out: str, *, num_shards: int | None = None,
     files = episode_inputs.expand_inputs(parsed)
     cell_rules.one_cell(episode_inputs.first_cells(files), f"shard {out}")
     out = out.rstrip("/")
-    options = runner.pipeline_options(list(beam_args), pcfg.direct_num_workers, "qtopt-shard")
+    options = runner.pipeline_options(list(beam_args), pcfg.direct_num_workers, "qtopt-shard",
+                                      LOCAL_MODE)
     return execute(options, files, out, num_shards, seed,
                    {"inputs": [{"source": s, "glob": g} for s, g in parsed],
                     "input_files": len(files), "created_by": "qtopt shard"},
@@ -361,7 +408,8 @@ def execute(options, files, out, num_shards, seed, manifest_extra, expected=None
     local = runner.is_local(options)
     pipeline = runner.new_pipeline(options)
     build(pipeline, files, out, run_id, num_shards, seed, manifest_extra, mark_progress=local,
-          expected=expected, drop_duplicates=drop_duplicates)
+          expected=expected, drop_duplicates=drop_duplicates,
+          one_process=local and runner.running_mode(options) == "in_memory")
 
     seen: dict = {}
 

@@ -7,6 +7,7 @@ A record in memory is a flat dict keyed by field name. Scalars are numpy scalars
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Mapping
 
 import numpy as np
@@ -117,6 +118,23 @@ def validate(record: Mapping[str, Any]) -> dict:
     return out
 
 
+_STEP_DTYPES = {"image": np.uint8, "float32": np.float32, "int64": np.int64, "bool": bool}
+
+
+def _checked_steps(f: Field, values: Any, n: int, image_shape: tuple) -> np.ndarray | None:
+    """``values`` when it is already the array the step-by-step check would build (a decoded or
+    validated episode's), checked as a whole; None when it is not, or fails a check, so that the
+    step-by-step check runs and names the step at fault."""
+    if not isinstance(values, np.ndarray) or values.dtype != _STEP_DTYPES[f.dtype]:
+        return None
+    shape = tuple(image_shape) if f.dtype == "image" else f.shape
+    if f.variable or values.shape != (n,) + tuple(shape):
+        return None
+    if f.dtype == "float32" and not np.isfinite(values).all():
+        return None
+    return values
+
+
 def _check_steps(spec: RecordSpec, record: Mapping[str, Any], context: dict,
                  image_shape: tuple) -> dict:
     n = int(context["num_steps"]) + 1
@@ -125,10 +143,11 @@ def _check_steps(spec: RecordSpec, record: Mapping[str, Any], context: dict,
         values = record[f.name]
         if len(values) != n:
             raise RecordError(f"field {f.name!r}: {len(values)} steps, but num_steps + 1 = {n}")
-        checked = [_check_field(f, v, image_shape, f" at step {t}") for t, v in enumerate(values)]
-        dtype = {"image": np.uint8, "float32": np.float32, "int64": np.int64,
-                 "bool": bool}[f.dtype]
-        out[f.name] = np.asarray(checked, dtype=dtype)
+        checked = _checked_steps(f, values, n, image_shape)
+        if checked is None:  # not one array of every step already: check step by step
+            checked = np.asarray([_check_field(f, v, image_shape, f" at step {t}")
+                                  for t, v in enumerate(values)], dtype=_STEP_DTYPES[f.dtype])
+        out[f.name] = checked
     first, last = out["is_first"], out["is_last"]
     if not first[0] or first[1:].any():
         raise RecordError("field 'is_first': must be true at step 0 only")
@@ -174,6 +193,24 @@ def encode(record: Mapping[str, Any]) -> bytes:
     return msg.SerializeToString(deterministic=True)
 
 
+def feature(f: Field, value: Any):
+    """One field's value, already validated, as the tf.train.Feature ``encode`` stores."""
+    msg = pb.Feature()
+    _put(msg, f, value)
+    return msg
+
+
+def example_bytes(features: Mapping[str, Any]) -> bytes:
+    """The tf.Example of ready Features (``feature``) serialised as ``encode`` serialises it:
+    byte for byte what ``encode`` writes for a record whose fields give these Features. Lets a
+    caller that builds many records from shared values encode each value once."""
+    msg = pb.Example()
+    entries = msg.features.feature
+    for name, value in features.items():
+        entries[name].CopyFrom(value)
+    return msg.SerializeToString(deterministic=True)
+
+
 def new_record(kind: str, image_shape: tuple, **values) -> dict:
     """A record dict with the header filled in: ``new_record("transition", (64, 64, 3), ...)``."""
     return {"schema_version": SCHEMA_VERSION, "kind": kind, "image_shape": tuple(image_shape),
@@ -182,11 +219,14 @@ def new_record(kind: str, image_shape: tuple, **values) -> dict:
 
 # ------------------------------------------------------------------------------------ decoding
 
+_STORED_AS = {"image": "bytes_list", "string": "bytes_list", "bool": "int64_list",
+              "int64": "int64_list", "float32": "float_list"}
+
+
 def _take(feature, f: Field, image_shape: tuple, where: str) -> Any:
     label = f"field {f.name!r}{where}"
     kind = feature.WhichOneof("kind")
-    expected = {"image": "bytes_list", "string": "bytes_list", "bool": "int64_list",
-                "int64": "int64_list", "float32": "float_list"}[f.dtype]
+    expected = _STORED_AS[f.dtype]
     if kind != expected:
         raise RecordError(f"{label}: stored as {kind}, expected {expected}")
     values = getattr(feature, kind).value
@@ -214,6 +254,30 @@ def _take(feature, f: Field, image_shape: tuple, where: str) -> Any:
     if f.dtype == "bool":
         return bool(arr)
     return arr[()] if arr.ndim == 0 else arr
+
+
+def _take_steps(features, f: Field, image_shape: tuple) -> Any:
+    """A feature list's values, one entry per step: as one array when every step is stored as
+    expected (a few numpy calls for the whole list), else step by step, which names the step
+    at fault."""
+    n = len(features)
+    kind = _STORED_AS[f.dtype]
+    stored = [getattr(v, kind).value for v in features if v.WhichOneof("kind") == kind]
+    if n and len(stored) == n and f.dtype != "string" and not f.variable:
+        if f.dtype == "image":
+            size = int(np.prod(image_shape))
+            if all(len(v) == 1 and len(v[0]) == size for v in stored):
+                # A bytearray, so that the array is writable like the step-by-step one.
+                pixels = bytearray(b"".join(v[0] for v in stored))
+                return np.frombuffer(pixels, np.uint8).reshape((n,) + tuple(image_shape))
+        else:
+            size = f.size
+            if all(len(v) == size for v in stored):
+                dtype = np.float32 if f.dtype == "float32" else np.int64
+                arr = np.fromiter(itertools.chain.from_iterable(stored), dtype, count=n * size)
+                arr = arr.reshape((n,) + f.shape)
+                return arr != 0 if f.dtype == "bool" else arr
+    return [_take(v, f, image_shape, f" at step {t}") for t, v in enumerate(features)]
 
 
 def peek_kind(data: bytes) -> tuple[str, int]:
@@ -267,6 +331,5 @@ def decode(data: bytes, steps: bool = True) -> dict:
         return out
     if lists is not None:
         for f in spec.step_fields:
-            out[f.name] = [_take(v, f, image_shape, f" at step {t}")
-                           for t, v in enumerate(lists[f.name].feature)]
+            out[f.name] = _take_steps(lists[f.name].feature, f, image_shape)
     return validate(out)

@@ -172,6 +172,18 @@ def write_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 
+def touch(path: str) -> None:
+    """Create an empty file (and its directory): for markers whose name is the message, which
+    need neither the atomic rename nor the fsync of ``write_bytes``."""
+    if is_remote(path):
+        fs, p = filesystem(path)
+        fs.touch(p)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb"):
+        pass
+
+
 def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 

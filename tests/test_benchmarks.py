@@ -334,3 +334,16 @@ def test_train_speed_counts_flops_of_the_configured_network(capfd):
     assert line["flop_share"]["tower_convs"] > line["flop_share"]["dense"]
     assert 0 < line["utilisation"] == pytest.approx(line["achieved_gflops"]
                                                     / line["matmul_gflops"], abs=0.01)
+
+
+def test_pipelines_benchmark_shard_side_reports_its_ratio(tmp_path, capsys):
+    from benchmarks.pipelines import main
+    from pipelines_testlib import manifest
+
+    assert main(["--episodes", "6", "--image-size", "16", "--only", "shard",
+                 "--workdir", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # Seconds are printed to 0.01 s, and the tiny baseline takes a few hundredths.
+    assert out["shard_ratio"] == pytest.approx(out["baseline_s"] / out["shard_s"], rel=0.25)
+    assert out["shard_mb_per_s"] > 0 and "beam_per_s" not in out
+    assert manifest(tmp_path / "transitions")["counts"]["transitions"] == 6 * 10
