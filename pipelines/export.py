@@ -167,18 +167,11 @@ def read_episodes(pipeline, files: list[str], expected: dict):
 
         def process(self, path):
             n = dead = 0
-            for raw in records.read_counted(path, self.expected.get(path)):
-                if isinstance(raw, dict):
+            for episode, raw, letter in records.read_episodes(path, self.expected.get(path)):
+                if letter is not None:
                     self.dead.inc()
-                    dead += raw["records"]
-                    yield beam.pvalue.TaggedOutput("dead", raw)
-                    continue
-                try:
-                    episode = records.decode_as(raw, ("episode",))
-                except RecordError as exc:
-                    self.dead.inc()
-                    dead += 1
-                    yield beam.pvalue.TaggedOutput("dead", records.letter_from_error(exc, "decode"))
+                    dead += letter["records"]
+                    yield beam.pvalue.TaggedOutput("dead", letter)
                     continue
                 n += 1
                 self.episodes.inc()

@@ -103,3 +103,17 @@ def decode_as(raw: RawRecord, kinds: tuple) -> dict:
                           raw.path, raw.index, raw.offset)
     return record
 
+
+
+def read_episodes(path: str, expected: Optional[int] = None
+                  ) -> Iterator[tuple[Optional[dict], Optional[RawRecord], Optional[dict]]]:
+    """``read_counted`` decoded as episodes: ``(episode, raw, None)`` for each readable one,
+    ``(None, None, dead letter)`` where the file is damaged or a record is not an episode."""
+    for raw in read_counted(path, expected):
+        if isinstance(raw, dict):
+            yield None, None, raw
+            continue
+        try:
+            yield decode_as(raw, ("episode",)), raw, None
+        except RecordError as exc:
+            yield None, None, letter_from_error(exc, "decode")

@@ -28,7 +28,7 @@ import hashlib
 import itertools
 
 from schemas import cells as cell_rules, codec, fs
-from schemas.errors import RecordError, UserError
+from schemas.errors import UserError
 from schemas.specs import SCHEMA_VERSION, STATE_SCALARS, TRANSITION
 from pipelines import dataset, jobs, records, runner
 from pipelines import episodes as episode_inputs
@@ -143,19 +143,12 @@ def _beam_parts():
         def process(self, item):
             source, path = item
             n, dead, cells = 0, 0, set()
-            for raw in records.read_counted(path, self.expected.get(path)):
+            for episode, raw, letter in records.read_episodes(path, self.expected.get(path)):
                 self.records_in.inc()
-                if isinstance(raw, dict):
+                if letter is not None:
                     self.dead.inc()
-                    dead += raw["records"]
-                    yield beam.pvalue.TaggedOutput("dead", raw)
-                    continue
-                try:
-                    episode = records.decode_as(raw, ("episode",))
-                except RecordError as exc:
-                    self.dead.inc()
-                    dead += 1
-                    yield beam.pvalue.TaggedOutput("dead", records.letter_from_error(exc, "decode"))
+                    dead += letter["records"]
+                    yield beam.pvalue.TaggedOutput("dead", letter)
                     continue
                 if source:
                     episode["source"] = source
