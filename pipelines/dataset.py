@@ -71,6 +71,22 @@ def _is_ours(name: str) -> bool:
         name in (CATALOGUE, DEAD_LETTER, MANIFEST)
 
 
+def expand_dirs(inputs: Iterable[str]) -> list[str]:
+    """Dataset directories named directly or by a glob, in the order given (a glob's matches
+    sorted); a glob that matches nothing is an error naming it."""
+    out = []
+    for item in inputs:
+        item = item.rstrip("/")
+        if not any(c in item for c in "*?["):
+            out.append(item)
+            continue
+        found = [p.rstrip("/") for p in fs.glob_dirs(item)]
+        if not found:
+            raise UserError(f"input {item}: no dataset directories match")
+        out.extend(found)
+    return out
+
+
 def shard_paths(directory: str, manifest: dict | None = None) -> list[str]:
     """Full paths of a complete dataset's shards, in shard order."""
     manifest = manifest or read_manifest(directory)

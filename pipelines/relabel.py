@@ -279,8 +279,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.options import add_config_arguments
     from pipelines.jobs import add_max_dead_fraction
 
-    parser.add_argument("--input", "-i", action="append", required=True, metavar="DIR",
-                        help="transition dataset from qtopt shard; repeat to mix several")
+    parser.add_argument("--input", "-i", action="append", required=True, metavar="DIR|GLOB",
+                        help="transition dataset from qtopt shard (a directory, or a glob of "
+                             "them); repeat to mix several")
     parser.add_argument("--export", "-e", required=True, metavar="PATH",
                         help="an export-* directory, or an exports/ directory (its latest "
                              "complete export)")
@@ -294,10 +295,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_inputs(inputs: Sequence[str]) -> tuple[list[tuple[str, dict]], list[tuple[int, str]]]:
-    """Input manifests and the global shard list; UserError for an incomplete or wrong input."""
+    """Input manifests and the global shard list; UserError for an incomplete or wrong input.
+    An input is a dataset directory, or a glob of them (``runs/*/transitions/round-*``)."""
     manifests, shards = [], []
-    for src in inputs:
-        src = src.rstrip("/")
+    for src in dataset.expand_dirs(inputs):
         manifest = dataset.read_manifest(src)
         if manifest.get("kind") != "transition":
             raise UserError(f"dataset {src} holds {manifest.get('kind')} records; relabel reads "

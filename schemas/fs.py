@@ -104,6 +104,12 @@ def glob(pattern: str) -> list[str]:
     return sorted(out)
 
 
+def glob_dirs(pattern: str) -> list[str]:
+    """Sorted directories a glob matches, URLs kept as URLs."""
+    fs, p = filesystem(pattern)
+    return sorted(_unstrip(pattern, m) for m in fs.glob(p) if fs.isdir(m))
+
+
 def _unstrip(original: str, path: str) -> str:
     """fsspec returns bucket paths without their protocol; put it back."""
     if str(original).startswith("gs://") and not path.startswith("gs://"):

@@ -392,3 +392,21 @@ def test_a_collection_directory_is_shard_input_and_relabel_says_to_shard_it(coll
     assert err_line(capsys) == (f"qtopt relabel: error: dataset {collection} holds episodes "
                                 "from qtopt collect, not a dataset: make transitions of them "
                                 f"with qtopt shard -i {collection}")
+
+
+def test_relabel_takes_a_glob_of_datasets_as_the_same_inputs_named_one_by_one(transitions,
+                                                                              tmp_path):
+    ds, export = transitions
+    for name in ("round-000", "round-001"):
+        shutil.copytree(ds, tmp_path / "rounds" / name)
+    by_name, by_glob = tmp_path / "by-name", tmp_path / "by-glob"
+    assert qtopt("relabel", "-i", tmp_path / "rounds" / "round-000", "-i",
+                 tmp_path / "rounds" / "round-001", "-e", export, "-o", by_name, "--epoch", 0,
+                 *IN_PROCESS) == 0
+    assert qtopt("relabel", "-i", tmp_path / "rounds" / "round-*", "-e", export, "-o", by_glob,
+                 "--epoch", 0, *IN_PROCESS) == 0
+    assert shard_bytes(by_glob / "epoch-0") == shard_bytes(by_name / "epoch-0")
+    assert manifest(by_glob / "epoch-0")["counts"]["transitions"] == \
+        2 * manifest(ds)["counts"]["transitions"]
+    assert qtopt("relabel", "-i", tmp_path / "nothing-*", "-e", export, "-o", by_glob,
+                 "--epoch", 1, *IN_PROCESS) == 2
