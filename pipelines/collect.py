@@ -29,11 +29,14 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from schemas import fs
+from pipelines import dataset, runner
+from pipelines.jobs import JobResult, recorded_identity
+from pipelines.options import add_config_arguments, config_from_args
+from pipelines.policies import make_policy, worker_cell_and_policy
+from schemas import codec, fs
 from schemas.config import CEMConfig, RobotConfig
 from schemas.errors import UserError
-from pipelines import dataset, runner
-from pipelines.jobs import JobResult
+from schemas.tfrecord_io import RecordWriter, iter_raw
 
 NAMESPACE = "qtopt.collect"
 PLAN = "_collect.json"
@@ -115,8 +118,6 @@ class CollectBlock(beam.DoFn):
         self.plan = plan
 
     def setup(self):
-        from pipelines.policies import worker_cell_and_policy
-
         plan = self.plan
         # Not the worker's pid as robot id: an episode's bytes depend only on the plan and its
         # index, whichever worker or runner ran it.
@@ -129,7 +130,6 @@ class CollectBlock(beam.DoFn):
 
     def process(self, block):
         from robot.episode import run_episode
-        from schemas.tfrecord_io import RecordWriter
 
         plan, (start, end) = self.plan, block
         path = fs.join(plan.out, dataset.collect_shard_name(plan.seed, start, end))
@@ -170,8 +170,6 @@ def build(pipeline, blocks: list[tuple[int, int]], plan: CollectPlan):
 # -------------------------------------------------------------------------------- launcher
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.options import add_config_arguments
-
     parser.add_argument("--policy", help="scripted | random | a policy export directory "
                                          "(default: collect.policy)")
     parser.add_argument("--episodes", type=int, metavar="N", help="episodes in the set "
@@ -208,7 +206,6 @@ def _overrides(args) -> list[str]:
 
 def make_plan(cfg, out: str, source: str | None) -> CollectPlan:
     from robot import objects
-    from pipelines.policies import make_policy
 
     c = cfg.collect
     pool = objects.resolve(c.objects)  # fails here, naming the file, before any work
@@ -238,8 +235,6 @@ def make_plan(cfg, out: str, source: str | None) -> CollectPlan:
 
 def _check_plan(out: str, plan: CollectPlan, write: bool = True) -> None:
     """Refuse to mix two different collections in one directory."""
-    from pipelines.jobs import recorded_identity
-
     path = fs.join(out, PLAN)
     identity = plan.identity()
     previous = recorded_identity(path)
@@ -255,9 +250,6 @@ def _check_plan(out: str, plan: CollectPlan, write: bool = True) -> None:
 
 def summarise(out: str, seed: int, n: int) -> dict:
     """Success over the whole set, read back from the published shards' episode contexts."""
-    from schemas import codec
-    from schemas.tfrecord_io import iter_raw
-
     episodes = successes = 0
     ids = set()
     files = {}
@@ -277,8 +269,6 @@ def summarise(out: str, seed: int, n: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.options import config_from_args
-
     args.overrides = list(args.overrides) + _overrides(args)
     return collect(config_from_args(args), args.output, source=args.source,
                    workers=args.workers, beam_args=args.beam_args).status

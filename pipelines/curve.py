@@ -21,6 +21,7 @@ import json
 
 from pipelines import dataset
 from pipelines.evaluate import evaluate
+from pipelines.finetune import round_name
 from pipelines.options import add_config_arguments, config_from_args
 from schemas import fs
 from schemas.errors import UserError
@@ -46,7 +47,6 @@ def candidates(run_dir: str) -> list[dict]:
     """The points of the curve, before evaluation: export, step, grasps and phase."""
     from model.export import complete_exports, export_step
 
-    from pipelines.finetune import round_name
 
     offline_grasps = episodes(offline_transitions(run_dir))
     points = [{"export": path, "step": export_step(path), "grasps": offline_grasps,

@@ -24,13 +24,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 import uuid
 from typing import Iterable
 
+from pipelines.records import dead_records
 from schemas import fs
 from schemas.datasets import COLLECT_DONE, FORMAT, MANIFEST, read_manifest  # noqa: F401
-from schemas.errors import UserError
+from schemas.errors import DeadLettered, UserError
 from schemas.specs import SCHEMA_VERSION
 
 CATALOGUE = "catalogue.parquet"
@@ -129,8 +131,6 @@ def accounting(unit: str, records_in: int, records_out: int, letters: list,
                left_out: dict | None = None) -> dict:
     """The manifest's ``accounting``: ``records_in = records_out + records_dead_lettered`` plus
     any records the job was asked to leave out (``left_out``: reason -> count)."""
-    from pipelines.records import dead_records
-
     return {"unit": unit, "records_in": int(records_in), "records_out": int(records_out),
             "records_dead_lettered": dead_records(letters), "dead_letters": len(letters),
             "left_out": {k: int(v) for k, v in sorted((left_out or {}).items())}}
@@ -151,10 +151,6 @@ def dead_letter_status(label: str, out: str, manifest: dict, max_dead_fraction: 
                        stream=None) -> int:
     """After publishing: one line on stderr if anything was dead-lettered; the exit status,
     ``DEAD_LETTERED`` (3) unless the share dead-lettered is within ``max_dead_fraction``."""
-    import sys
-
-    from schemas.errors import DeadLettered
-
     acc = manifest.get("accounting") or {}
     dead, total = acc.get("records_dead_lettered", 0), acc.get("records_in", 0)
     if not dead:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -34,10 +35,14 @@ from dataclasses import dataclass
 import apache_beam as beam
 
 from pipelines import runner
-from pipelines.jobs import JobResult
+from pipelines.jobs import JobResult, recorded_identity
+from pipelines.movies import frames, write_movie
+from pipelines.options import add_config_arguments, config_from_args
+from pipelines.policies import make_policy, worker_cell_and_policy
 from schemas import fs
 from schemas.config import EvaluateConfig, RobotConfig
 from schemas.errors import UserError
+from schemas.tfrecord_io import read_records, write_records
 
 NAMESPACE = "qtopt.evaluate"
 
@@ -71,8 +76,6 @@ class EvaluateGroup(beam.DoFn):
         self.plan = plan
 
     def setup(self):
-        from pipelines.policies import worker_cell_and_policy
-
         plan = self.plan
         self.cell, self.policy = worker_cell_and_policy(plan.robot, plan.objects, plan.policy,
                                                         "sim-eval", epsilon=0.0)
@@ -80,7 +83,6 @@ class EvaluateGroup(beam.DoFn):
 
     def process(self, element):
         from robot import protocols
-        from schemas.tfrecord_io import write_records
 
         protocol, group = element
         plan, ev = self.plan, self.plan.evaluate
@@ -123,7 +125,6 @@ def check_policy(policy: str, robot_config) -> str:
     """A label for the policy; refuses an export that does not fit the cell, before any work."""
     if policy in ("scripted", "random"):
         return policy
-    from pipelines.policies import make_policy
 
     make_policy(policy, robot_config, epsilon=0.0)  # loads and checks the export's input spec
     return f"export:{policy.rstrip('/')}"
@@ -151,8 +152,6 @@ def describe_export(identity: dict) -> str:
 
 def check_plan(out: str, plan: dict) -> None:
     """Refuse an output directory holding another evaluation: another export above all."""
-    from pipelines.jobs import recorded_identity
-
     stored = recorded_identity(fs.join(out, "plan.json"))
     if stored is None or stored == plan:
         return
@@ -256,8 +255,6 @@ def success_figure(result: dict):
 
 
 def plot(out: str, result: dict) -> None:
-    import io
-
     import matplotlib.pyplot as plt
 
     fig = success_figure(result)
@@ -268,9 +265,6 @@ def plot(out: str, result: dict) -> None:
 
 
 def render_gifs(out: str) -> list[str]:
-    from pipelines.movies import frames, write_movie
-    from schemas.tfrecord_io import read_records
-
     written = []
     for path in fs.glob(fs.join(out, "episodes", "*.tfrecord.gz")):
         for episode in read_records(path):
@@ -282,8 +276,6 @@ def render_gifs(out: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.options import add_config_arguments
-
     parser.add_argument("--policy", required=True,
                         help="scripted | random | an export directory (or an exports/ directory: "
                              "its newest export)")
@@ -444,8 +436,6 @@ def evaluate(cfg, policy: str, output: str, *, objects: str = "test", each: bool
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.options import config_from_args
-
     overrides = {k: v for k, v in (("robots", args.robots), ("attempts", args.attempts))
                  if v is not None}
     args.overrides = list(args.overrides) + [f"evaluate.{k}={v}" for k, v in overrides.items()]

@@ -25,11 +25,17 @@ import argparse
 import importlib
 import json
 import os
+import time
 
+from pipelines import dataset, records, runner
+from pipelines.episodes import duplicate_ids, expand_inputs, expected_counts
+from pipelines.jobs import JobResult, add_max_dead_fraction
+from pipelines.jobs import max_dead_fraction as allowance
+from pipelines.options import add_config_arguments, config_from_args
+from schemas import cells as cell_rules
 from schemas import fs, mdp
 from schemas.errors import RecordError, UserError
-from pipelines import dataset, records, runner
-from pipelines.jobs import JobResult
+from schemas.specs import SCHEMA_VERSION
 
 NAMESPACE = "qtopt.export"
 FORMAT = "qtopt-export/1"
@@ -53,8 +59,6 @@ def ended_by(episode: dict) -> str:
 def input_files(episodes: str) -> list[str]:
     """The episode files EPISODES names (a directory's record files, or a glob's matches); a
     one-line UserError naming it when there are none."""
-    from pipelines.episodes import expand_inputs
-
     return [path for _source, path in expand_inputs([(None, episodes.rstrip("/"))])]
 
 
@@ -111,10 +115,6 @@ def publish(out: str, run_id: str, names: list[str], manifest: dict) -> dict:
     """Move the staged files ``names`` (paths relative to the output, nested ones included) into
     place and write the manifest last; remove the files of the previous export that the new one
     lacks. Idempotent, so a runner may retry it."""
-    import time
-
-    from schemas.specs import SCHEMA_VERSION
-
     staging = dataset.staging_dir(out, run_id)
     previous = _previous(out) or {}
     infos = []
@@ -189,9 +189,6 @@ def read_episodes(pipeline, files: list[str], expected: dict):
 
 def refusal(out: str, ids: list) -> str | None:
     """Why the episodes read cannot make one export (several cells, an id read twice), or None."""
-    from schemas import cells as cell_rules
-    from pipelines.episodes import duplicate_ids
-
     found: dict = {}
     for _id, _steps, cell, path, _index in sorted(ids, key=lambda t: (t[3], t[4])):
         found.setdefault(cell, path)
@@ -211,9 +208,6 @@ def refusal(out: str, ids: list) -> str | None:
 # ------------------------------------------------------------------------------------ command
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.jobs import add_max_dead_fraction
-    from pipelines.options import add_config_arguments
-
     parser.add_argument("format", choices=tuple(FORMATS),
                         help="rlds: a TFDS/RLDS dataset (tfds.builder_from_directory); "
                              "lerobot: a LeRobot v3.0 dataset (parquet, PNG frames)")
@@ -240,8 +234,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.options import config_from_args
-
     fmt = args.format
     others = [name for name in OPTIONS_OF
               if getattr(args, name) is not None and OPTIONS_OF[name] != fmt]
@@ -257,9 +249,6 @@ def export(cfg, fmt: str, episodes: str, output: str, *, max_dead_fraction: floa
            beam_args=(), **format_options) -> JobResult:
     """Episodes (a collection directory or a glob) as a ``fmt`` dataset (rlds or lerobot) in
     ``output``; ``format_options``: that format's options (``OPTIONS_OF``)."""
-    from pipelines.episodes import expected_counts
-    from pipelines.jobs import max_dead_fraction as allowance
-
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r}: choose from {', '.join(FORMATS)}")
     allowed = allowance(max_dead_fraction, cfg)

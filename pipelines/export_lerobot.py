@@ -35,10 +35,11 @@ import json
 
 import numpy as np
 
-from schemas import fs
-from schemas.specs import ACTION_LAYOUT, STATE_SCALARS
 from pipelines import dataset
-from pipelines.export import NAMESPACE, ended_by, publish, refusal
+from pipelines.export import NAMESPACE, ended_by, publish, read_episodes, refusal
+from schemas import fs
+from schemas.errors import UserError
+from schemas.specs import ACTION_LAYOUT, STATE_SCALARS
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -207,8 +208,6 @@ def build(pipeline, files, out, run_id, args, config, first, expected, manifest_
     import pyarrow as pa
     from apache_beam.metrics import Metrics
 
-    from schemas.errors import UserError
-    from pipelines.export import read_episodes
 
     fps = args.fps if args.fps is not None else DEFAULT_FPS
     task = args.task if args.task is not None else DEFAULT_TASK

@@ -29,11 +29,21 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 
-from schemas import fs
-from schemas.specs import EPISODE
 from pipelines import dataset
-from pipelines.export import ENDED_BY_TERMINATION, NAMESPACE, ended_by, publish, refusal
+from pipelines.export import (
+    ENDED_BY_TERMINATION,
+    NAMESPACE,
+    ended_by,
+    publish,
+    read_episodes,
+    refusal,
+)
+from schemas import fs
+from schemas.errors import UserError
+from schemas.specs import EPISODE
+from schemas.tfrecord_io import RecordWriter
 
 DATASET_NAME = "qtopt_episodes"
 SPLIT = "train"
@@ -94,7 +104,6 @@ def features(image_shape):
 def rlds_episode(episode: dict) -> dict:
     """An episode record as the nested dict ``features(...)`` serialises, in RLDS semantics."""
     import numpy as np
-
     from PIL import Image
 
     n = int(episode["num_steps"])
@@ -127,8 +136,6 @@ def write_metadata(staging: str, shards: list[str], lengths: list[int], num_byte
     shard; so it runs in a local directory of empty stand-ins and its files are copied to the
     staging directory, local or in a bucket alike.
     """
-    import tempfile
-
     import tensorflow_datasets as tfds
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,12 +156,9 @@ def build(pipeline, files, out, run_id, args, config, first, expected, manifest_
     import apache_beam as beam
     from apache_beam.metrics import Metrics
 
-    from pipelines.export import read_episodes
 
     num_shards = args.num_shards if args.num_shards is not None else config.pipeline.num_shards
     if num_shards < 1:
-        from schemas.errors import UserError
-
         raise UserError(f"--num-shards must be >= 1, got {num_shards}")
     image_shape = tuple(int(v) for v in first["image_shape"])
     staging = dataset.staging_dir(out, run_id)
@@ -175,8 +179,6 @@ def build(pipeline, files, out, run_id, args, config, first, expected, manifest_
                         self.features.serialize_example(rlds_episode(episode))))
 
     def write_shard(item):
-        from schemas.tfrecord_io import RecordWriter
-
         index, rows = item
         rows = sorted(rows)
         name = f"shard-{index:05d}.tmp"

@@ -27,6 +27,7 @@ run is never modified.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -146,8 +147,6 @@ def run_round(cfg, offline: str, objects: str, state: dict, p: dict) -> None:
 
 
 def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
-    import dataclasses
-
     from model.train import train
 
     ft = cfg.finetune

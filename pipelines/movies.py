@@ -3,11 +3,13 @@ action, reward; the outcome on the last frame), written as GIF or MP4."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 
 from schemas import fs, mdp
 from schemas.errors import UserError
-
 
 LINE = 13  # pixels per line of caption text
 
@@ -87,8 +89,6 @@ def write_movie(path: str, movie: list[np.ndarray], fps: float) -> None:
         except ImportError:
             raise UserError("--out .mp4 needs imageio-ffmpeg (pip install -e '.[render]'); "
                             "or write a .gif") from None
-        import os
-        import tempfile
 
         h, w = movie[0].shape[:2]
         # Even sides: what yuv420p video needs.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from schemas.config import load_config
+
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every command that takes a Config shares."""
@@ -16,8 +18,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from schemas.config import load_config
-
     return load_config(args.preset, args.config, args.overrides)
 
 

@@ -9,6 +9,7 @@ import time
 from pipelines.relabel import relabel
 from pipelines.train import train
 from schemas import fs
+from schemas.config import Config
 from schemas.errors import UserError
 
 
@@ -72,8 +73,6 @@ def same_config(stored: dict, current: dict) -> bool:
     """Whether a run recorded with ``stored`` may go on under ``current``: equal, except that
     an option added to the code since (missing from ``stored``) may hold its default, which
     keeps the old behaviour, that REPORTING_OPTIONS may differ and GROWING_OPTIONS grow."""
-    from schemas.config import Config
-
     defaults = Config().to_dict()
 
     def same(a, b, d, path=()) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Iterator, Optional, Union
 
-from schemas import codec
+from schemas import codec, fs
 from schemas.errors import RecordError
 from schemas.tfrecord_io import RawRecord, scan
 
@@ -84,8 +84,6 @@ def read_counted(path: str, expected: Optional[int] = None
 
 
 def _empty(path: str) -> bool:
-    from schemas import fs
-
     try:
         return fs.size(path) == 0
     except (OSError, FileNotFoundError):

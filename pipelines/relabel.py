@@ -28,16 +28,22 @@ cells, are refused before any work starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import re
 from typing import Optional, Sequence
 
 import numpy as np
 
-from schemas import cells as cell_rules, codec, fs
+from pipelines import dataset, records, runner
+from pipelines.jobs import add_max_dead_fraction, report
+from pipelines.jobs import max_dead_fraction as allowance
+from pipelines.options import add_config_arguments, config_from_args
+from schemas import cells as cell_rules
+from schemas import codec, fs
 from schemas.errors import RecordError, UserError
 from schemas.specs import STATE_SCALARS
-from pipelines import dataset, records, runner
+from schemas.tfrecord_io import RecordWriter
 
 NAMESPACE = "qtopt.relabel"
 # Locally the job runs in one process (pipelines.runner): the work is TensorFlow's, whose thread
@@ -169,8 +175,6 @@ def _relabel_dofn():
                 tag=self.export_path)
 
         def process(self, item):
-            from schemas.tfrecord_io import RecordWriter
-
             shard, path = item
             name = dataset.shard_name(shard, self.count)
             staged = fs.join(dataset.staging_dir(self.out, self.run_id), name)
@@ -276,9 +280,6 @@ def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, target
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.options import add_config_arguments
-    from pipelines.jobs import add_max_dead_fraction
-
     parser.add_argument("--input", "-i", action="append", required=True, metavar="DIR|GLOB",
                         help="transition dataset from qtopt shard (a directory, or a glob of "
                              "them); repeat to mix several")
@@ -312,8 +313,6 @@ def relabel(cfg, inputs: Sequence[str], export: str, output: str, epoch: int, *,
             max_dead_fraction: float | None = None, beam_args=()):
     """Transition datasets to ``output/epoch-K``, labelled with targets from ``export`` (an
     export directory, or an exports/ directory: its latest complete export)."""
-    from pipelines.jobs import max_dead_fraction as allowance
-
     allowed = allowance(max_dead_fraction, cfg)
     if epoch < 0:
         raise UserError(f"--epoch must be >= 0, got {epoch}")
@@ -344,22 +343,16 @@ def relabel(cfg, inputs: Sequence[str], export: str, output: str, epoch: int, *,
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.options import config_from_args
-
     return relabel(config_from_args(args), args.input, args.export, args.output, args.epoch,
                    max_dead_fraction=args.max_dead_fraction, beam_args=args.beam_args).status
 
 
 def vars_of(section) -> dict:
-    import dataclasses
-
     return dataclasses.asdict(section)
 
 
 def execute(options, shards, out, target_model, chunk_size, version, extra, total=None,
             expected=None, max_dead_fraction=0.0):
-    from pipelines.jobs import report
-
     run_id = dataset.new_run_id()
     local = runner.is_local(options)
     pipeline = runner.new_pipeline(options)

@@ -27,11 +27,15 @@ import argparse
 import hashlib
 import itertools
 
-from schemas import cells as cell_rules, codec, fs
-from schemas.errors import UserError
-from schemas.specs import SCHEMA_VERSION, STATE_SCALARS, TRANSITION
 from pipelines import dataset, jobs, records, runner
 from pipelines import episodes as episode_inputs
+from pipelines.options import add_config_arguments, config_from_args
+from schemas import cells as cell_rules
+from schemas import codec, fs
+from schemas.catalogue import catalogue_row, catalogue_table
+from schemas.errors import UserError
+from schemas.specs import SCHEMA_VERSION, STATE_SCALARS, TRANSITION
+from schemas.tfrecord_io import RecordWriter
 
 NAMESPACE = "qtopt.shard"
 # Locally one process: Beam's worker-process and worker-thread modes lost transitions in
@@ -201,8 +205,6 @@ def _beam_parts():
 
 def _write_shard(staging: str, name: str, rows: list) -> dict:
     """One shard file in staging from (key, bytes) rows in their order; its manifest entry."""
-    from schemas.tfrecord_io import RecordWriter
-
     path = fs.join(staging, name)
     # ISA-L's gzip: zlib spent most of the job's time compressing (reproductions/README.md).
     with RecordWriter(path, fast=True) as w:
@@ -221,7 +223,6 @@ def _write_empty_shards(infos: list, staging: str, num_shards: int) -> list:
 def _write_catalogue(rows: list, staging: str) -> dict:
     import pyarrow.parquet as pq
 
-    from schemas.catalogue import catalogue_table
 
     rows = sorted(rows, key=lambda r: r["episode_id"])
     with fs.atomic_write(fs.join(staging, dataset.CATALOGUE), "wb") as f:
@@ -248,7 +249,6 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
     file name and record index). ``one_process``: the runner has no workers to spread the
     files over (local ``in_memory``), so they are not redistributed."""
     beam, ReadEpisodes, ToTransitions, WriteShard = _beam_parts()
-    from schemas.catalogue import catalogue_row
 
     staging = dataset.staging_dir(out, run_id)
     read = (pipeline
@@ -344,8 +344,6 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
 # ------------------------------------------------------------------------------------ command
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.options import add_config_arguments
-
     parser.add_argument("--input", "-i", action="append", required=True,
                         metavar="[SOURCE=]GLOB|DIR",
                         help="episode files (local or gs://), or a collection directory; "
@@ -387,8 +385,6 @@ def shard(cfg, inputs: list[str], out: str, *, num_shards: int | None = None,
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.options import config_from_args
-
     return shard(config_from_args(args), args.input, args.output, num_shards=args.num_shards,
                  seed=args.seed, drop_duplicates=args.drop_duplicates,
                  max_dead_fraction=args.max_dead_fraction, beam_args=args.beam_args).status

@@ -14,9 +14,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 
+from pipelines import dataset, records, runner
+from pipelines.jobs import add_max_dead_fraction, report
+from pipelines.jobs import max_dead_fraction as allowance
+from pipelines.options import add_config_arguments, config_from_args
 from schemas import fs
 from schemas.errors import RecordError, UserError
-from pipelines import dataset, records, runner
+from schemas.tfrecord_io import RecordWriter
 
 NAMESPACE = "qtopt.subsample"
 
@@ -50,8 +54,6 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
             self.dead = Metrics.counter(NAMESPACE, "dead_lettered")
 
         def process(self, item):
-            from schemas.tfrecord_io import RecordWriter
-
             index, path = item
             name = dataset.shard_name(index, count)
             n = dead = dead_records = left = 0
@@ -138,9 +140,6 @@ def _filter_catalogue(src: str, dst: str, fraction: float, seed: int) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.options import add_config_arguments
-    from pipelines.jobs import add_max_dead_fraction
-
     parser.add_argument("--input", "-i", required=True, metavar="DIR",
                         help="a complete dataset (from qtopt shard, relabel or subsample)")
     parser.add_argument("--fraction", type=float, required=True,
@@ -157,8 +156,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def subsample(cfg, input_dir: str, fraction: float, output: str, *, seed: int | None = None,
               max_dead_fraction: float | None = None, beam_args=()):
     """A stable, nested ``fraction`` of ``input_dir``'s episodes as a dataset in ``output``."""
-    from pipelines.jobs import max_dead_fraction as allowance, report
-
     allowed = allowance(max_dead_fraction, cfg)
     pcfg = cfg.pipeline
     if not 0.0 < fraction <= 1.0:
@@ -189,8 +186,6 @@ def subsample(cfg, input_dir: str, fraction: float, output: str, *, seed: int | 
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.options import config_from_args
-
     return subsample(config_from_args(args), args.input, args.fraction, args.output,
                      seed=args.seed, max_dead_fraction=args.max_dead_fraction,
                      beam_args=args.beam_args).status
