@@ -33,7 +33,10 @@ import hashlib
 import re
 from typing import Optional, Sequence
 
+import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
 
 from pipelines import dataset, records, runner
 from pipelines.jobs import add_max_dead_fraction, report
@@ -140,99 +143,92 @@ def target_version(export) -> str:
     return fs.basename(export.path)
 
 
-def _relabel_dofn():
-    import apache_beam as beam
-    from apache_beam.metrics import Metrics
-    from apache_beam.utils import shared
+class RelabelShard(beam.DoFn):
+    """(j, input shard) -> labelled shard j in staging, read and written chunk by chunk.
 
-    class RelabelShard(beam.DoFn):
-        """(j, input shard) -> labelled shard j in staging, read and written chunk by chunk.
+    A shard never leaves the worker that reads it: only file names and dead letters cross
+    processes. Chunks of ``chunk_size`` records are cut in reading order, so chunk k of shard
+    j has the same records and the same CEM seed on any runner.
+    """
 
-        A shard never leaves the worker that reads it: only file names and dead letters cross
-        processes. Chunks of ``chunk_size`` records are cut in reading order, so chunk k of shard
-        j has the same records and the same CEM seed on any runner.
-        """
+    def __init__(self, export_path, cem_config, target_config, out, run_id, count,
+                 chunk_size, version, intra_op_threads=None, mark_progress=False,
+                 expected=None):
+        self.export_path, self.cem_config, self.target_config = (export_path, cem_config,
+                                                                 target_config)
+        self.out, self.run_id, self.count = out, run_id, count
+        self.chunk_size, self.version = chunk_size, version
+        self.intra_op_threads, self.mark_progress = intra_op_threads, mark_progress
+        self.expected = dict(expected or {})
+        self._shared = shared.Shared()
+        self.records_in = Metrics.counter(NAMESPACE, "records_in")
+        self.labelled = Metrics.counter(NAMESPACE, "labelled")
+        self.dead = Metrics.counter(NAMESPACE, "dead_lettered")
+        self.target = Metrics.distribution(NAMESPACE, "target_x1e6")
 
-        def __init__(self, export_path, cem_config, target_config, out, run_id, count,
-                     chunk_size, version, intra_op_threads=None, mark_progress=False,
-                     expected=None):
-            self.export_path, self.cem_config, self.target_config = (export_path, cem_config,
-                                                                     target_config)
-            self.out, self.run_id, self.count = out, run_id, count
-            self.chunk_size, self.version = chunk_size, version
-            self.intra_op_threads, self.mark_progress = intra_op_threads, mark_progress
-            self.expected = dict(expected or {})
-            self._shared = shared.Shared()
-            self.records_in = Metrics.counter(NAMESPACE, "records_in")
-            self.labelled = Metrics.counter(NAMESPACE, "labelled")
-            self.dead = Metrics.counter(NAMESPACE, "dead_lettered")
-            self.target = Metrics.distribution(NAMESPACE, "target_x1e6")
+    def setup(self):
+        self.model = self._shared.acquire(
+            lambda: TargetModel.load(self.export_path, self.cem_config, self.target_config,
+                                     self.intra_op_threads),
+            tag=self.export_path)
 
-        def setup(self):
-            self.model = self._shared.acquire(
-                lambda: TargetModel.load(self.export_path, self.cem_config, self.target_config,
-                                         self.intra_op_threads),
-                tag=self.export_path)
-
-        def process(self, item):
-            shard, path = item
-            name = dataset.shard_name(shard, self.count)
-            staged = fs.join(dataset.staging_dir(self.out, self.run_id), name)
-            letters, written = [], 0
-            with RecordWriter(staged) as writer:
-                chunk = []
-                for raw in records.read_counted(path, self.expected.get(path)):
-                    self.records_in.inc()
-                    if isinstance(raw, dict):
-                        letters.append(raw)
-                        continue
-                    try:
-                        chunk.append((raw, records.decode_as(raw, ("transition",))))
-                    except RecordError as exc:
-                        letters.append(records.letter_from_error(exc, "decode"))
-                        continue
-                    if len(chunk) == self.chunk_size:
-                        written += self._label(shard, chunk, writer, letters)
-                        chunk = []
-                if chunk:
-                    written += self._label(shard, chunk, writer, letters)
-            self.dead.inc(len(letters))
-            for letter in letters:
-                yield beam.pvalue.TaggedOutput("dead", letter)
-            yield {"name": name, "records": written, "dead_lettered": len(letters),
-                   "records_in": written + records.dead_records(letters),
-                   "bytes": fs.size(staged)}
-
-        def _label(self, shard, chunk, writer, letters) -> int:
-            first = chunk[0][0].index
-            try:
-                targets, actions = self.model.label([rec for _, rec in chunk],
-                                                    chunk_seed(shard, first))
-            except UserError as exc:  # e.g. an image size the export does not take
-                letters.extend(records.dead_letter(raw.path, raw.index, raw.offset, str(exc),
-                                                   "label") for raw, _ in chunk)
-                return 0
-            n = 0
-            for (raw, rec), target, action in zip(chunk, targets, actions):
-                rec.update(kind="labelled_transition", target=np.float32(target),
-                           next_action=np.asarray(action, np.float32),
-                           target_version=self.version)
-                try:
-                    data = codec.encode(rec)
-                except RecordError as exc:  # a non-finite target: this record, not the job
-                    letters.append(records.letter_from_error(exc, "label", raw.path, raw.index,
-                                                             raw.offset))
+    def process(self, item):
+        shard, path = item
+        name = dataset.shard_name(shard, self.count)
+        staged = fs.join(dataset.staging_dir(self.out, self.run_id), name)
+        letters, written = [], 0
+        with RecordWriter(staged) as writer:
+            chunk = []
+            for raw in records.read_counted(path, self.expected.get(path)):
+                self.records_in.inc()
+                if isinstance(raw, dict):
+                    letters.append(raw)
                     continue
-                writer.write(data)
-                n += 1
-                self.labelled.inc()
-                self.target.update(int(round(float(target) * TARGET_SCALE)))
-            if self.mark_progress:
-                dataset.mark_progress(self.out, self.run_id, "label", f"{shard}-{first}",
-                                      len(chunk))
-            return n
+                try:
+                    chunk.append((raw, records.decode_as(raw, ("transition",))))
+                except RecordError as exc:
+                    letters.append(records.letter_from_error(exc, "decode"))
+                    continue
+                if len(chunk) == self.chunk_size:
+                    written += self._label(shard, chunk, writer, letters)
+                    chunk = []
+            if chunk:
+                written += self._label(shard, chunk, writer, letters)
+        self.dead.inc(len(letters))
+        for letter in letters:
+            yield beam.pvalue.TaggedOutput("dead", letter)
+        yield {"name": name, "records": written, "dead_lettered": len(letters),
+               "records_in": written + records.dead_records(letters),
+               "bytes": fs.size(staged)}
 
-    return beam, RelabelShard
+    def _label(self, shard, chunk, writer, letters) -> int:
+        first = chunk[0][0].index
+        try:
+            targets, actions = self.model.label([rec for _, rec in chunk],
+                                                chunk_seed(shard, first))
+        except UserError as exc:  # e.g. an image size the export does not take
+            letters.extend(records.dead_letter(raw.path, raw.index, raw.offset, str(exc),
+                                               "label") for raw, _ in chunk)
+            return 0
+        n = 0
+        for (raw, rec), target, action in zip(chunk, targets, actions):
+            rec.update(kind="labelled_transition", target=np.float32(target),
+                       next_action=np.asarray(action, np.float32),
+                       target_version=self.version)
+            try:
+                data = codec.encode(rec)
+            except RecordError as exc:  # a non-finite target: this record, not the job
+                letters.append(records.letter_from_error(exc, "label", raw.path, raw.index,
+                                                         raw.offset))
+                continue
+            writer.write(data)
+            n += 1
+            self.labelled.inc()
+            self.target.update(int(round(float(target) * TARGET_SCALE)))
+        if self.mark_progress:
+            dataset.mark_progress(self.out, self.run_id, "label", f"{shard}-{first}",
+                                  len(chunk))
+        return n
 
 
 def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, target_model: dict,
@@ -244,7 +240,6 @@ def build(pipeline, shards: list[tuple[int, str]], out: str, run_id: str, target
     ``intra_op_threads`` (TensorFlow threads per worker process). ``expected``: {shard path:
     records} from the input manifests, so a shard that lost records is dead-lettered for them.
     """
-    beam, RelabelShard = _relabel_dofn()
     count = len(shards)
     staging = dataset.staging_dir(out, run_id)
     parts = (pipeline

@@ -27,6 +27,9 @@ import argparse
 import hashlib
 import itertools
 
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
 from pipelines import dataset, jobs, records, runner
 from pipelines import episodes as episode_inputs
 from pipelines.options import add_config_arguments, config_from_args
@@ -129,78 +132,73 @@ def encoded_transitions(episode: dict, source: str | None = None) -> list[bytes]
     return out
 
 
-def _beam_parts():
-    """The DoFns, built on first use so ``qtopt shard --help`` does not import Beam."""
-    import apache_beam as beam
-    from apache_beam.metrics import Metrics
+class ReadEpisodes(beam.DoFn):
+    """(source, file) -> decoded episodes; damaged records to the 'dead' output, each
+    episode's (id, file, index) to 'ids' and the file's record count to 'counted'."""
 
-    class ReadEpisodes(beam.DoFn):
-        """(source, file) -> decoded episodes; damaged records to the 'dead' output, each
-        episode's (id, file, index) to 'ids' and the file's record count to 'counted'."""
+    def __init__(self, out, run_id, mark, expected):
+        self.out, self.run_id, self.mark, self.expected = out, run_id, mark, expected
+        self.records_in = Metrics.counter(NAMESPACE, "records_in")
+        self.episodes = Metrics.counter(NAMESPACE, "episodes")
+        self.dead = Metrics.counter(NAMESPACE, "dead_lettered")
 
-        def __init__(self, out, run_id, mark, expected):
-            self.out, self.run_id, self.mark, self.expected = out, run_id, mark, expected
-            self.records_in = Metrics.counter(NAMESPACE, "records_in")
-            self.episodes = Metrics.counter(NAMESPACE, "episodes")
-            self.dead = Metrics.counter(NAMESPACE, "dead_lettered")
+    def process(self, item):
+        source, path = item
+        n, dead, cells = 0, 0, set()
+        for episode, raw, letter in records.read_episodes(path, self.expected.get(path)):
+            self.records_in.inc()
+            if letter is not None:
+                self.dead.inc()
+                dead += letter["records"]
+                yield beam.pvalue.TaggedOutput("dead", letter)
+                continue
+            if source:
+                episode["source"] = source
+            if episode["cell"] not in cells:
+                cells.add(episode["cell"])
+                yield beam.pvalue.TaggedOutput("cells", (episode["cell"], path))
+            n += 1
+            self.episodes.inc()
+            episode[ORIGIN] = _origin(path, raw.index)
+            yield beam.pvalue.TaggedOutput("ids", (episode["episode_id"], path, raw.index))
+            yield episode
+        yield beam.pvalue.TaggedOutput("counted", n + dead)
+        if self.mark:
+            dataset.mark_progress(self.out, self.run_id, "read",
+                                  hashlib.sha1(path.encode()).hexdigest()[:12], n)
 
-        def process(self, item):
-            source, path = item
-            n, dead, cells = 0, 0, set()
-            for episode, raw, letter in records.read_episodes(path, self.expected.get(path)):
-                self.records_in.inc()
-                if letter is not None:
-                    self.dead.inc()
-                    dead += letter["records"]
-                    yield beam.pvalue.TaggedOutput("dead", letter)
-                    continue
-                if source:
-                    episode["source"] = source
-                if episode["cell"] not in cells:
-                    cells.add(episode["cell"])
-                    yield beam.pvalue.TaggedOutput("cells", (episode["cell"], path))
-                n += 1
-                self.episodes.inc()
-                episode[ORIGIN] = _origin(path, raw.index)
-                yield beam.pvalue.TaggedOutput("ids", (episode["episode_id"], path, raw.index))
-                yield episode
-            yield beam.pvalue.TaggedOutput("counted", n + dead)
-            if self.mark:
-                dataset.mark_progress(self.out, self.run_id, "read",
-                                      hashlib.sha1(path.encode()).hexdigest()[:12], n)
 
-    class ToTransitions(beam.DoFn):
-        def __init__(self, seed, num_shards):
-            self.seed, self.num_shards = seed, num_shards
-            self.transitions = Metrics.counter(NAMESPACE, "transitions")
+class ToTransitions(beam.DoFn):
+    def __init__(self, seed, num_shards):
+        self.seed, self.num_shards = seed, num_shards
+        self.transitions = Metrics.counter(NAMESPACE, "transitions")
 
-        def process(self, episode):
-            # One element per shard the episode reaches instead of one per transition: fewer
-            # for Beam to carry through the grouping (a third as many at 10 steps, 4 shards).
-            by_shard: dict = {}
-            for step, data in enumerate(encoded_transitions(episode)):
-                key = shuffle_key(self.seed, episode["episode_id"], step)
-                by_shard.setdefault(shard_of(key, self.num_shards), []).append((key, data))
-                self.transitions.inc()
-            yield from by_shard.items()
+    def process(self, episode):
+        # One element per shard the episode reaches instead of one per transition: fewer
+        # for Beam to carry through the grouping (a third as many at 10 steps, 4 shards).
+        by_shard: dict = {}
+        for step, data in enumerate(encoded_transitions(episode)):
+            key = shuffle_key(self.seed, episode["episode_id"], step)
+            by_shard.setdefault(shard_of(key, self.num_shards), []).append((key, data))
+            self.transitions.inc()
+        yield from by_shard.items()
 
-    class WriteShard(beam.DoFn):
-        """(shard, [[(key, bytes), ...], ...]) -> the shard file in staging, sorted by key."""
 
-        def __init__(self, out, run_id, num_shards, mark):
-            self.out, self.run_id, self.num_shards, self.mark = out, run_id, num_shards, mark
+class WriteShard(beam.DoFn):
+    """(shard, [[(key, bytes), ...], ...]) -> the shard file in staging, sorted by key."""
 
-        def process(self, item):
-            index, batches = item
-            info = _write_shard(dataset.staging_dir(self.out, self.run_id),
-                                dataset.shard_name(index, self.num_shards),
-                                sorted(itertools.chain.from_iterable(batches)))
-            if self.mark:
-                dataset.mark_progress(self.out, self.run_id, "write", info["name"],
-                                      info["records"])
-            yield info
+    def __init__(self, out, run_id, num_shards, mark):
+        self.out, self.run_id, self.num_shards, self.mark = out, run_id, num_shards, mark
 
-    return beam, ReadEpisodes, ToTransitions, WriteShard
+    def process(self, item):
+        index, batches = item
+        info = _write_shard(dataset.staging_dir(self.out, self.run_id),
+                            dataset.shard_name(index, self.num_shards),
+                            sorted(itertools.chain.from_iterable(batches)))
+        if self.mark:
+            dataset.mark_progress(self.out, self.run_id, "write", info["name"],
+                                  info["records"])
+        yield info
 
 
 def _write_shard(staging: str, name: str, rows: list) -> dict:
@@ -222,7 +220,6 @@ def _write_empty_shards(infos: list, staging: str, num_shards: int) -> list:
 
 def _write_catalogue(rows: list, staging: str) -> dict:
     import pyarrow.parquet as pq
-
 
     rows = sorted(rows, key=lambda r: r["episode_id"])
     with fs.atomic_write(fs.join(staging, dataset.CATALOGUE), "wb") as f:
@@ -248,8 +245,6 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
     read twice refuses the job, or with ``drop_duplicates`` keeps the copy read first (by
     file name and record index). ``one_process``: the runner has no workers to spread the
     files over (local ``in_memory``), so they are not redistributed."""
-    beam, ReadEpisodes, ToTransitions, WriteShard = _beam_parts()
-
     staging = dataset.staging_dir(out, run_id)
     read = (pipeline
             # Create redistributes its elements itself (a grouping: one more stage) unless told.

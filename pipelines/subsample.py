@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from pipelines import dataset, records, runner
 from pipelines.jobs import add_max_dead_fraction, report
@@ -35,61 +39,79 @@ def keep(episode_id: str, fraction: float, seed: int) -> bool:
     return episode_fraction(episode_id, seed) < fraction
 
 
+@dataclass(frozen=True)
+class FilterPlan:
+    """What every subsample worker needs."""
+
+    out: str
+    run_id: str
+    kinds: tuple
+    count: int                  # shards, in and out
+    expected: dict              # {input shard: records it holds}
+    fraction: float
+    seed: int
+    mark_progress: bool
+
+
+class FilterShard(beam.DoFn):
+    """(index, input shard) -> the kept records as shard ``index`` in staging."""
+
+    def __init__(self, plan: FilterPlan):
+        self.plan = plan
+        self.records_in = Metrics.counter(NAMESPACE, "records_in")
+        self.kept = Metrics.counter(NAMESPACE, "kept")
+        self.dead = Metrics.counter(NAMESPACE, "dead_lettered")
+
+    def process(self, item):
+        plan, (index, path) = self.plan, item
+        staging = dataset.staging_dir(plan.out, plan.run_id)
+        name = dataset.shard_name(index, plan.count)
+        n = dead = dead_records = left = 0
+        with RecordWriter(fs.join(staging, name)) as w:
+            for raw in records.read_counted(path, plan.expected.get(path)):
+                self.records_in.inc()
+                if isinstance(raw, dict):
+                    self.dead.inc()
+                    dead += 1
+                    dead_records += raw["records"]
+                    yield beam.pvalue.TaggedOutput("dead", raw)
+                    continue
+                try:
+                    rec = records.decode_as(raw, plan.kinds)
+                except RecordError as exc:
+                    self.dead.inc()
+                    dead += 1
+                    dead_records += 1
+                    yield beam.pvalue.TaggedOutput("dead",
+                                                   records.letter_from_error(exc, "decode"))
+                    continue
+                if keep(rec["episode_id"], plan.fraction, plan.seed):
+                    w.write(raw.data)
+                    n += 1
+                    self.kept.inc()
+                else:
+                    left += 1
+        if plan.mark_progress:
+            dataset.mark_progress(plan.out, plan.run_id, "write", name, n)
+        yield {"name": name, "records": n, "dead_lettered": dead,
+               "records_in": n + left + dead_records, "not_selected": left,
+               "bytes": fs.size(fs.join(staging, name))}
+
+
 def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction: float,
           seed: int, mark_progress: bool = False):
     """Add the subsample job to ``pipeline``: shards -> filtered shards in staging -> commit."""
-    import apache_beam as beam
-    from apache_beam.metrics import Metrics
-
-    kinds = (manifest_in["kind"],)
     staging = dataset.staging_dir(out, run_id)
     shards = [(i, p) for i, p in enumerate(dataset.shard_paths(src, manifest_in))]
     count = len(shards)
-    expected = dataset.file_records(src, manifest_in)
-
-    class FilterShard(beam.DoFn):
-        def __init__(self):
-            self.records_in = Metrics.counter(NAMESPACE, "records_in")
-            self.kept = Metrics.counter(NAMESPACE, "kept")
-            self.dead = Metrics.counter(NAMESPACE, "dead_lettered")
-
-        def process(self, item):
-            index, path = item
-            name = dataset.shard_name(index, count)
-            n = dead = dead_records = left = 0
-            with RecordWriter(fs.join(staging, name)) as w:
-                for raw in records.read_counted(path, expected.get(path)):
-                    self.records_in.inc()
-                    if isinstance(raw, dict):
-                        self.dead.inc()
-                        dead += 1
-                        dead_records += raw["records"]
-                        yield beam.pvalue.TaggedOutput("dead", raw)
-                        continue
-                    try:
-                        rec = records.decode_as(raw, kinds)
-                    except RecordError as exc:
-                        self.dead.inc()
-                        dead += 1
-                        dead_records += 1
-                        yield beam.pvalue.TaggedOutput("dead",
-                                                       records.letter_from_error(exc, "decode"))
-                        continue
-                    if keep(rec["episode_id"], fraction, seed):
-                        w.write(raw.data)
-                        n += 1
-                        self.kept.inc()
-                    else:
-                        left += 1
-            if mark_progress:
-                dataset.mark_progress(out, run_id, "write", name, n)
-            yield {"name": name, "records": n, "dead_lettered": dead,
-                   "records_in": n + left + dead_records, "not_selected": left,
-                   "bytes": fs.size(fs.join(staging, name))}
+    plan = FilterPlan(out=out, run_id=run_id, kinds=(manifest_in["kind"],), count=count,
+                      expected=dataset.file_records(src, manifest_in), fraction=fraction,
+                      seed=seed, mark_progress=mark_progress)
 
     parts = (pipeline
              | "Shards" >> beam.Create(shards)  # Create redistributes its elements itself
-             | "Filter shards" >> beam.ParDo(FilterShard()).with_outputs("dead", main="files"))
+             | "Filter shards" >> beam.ParDo(FilterShard(plan)).with_outputs("dead",
+                                                                           main="files"))
 
     def commit(_, infos, letters):
         infos = dataset.check_shard_outputs("subsample", out, infos, letters, count)
