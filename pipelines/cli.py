@@ -17,9 +17,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import schemas  # noqa: F401  (installs the tfrecord/tensorflow import hook first)
-from pipelines.options import add_config_arguments, config_args, config_from_args  # noqa: F401
 from schemas import quiet
-from schemas.errors import DeadLettered, UserError
+from schemas.errors import UserError
 
 # name -> (module, one-line help). Add a command by adding a line here.
 COMMANDS = {
@@ -74,30 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def invoke(argv: list[str]) -> int:
-    """Run one command as the CLI would, but let a UserError propagate to the caller.
+def command_parser(name: str):
+    """The command's module and its argument parser, as ``qtopt NAME`` uses them."""
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = _Parser(prog=f"qtopt {name}", description=COMMANDS[name][1],
+                     epilog=examples(module), formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    return module, parser
 
-    Jobs that chain other jobs (finetune, study, demo) call this, so each step is exactly the
-    command a user could run by hand, with the same checks and outputs.
-    """
+
+def invoke(argv: list[str]) -> int:
+    """Run one command as the CLI would, but let a UserError propagate to the caller (tests and
+    scripts; jobs chain each other through their functions)."""
+    from pipelines.jobs import JobResult
+
     name = argv[0]
     if name not in COMMANDS:
         raise UserError(f"unknown command {name!r}")
-    module = importlib.import_module(COMMANDS[name][0])
-    cmd_parser = _Parser(prog=f"qtopt {name}", description=COMMANDS[name][1])
-    module.add_arguments(cmd_parser)
+    module, cmd_parser = command_parser(name)
     try:
         args = cmd_parser.parse_args([str(a) for a in argv[1:]])
     except SystemExit as exc:
         raise UserError(f"qtopt {' '.join(map(str, argv))}: invalid arguments") from exc
-    status = int(module.run(args) or 0)
-    if status == DeadLettered.exit_status:  # published, with dead letters: the chain stops
-        raise DeadLettered(f"qtopt {name} published its output but dead-lettered input records "
-                           "(its line above names them); allow them with --set "
-                           "pipeline.max_dead_fraction=F")
-    if status:
-        raise UserError(f"qtopt {name} exited with status {status}")
-    return status
+    return JobResult(name, "", int(module.run(args) or 0)).require().status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     if name not in COMMANDS:
         parser.error(f"unknown command {name!r} (choose from {', '.join(COMMANDS)})")
-    module = importlib.import_module(COMMANDS[name][0])
-    cmd_parser = _Parser(prog=f"qtopt {name}", description=COMMANDS[name][1],
-                         epilog=examples(module),
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    module.add_arguments(cmd_parser)
+    module, cmd_parser = command_parser(name)
     args = cmd_parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)

@@ -47,7 +47,6 @@ def candidates(run_dir: str) -> list[dict]:
     """The points of the curve, before evaluation: export, step, grasps and phase."""
     from model.export import complete_exports, export_step
 
-
     offline_grasps = episodes(offline_transitions(run_dir))
     points = [{"export": path, "step": export_step(path), "grasps": offline_grasps,
                "phase": "offline"}

@@ -87,13 +87,9 @@ def first_cells(files: list[tuple[str | None, str]]) -> dict:
         if directory in seen:
             continue
         seen.add(directory)
-        for raw in records.read_file(path):
-            if isinstance(raw, dict):  # damaged: the job dead-letters it
-                break
-            try:
-                found.setdefault(records.decode_as(raw, ("episode",))["cell"], path)
-            except RecordError:
-                pass
+        for episode, _raw, _letter in records.read_episodes(path):
+            if episode is not None:  # else damaged: the job dead-letters it
+                found.setdefault(episode["cell"], path)
             break
     return found
 

@@ -34,7 +34,8 @@ from pipelines.jobs import max_dead_fraction as allowance
 from pipelines.options import add_config_arguments, config_from_args
 from schemas import cells as cell_rules
 from schemas import fs, mdp
-from schemas.errors import RecordError, UserError
+from schemas.datasets import manifest_json
+from schemas.errors import UserError
 from schemas.specs import SCHEMA_VERSION
 
 NAMESPACE = "qtopt.export"
@@ -65,25 +66,21 @@ def input_files(episodes: str) -> list[str]:
 def first_episode(files: list[str]) -> dict | None:
     """The first readable episode of the inputs: the cell and image shape the export expects."""
     for path in files:
-        for raw in records.read_file(path):
-            if isinstance(raw, dict):  # damaged: the job dead-letters it
-                break
-            try:
-                return records.decode_as(raw, ("episode",))
-            except RecordError:
-                break
+        for episode, _raw, _letter in records.read_episodes(path):
+            if episode is not None:  # else damaged: the job dead-letters it
+                return episode
+            break
     return None
 
 
 # ------------------------------------------------------------------------------------ output
 
 def _previous(out: str) -> dict | None:
-    path = fs.join(out, dataset.MANIFEST)
-    if not fs.exists(path):
-        return None
+    """The manifest in ``out`` as written, None without one, {} if it is not JSON (so it is
+    taken for some other dataset's)."""
     try:
-        return json.loads(fs.read_text(path))
-    except ValueError:
+        return manifest_json(out)
+    except UserError:
         return {}
 
 
@@ -142,6 +139,21 @@ def publish(out: str, run_id: str, names: list[str], manifest: dict) -> dict:
     fs.remove(fs.join(out, dataset.STAGING), recursive=True)
     fs.remove_stale_temporaries(out)
     return manifest
+
+
+def publish_export(fmt: str, out: str, run_id: str, names: list[str], letters: list,
+                   counted: list, written: int, ids: list, manifest: dict) -> dict:
+    """The end of either format's commit: stage the dead letters, check that every episode read
+    was written or dead-lettered, and publish ``names`` with the format's ``manifest`` fields
+    plus the cell, the accounting and the dead-letter file."""
+    dataset.write_dead_letters(fs.join(dataset.staging_dir(out, run_id), dataset.DEAD_LETTER),
+                               letters)
+    acc = dataset.check_accounting(f"export {fmt}", out, dataset.accounting(
+        "episodes", sum(counted), written, letters))
+    cells = sorted({c for _i, _s, c, _p, _x in ids})
+    return publish(out, run_id, names + [dataset.DEAD_LETTER],
+                   {**manifest, "cell": cells[0] if cells else None, "accounting": acc,
+                    "dead_letter": dataset.DEAD_LETTER})
 
 
 def read_manifest(out: str) -> dict:

@@ -36,7 +36,7 @@ import json
 import numpy as np
 
 from pipelines import dataset
-from pipelines.export import NAMESPACE, ended_by, publish, read_episodes, refusal
+from pipelines.export import NAMESPACE, ended_by, publish_export, read_episodes, refusal
 from schemas import fs
 from schemas.errors import UserError
 from schemas.specs import ACTION_LAYOUT, STATE_SCALARS
@@ -208,7 +208,6 @@ def build(pipeline, files, out, run_id, args, config, first, expected, manifest_
     import pyarrow as pa
     from apache_beam.metrics import Metrics
 
-
     fps = args.fps if args.fps is not None else DEFAULT_FPS
     task = args.task if args.task is not None else DEFAULT_TASK
     per_file = args.episodes_per_file if args.episodes_per_file is not None else \
@@ -311,18 +310,10 @@ def build(pipeline, files, out, run_id, args, config, first, expected, manifest_
             names.append(STATS)
         _write_parquet(fs.join(staging, TASKS), tasks_table(task))
         names += [INFO, TASKS]
-        dataset.write_dead_letters(fs.join(staging, dataset.DEAD_LETTER), letters)
-        names.append(dataset.DEAD_LETTER)
-        acc = dataset.check_accounting("export lerobot", out, dataset.accounting(
-            "episodes", sum(counted), episodes, letters))
-        cells = sorted({c for _i, _s, c, _p, _x in ids})
-        manifest = {**manifest_extra, "cell": cells[0] if cells else None,
-                    "image_shape": list(image_shape), "fps": fps, "task": task,
-                    "episodes_per_file": per_file,
-                    "counts": {"episodes": episodes, "frames": frames,
-                               "dead_lettered": len(letters)},
-                    "accounting": acc, "dead_letter": dataset.DEAD_LETTER}
-        return publish(out, run_id, names, manifest)
+        return publish_export("lerobot", out, run_id, names, letters, counted, episodes, ids, {
+            **manifest_extra, "image_shape": list(image_shape), "fps": fps, "task": task,
+            "episodes_per_file": per_file,
+            "counts": {"episodes": episodes, "frames": frames, "dead_lettered": len(letters)}})
 
     AsList = beam.pvalue.AsList  # noqa: N806
     return (pipeline

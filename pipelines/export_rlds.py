@@ -36,7 +36,7 @@ from pipelines.export import (
     ENDED_BY_TERMINATION,
     NAMESPACE,
     ended_by,
-    publish,
+    publish_export,
     read_episodes,
     refusal,
 )
@@ -156,7 +156,6 @@ def build(pipeline, files, out, run_id, args, config, first, expected, manifest_
     import apache_beam as beam
     from apache_beam.metrics import Metrics
 
-
     num_shards = args.num_shards if args.num_shards is not None else config.pipeline.num_shards
     if num_shards < 1:
         raise UserError(f"--num-shards must be >= 1, got {num_shards}")
@@ -213,18 +212,10 @@ def build(pipeline, files, out, run_id, args, config, first, expected, manifest_
             write_metadata(staging, names, [i["records"] for i in infos],
                            sum(i["bytes"] for i in infos), image_shape)
             names += list(METADATA_FILES)
-        dataset.write_dead_letters(fs.join(staging, dataset.DEAD_LETTER), letters)
-        names.append(dataset.DEAD_LETTER)
-        acc = dataset.check_accounting("export rlds", out, dataset.accounting(
-            "episodes", sum(counted), written, letters))
-        cells = sorted({c for _i, _s, c, _p, _x in ids})
-        manifest = {**manifest_extra, "cell": cells[0] if cells else None,
-                    "image_shape": list(image_shape), "num_shards": len(infos),
-                    "counts": {"episodes": written,
-                               "steps": sum(s + 1 for _i, s, _c, _p, _x in ids),
-                               "dead_lettered": len(letters)},
-                    "accounting": acc, "dead_letter": dataset.DEAD_LETTER}
-        return publish(out, run_id, names, manifest)
+        return publish_export("rlds", out, run_id, names, letters, counted, written, ids, {
+            **manifest_extra, "image_shape": list(image_shape), "num_shards": len(infos),
+            "counts": {"episodes": written, "steps": sum(s + 1 for _i, s, _c, _p, _x in ids),
+                       "dead_lettered": len(letters)}})
 
     AsList = beam.pvalue.AsList  # noqa: N806
     return (pipeline

@@ -19,13 +19,3 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     return load_config(args.preset, args.config, args.overrides)
-
-
-def config_args(args: argparse.Namespace) -> list:
-    """The --preset/--config/--set a command was given, to pass on to the commands it runs."""
-    out = ["--preset", args.preset]
-    for path in args.config:
-        out += ["--config", path]
-    for item in args.overrides:
-        out += ["--set", item]
-    return out

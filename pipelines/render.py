@@ -18,6 +18,7 @@ from pipelines.movies import frames, write_movie
 from schemas import tfrecord_io
 from schemas.errors import RecordError, UserError
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="FILE", help="episode TFRecord file (local or gs://)")
     parser.add_argument("--output", "--out", "-o", required=True, metavar="MOVIE",

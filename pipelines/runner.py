@@ -321,7 +321,8 @@ def progress(label: str, poll=None, total: int | None = None, unit: str = "it",
     ``poll()`` returns ``(done, note)``: how many of ``total`` ``unit`` are done and a short
     note; it runs on the launcher, so it works whatever runner executes the job. On a terminal
     this is a tqdm bar; in a log, the same tqdm line every ``every`` seconds (a job shorter than
-    that prints nothing). The count never goes back, and a job that finishes shows its total.
+    that prints nothing; without ``poll``, the time elapsed). The count never goes back, and a
+    job that finishes shows its total.
     """
     from tqdm import tqdm
 
@@ -349,13 +350,11 @@ def progress(label: str, poll=None, total: int | None = None, unit: str = "it",
 
     def loop():
         while not stop.wait(every):
-            if poll is None:
-                continue
             try:
-                done, note = poll()
+                done, note = poll() if poll is not None else (state["n"], "")
             except Exception:  # a progress probe must never break the job
-                continue
-            with lock:
+                done, note = state["n"], state["note"]
+            with lock:  # without a probe (a remote runner) the line still shows time elapsed
                 state["n"], state["note"] = max(state["n"], done), note
                 show()
 

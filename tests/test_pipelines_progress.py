@@ -34,3 +34,11 @@ def test_a_job_shorter_than_the_interval_prints_nothing_in_a_log_and_a_failed_on
     except RuntimeError:
         pass
     assert log.getvalue() and "5/5" not in log.getvalue()
+
+
+def test_without_a_probe_a_long_job_still_logs_the_time_elapsed():
+    log = io.StringIO()
+    with runner.progress("export rlds", None, every=0.05, stream=log):
+        time.sleep(0.3)
+    lines = log.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("export rlds: ") for line in lines)
