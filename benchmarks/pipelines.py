@@ -63,7 +63,7 @@ def bench_shard(root: str, files: list[str], workers: int) -> dict:
     out = os.path.join(root, "transitions")
     t0 = time.perf_counter()
     shard.execute(_local_options(workers, shard.LOCAL_MODE), [(None, f) for f in files], out, 4,
-                  0, {})
+                  0, {}, 0.9)
     shard_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()

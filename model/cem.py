@@ -54,39 +54,17 @@ def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
     ``gripper_rule``: None (a gripper command may come with a move) or the states' gripper
     closed flags [B], for ``robot.gripper_moves=false``.
     """
-    low = tf.constant(low, tf.float32)
-    high = tf.constant(high, tf.float32)
-    cont = list(CONTINUOUS)
-    c_low, c_high = tf.gather(low, cont), tf.gather(high, cont)
     b = batch_size
-
-    mean = tf.tile(((c_low + c_high) / 2)[None], (b, 1))
-    std = tf.tile(((c_high - c_low) / 2)[None], (b, 1))
+    c_low, c_high, mean, std, p_gripper, p_terminate = _initial(b, low, high, gripper_noop)
+    cont = list(CONTINUOUS)
     min_std = (c_high - c_low) * MIN_STD_FRACTION
-    # Gripper probabilities (close, open, none) per state.
-    modes = 3 if gripper_noop else 2
-    p_gripper = tf.concat([tf.fill((b, modes), 1.0 / modes), tf.zeros((b, 3 - modes))], 1)
-    p_terminate = tf.fill((b,), 0.5)
 
-    best_action = tf.zeros((b, low.shape[0]), tf.float32)
+    best_action = tf.zeros((b, len(low)), tf.float32)
     best_score = tf.fill((b,), -np.inf)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3 * iterations)
     for it in range(iterations):
-        noise = tf.random.stateless_normal((b, samples, len(cont)), seeds[3 * it])
-        continuous = tf.clip_by_value(mean[:, None] + std[:, None] * noise, c_low, c_high)
-        u = tf.random.stateless_uniform((b, samples), seeds[3 * it + 1])
-        close = tf.cast(u < p_gripper[:, :1], tf.float32)
-        open_ = tf.cast(u >= p_gripper[:, :1], tf.float32) * tf.cast(
-            u < p_gripper[:, :1] + p_gripper[:, 1:2], tf.float32)
-        if gripper_rule is not None:
-            continuous, close, open_ = gripper_or_move(gripper_rule, continuous, close, open_)
-        if terminate_rule is None:
-            terminate = tf.cast(tf.random.stateless_uniform((b, samples), seeds[3 * it + 2])
-                                < p_terminate[:, None], tf.float32)
-        else:
-            terminate = scripted_terminate_bits(*terminate_rule, continuous[..., 2])
-        actions = _assemble(continuous, close, open_, terminate)
-
+        actions = _draw(seeds[3 * it:3 * it + 3], samples, mean, std, p_gripper, p_terminate,
+                        c_low, c_high, terminate_rule, gripper_rule)
         scores = score_fn(actions)
         top = tf.math.top_k(scores, k=elites)
         elite = tf.gather(actions, top.indices, batch_dims=1)          # [B, M, 8]
@@ -103,6 +81,52 @@ def cem_maximize(score_fn: Callable[[tf.Tensor], tf.Tensor], batch_size, seed,
         best_score = tf.where(better, top.values[:, 0], best_score)
         best_action = tf.where(better[:, None], elite[:, 0], best_action)
     return best_action, best_score
+
+
+def _initial(b, low, high, gripper_noop):
+    """The first iteration's distribution for ``b`` states: the continuous bounds, mean
+    mid-box, std half the range, gripper (close, open, none) and terminate probabilities."""
+    cont = list(CONTINUOUS)
+    c_low = tf.gather(tf.constant(low, tf.float32), cont)
+    c_high = tf.gather(tf.constant(high, tf.float32), cont)
+    mean = tf.tile(((c_low + c_high) / 2)[None], (b, 1))
+    std = tf.tile(((c_high - c_low) / 2)[None], (b, 1))
+    modes = 3 if gripper_noop else 2
+    p_gripper = tf.concat([tf.fill((b, modes), 1.0 / modes), tf.zeros((b, 3 - modes))], 1)
+    return c_low, c_high, mean, std, p_gripper, tf.fill((b,), 0.5)
+
+
+def _draw(seeds, samples, mean, std, p_gripper, p_terminate, c_low, c_high, terminate_rule,
+          gripper_rule):
+    """[B, N, 8] actions from one iteration's distribution, the cell's rules applied."""
+    b = tf.shape(mean)[0]
+    noise = tf.random.stateless_normal((b, samples, mean.shape[-1]), seeds[0])
+    continuous = tf.clip_by_value(mean[:, None] + std[:, None] * noise, c_low, c_high)
+    u = tf.random.stateless_uniform((b, samples), seeds[1])
+    close = tf.cast(u < p_gripper[:, :1], tf.float32)
+    open_ = tf.cast(u >= p_gripper[:, :1], tf.float32) * tf.cast(
+        u < p_gripper[:, :1] + p_gripper[:, 1:2], tf.float32)
+    if gripper_rule is not None:
+        continuous, close, open_ = gripper_or_move(gripper_rule, continuous, close, open_)
+    if terminate_rule is None:
+        terminate = tf.cast(tf.random.stateless_uniform((b, samples), seeds[2])
+                            < p_terminate[:, None], tf.float32)
+    else:
+        terminate = scripted_terminate_bits(*terminate_rule, continuous[..., 2])
+    return _assemble(continuous, close, open_, terminate)
+
+
+def first_draw(batch_size, seed, samples: int, low: np.ndarray = ACTION_LOW,
+               high: np.ndarray = ACTION_HIGH, gripper_noop: bool = True, terminate_rule=None,
+               gripper_rule=None) -> tf.Tensor:
+    """[B, N, 8] actions as CEM's first iteration draws them (mean mid-box, std half the range,
+    clipped; gripper modes and terminate bit uniform), under the same rules as
+    ``cem_maximize``: the actions a greedy policy's search starts from."""
+    c_low, c_high, mean, std, p_gripper, p_terminate = _initial(batch_size, low, high,
+                                                                gripper_noop)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    return _draw(seeds, samples, mean, std, p_gripper, p_terminate, c_low, c_high,
+                 terminate_rule, gripper_rule)
 
 
 def scripted_terminate_bits(gripper_closed, height, translation_z):

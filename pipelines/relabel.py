@@ -56,7 +56,8 @@ LOCAL_MODE = "in_memory"
 TARGET_SCALE = 1e6  # Beam distributions hold integers: targets are counted in millionths
 # What compute_targets reads from a transition.
 MODEL_INPUTS = ("next_observation/image",) + tuple(
-    f"next_observation/{name}" for name in STATE_SCALARS) + ("reward", "is_terminal")
+    f"next_observation/{name}" for name in STATE_SCALARS) + ("reward", "is_terminal",
+                                                            "return_to_go")
 
 
 def epoch_dir(root: str, epoch: int) -> str:
@@ -304,6 +305,22 @@ def read_inputs(inputs: Sequence[str]) -> tuple[list[tuple[str, dict]], list[tup
     return manifests, list(enumerate(shards))
 
 
+def check_returns(targets, manifests: Sequence[tuple[str, dict]]) -> None:
+    """UserError unless every input's returns were discounted as ``targets`` asks, when the
+    target rule uses them (``targets.returns``)."""
+    if targets.returns == "none":
+        return
+    for src, manifest in manifests:
+        gamma = manifest.get("return_gamma")
+        if gamma is None:
+            raise UserError(f"dataset {src} was sharded before transitions held their returns; "
+                            f"shard it again to relabel with targets.returns={targets.returns}")
+        if abs(float(gamma) - targets.gamma) > 1e-9:
+            raise UserError(f"dataset {src} holds returns discounted with gamma {gamma} but "
+                            f"targets.gamma is {targets.gamma}: shard it again with --set "
+                            f"targets.gamma={targets.gamma}")
+
+
 def relabel(cfg, inputs: Sequence[str], export: str, output: str, epoch: int, *,
             max_dead_fraction: float | None = None, beam_args=()):
     """Transition datasets to ``output/epoch-K``, labelled with targets from ``export`` (an
@@ -316,6 +333,7 @@ def relabel(cfg, inputs: Sequence[str], export: str, output: str, epoch: int, *,
     if any(out == src for src, _ in manifests):
         raise UserError("--output must differ from --input (a job never rewrites its input)")
     cell = input_cell(manifests)
+    check_returns(cfg.targets, manifests)
     runner.quiet_beam_logging()
     found = check_export(export, manifests)
     version = target_version(found)

@@ -37,8 +37,8 @@ from schemas import cells as cell_rules
 from schemas import codec, fs
 from schemas.catalogue import catalogue_row, catalogue_table
 from schemas.errors import UserError
-from schemas.specs import SCHEMA_VERSION, STATE_SCALARS, TRANSITION
 from schemas.tfrecord_io import RecordWriter
+from schemas.transitions import encoded_transitions
 
 NAMESPACE = "qtopt.shard"
 # Locally one process: Beam's worker-process and worker-thread modes lost transitions in
@@ -73,63 +73,6 @@ def shuffle_key(seed: int, episode_id: str, step: int) -> bytes:
 
 def shard_of(key: bytes, num_shards: int) -> int:
     return int.from_bytes(key[:8], "big") % num_shards
-
-
-def episode_transitions(episode: dict, source: str | None = None) -> list[dict]:
-    """The T transition records of an episode of T actions (T + 1 RLDS steps).
-
-    Transition t pairs step t's observation, action and reward with step t + 1's observation;
-    it is terminal when step t + 1 is the episode's last: every end is scored, the step limit's
-    included (``robot.episode``), so nothing is bootstrapped past it.
-    """
-    n = int(episode["num_steps"])
-    shape = tuple(int(v) for v in episode["image_shape"])
-    src = source or episode["source"]
-    out = []
-    for t in range(n):
-        out.append(codec.new_record(
-            "transition", shape,
-            episode_id=episode["episode_id"], step=t, source=src,
-            action=episode["action"][t], reward=episode["reward"][t],
-            is_terminal=bool(episode["is_terminal"][t + 1]),
-            **{f"{prefix}/{name}": episode[f"observation/{name}"][t + dt]
-               for prefix, dt in (("observation", 0), ("next_observation", 1))
-               for name in ("image",) + STATE_SCALARS}))
-    return out
-
-
-_OBSERVATION = ("image",) + STATE_SCALARS
-
-
-def encoded_transitions(episode: dict, source: str | None = None) -> list[bytes]:
-    """``codec.encode`` of each of ``episode_transitions(episode, source)``, byte for byte, from
-    an episode ``codec.decode`` has validated: each step's values become Features once, shared
-    by the two transitions that hold the step, instead of every transition being built,
-    validated and encoded value by value."""
-    fields = {f.name: f for f in TRANSITION.fields}
-
-    def feature(name, value):
-        return codec.feature(fields[name], value)
-
-    n = int(episode["num_steps"])
-    header = {"schema_version": feature("schema_version", SCHEMA_VERSION),
-              "kind": feature("kind", TRANSITION.kind),
-              "image_shape": feature("image_shape", episode["image_shape"]),
-              "episode_id": feature("episode_id", episode["episode_id"]),
-              "source": feature("source", source or episode["source"])}
-    observations = [{name: feature(f"observation/{name}", episode[f"observation/{name}"][t])
-                     for name in _OBSERVATION} for t in range(n + 1)]
-    out = []
-    for t in range(n):
-        features = dict(header, step=feature("step", t),
-                        action=feature("action", episode["action"][t]),
-                        reward=feature("reward", episode["reward"][t]),
-                        is_terminal=feature("is_terminal", bool(episode["is_terminal"][t + 1])))
-        for name in _OBSERVATION:
-            features[f"observation/{name}"] = observations[t][name]
-            features[f"next_observation/{name}"] = observations[t + 1][name]
-        out.append(codec.example_bytes(features))
-    return out
 
 
 class ReadEpisodes(beam.DoFn):
@@ -169,15 +112,15 @@ class ReadEpisodes(beam.DoFn):
 
 
 class ToTransitions(beam.DoFn):
-    def __init__(self, seed, num_shards):
-        self.seed, self.num_shards = seed, num_shards
+    def __init__(self, seed, num_shards, gamma):
+        self.seed, self.num_shards, self.gamma = seed, num_shards, gamma
         self.transitions = Metrics.counter(NAMESPACE, "transitions")
 
     def process(self, episode):
         # One element per shard the episode reaches instead of one per transition: fewer
         # for Beam to carry through the grouping (a third as many at 10 steps, 4 shards).
         by_shard: dict = {}
-        for step, data in enumerate(encoded_transitions(episode)):
+        for step, data in enumerate(encoded_transitions(episode, self.gamma)):
             key = shuffle_key(self.seed, episode["episode_id"], step)
             by_shard.setdefault(shard_of(key, self.num_shards), []).append((key, data))
             self.transitions.inc()
@@ -236,7 +179,8 @@ def _write_catalogue(rows: list, staging: str) -> dict:
 
 
 def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
-          num_shards: int, seed: int, manifest_extra: dict, mark_progress: bool = False,
+          num_shards: int, seed: int, manifest_extra: dict, gamma: float,
+          mark_progress: bool = False,
           expected: dict | None = None, drop_duplicates: bool = False,
           one_process: bool = False):
     """Add the shard job to ``pipeline``: files -> staged shards -> commit (manifest last).
@@ -270,7 +214,7 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
     # 4-27% of the grouped transitions that way at 3000 episodes (1.2 GB); without the Flatten
     # it loses nothing. Commit writes the shards no transition fell into instead.
     shards = (episodes
-              | "To transitions" >> beam.ParDo(ToTransitions(seed, num_shards))
+              | "To transitions" >> beam.ParDo(ToTransitions(seed, num_shards, gamma))
               | "Group by shard" >> beam.GroupByKey()
               | "Write shards" >> beam.ParDo(WriteShard(out, run_id, num_shards, mark_progress)))
 
@@ -315,6 +259,8 @@ def build(pipeline, files: list[tuple[str | None, str]], out: str, run_id: str,
             **({"cell": cell} if cell else {}),
             "num_shards": num_shards,
             "shuffle_seed": seed,
+            # The discount of every transition's return_to_go (targets.gamma at shard time).
+            "return_gamma": gamma,
             "image_shapes": sorted(list(s) for s in image_shapes),
             "counts": {"episodes": cat["episodes"],
                        "transitions": sum(i["records"] for i in infos),
@@ -375,7 +321,7 @@ def shard(cfg, inputs: list[str], out: str, *, num_shards: int | None = None,
     return execute(options, files, out, num_shards, seed,
                    {"inputs": [{"source": s, "glob": g} for s, g in parsed],
                     "input_files": len(files), "created_by": "qtopt shard"},
-                   expected=episode_inputs.expected_counts(files),
+                   cfg.targets.gamma, expected=episode_inputs.expected_counts(files),
                    drop_duplicates=drop_duplicates, max_dead_fraction=allowed)
 
 
@@ -385,13 +331,14 @@ def run(args: argparse.Namespace) -> int:
                  max_dead_fraction=args.max_dead_fraction, beam_args=args.beam_args).status
 
 
-def execute(options, files, out, num_shards, seed, manifest_extra, expected=None,
+def execute(options, files, out, num_shards, seed, manifest_extra, gamma, expected=None,
             drop_duplicates=False, max_dead_fraction=0.0) -> jobs.JobResult:
     runner.quiet_beam_logging()
     run_id = dataset.new_run_id()
     local = runner.is_local(options)
     pipeline = runner.new_pipeline(options)
-    build(pipeline, files, out, run_id, num_shards, seed, manifest_extra, mark_progress=local,
+    build(pipeline, files, out, run_id, num_shards, seed, manifest_extra, gamma,
+          mark_progress=local,
           expected=expected, drop_duplicates=drop_duplicates,
           one_process=local and runner.running_mode(options) == "in_memory")
 

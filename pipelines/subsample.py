@@ -129,7 +129,7 @@ def build(pipeline, src: str, manifest_in: dict, out: str, run_id: str, fraction
             names.append(dataset.CATALOGUE)
         manifest = {key: manifest_in[key] for key in ("kind", "cell", "image_shapes",
                                                       "num_shards", "shuffle_seed",
-                                                      "target_version")
+                                                      "return_gamma", "target_version")
                     if key in manifest_in}
         manifest.update({"created_by": "qtopt subsample", "subsample_of": src,
                          "fraction": fraction, "subsample_seed": seed, "counts": counts,

@@ -206,6 +206,11 @@ class TargetConfig(_Section):
     gamma: float = _f(0.9, lo=0.0, hi=1.0, doc="discount")
     polyak: float = _f(0.9999, lo=0.0, hi=1.0, doc="Polyak averaging rate of the target copy")
     lag_steps: int = _f(6000, lo=0, doc="steps the lagged copy trails the Polyak copy")
+    returns: str = _f("none", choices=("none", "floor", "only"),
+                      doc="the episode's own discounted return: none (the paper), floor "
+                          "(target = max(Bellman target, return): the return a recorded policy "
+                          "earned is a lower bound of the best action's value) or only (regress "
+                          "Q to the return, Monte Carlo, no bootstrap)")
 
 
 @dataclass(frozen=True)
@@ -223,16 +228,27 @@ class TrainConfig(_Section):
     l2: float = _f(7e-5, lo=0.0, doc="L2 weight regularisation")
     loss: str = _f("cross_entropy", choices=("cross_entropy", "squared_error"),
                    doc="loss between Q and the target (both in [0, 1])")
+    conservative: float = _f(0.0, lo=0.0, doc="weight of a conservative term (CQL-like): the "
+                             "cross-entropy of picking each state's recorded action among it "
+                             "and train.conservative_samples actions drawn as CEM's first "
+                             "iteration draws them, on Q's logits; 0 (the paper) leaves it out")
+    conservative_samples: int = _f(8, lo=1, doc="sampled actions per state of the "
+                                   "conservative term")
     augment: bool = _f(True, doc="random crop and colour jitter in training only")
     crop_pad: int = _f(4, lo=0, hi=64,
                        doc="random crop: pad each image side by this many pixels, crop back")
     shuffle_buffer: int = _f(1000, lo=1, doc="records in the input pipeline's shuffle buffer")
     checkpoint_every: int = _f(500, lo=1, doc="steps between checkpoints")
     keep_checkpoints: int = _f(3, lo=1, doc="newest checkpoints kept on disk")
+    export_every: int = _f(0, lo=0, doc="steps between exports within one training call, "
+                           "each kept (exports/export-STEP), so one call yields a learning "
+                           "curve; 0: export only at the end of the call")
     checkpoint_input: bool = _f(True, doc="checkpoint the input position and shuffle buffer "
                                 "too, so a resumed run sees the same batches (off: a resumed "
                                 "run reads a fresh shuffle seeded by its step)")
     log_every: int = _f(50, lo=1, doc="steps between TensorBoard summaries")
+    jit_compile: bool = _f(True, doc="compile the gradient step with XLA (without a "
+                           "tf.distribute strategy): faster on CPU, the same maths")
     deterministic: bool = _f(False, doc="deterministic TensorFlow ops (slower; for tests)")
     seed: int = _f(0, lo=0, doc="seed of the weights' initialisation and the input order")
 

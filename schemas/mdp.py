@@ -127,6 +127,21 @@ def step_reward(done: bool, success: bool, step_penalty: float) -> float:
     return 1.0 if success else 0.0
 
 
+def discounted_returns(rewards, gamma: float) -> np.ndarray:
+    """G_t = r_t + gamma * G_{t+1} for one episode's rewards in step order, float32[T].
+
+    Every end of an episode is scored (the step limit's too), so nothing follows the last
+    reward. The return is what the policy that acted earned from step t: a lower bound of the
+    value of the best policy from there (exact for the one that acted)."""
+    r = np.asarray(rewards, np.float64).reshape(-1)
+    out = np.zeros(len(r), np.float64)
+    g = 0.0
+    for t in range(len(r) - 1, -1, -1):
+        g = r[t] + gamma * g
+        out[t] = g
+    return out.astype(np.float32)
+
+
 # ---------------------------------------------------------------- action bounds (for CEM)
 # Translation is metres per step; (sin, cos) encode one step's yaw change; the gripper bits are
 # one-hot, or both 0 for "no gripper command". The per-step limits come from

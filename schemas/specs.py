@@ -22,11 +22,15 @@ from typing import Optional
 # be made whole by any default (it is a measurement): collect them again.
 # Version 3 added the episode's ``cell``. A version 2 episode was made by the cell as it was
 # before cells had identities, so it reads as that cell, never as the current one.
-SCHEMA_VERSION = 3
-SUPPORTED_VERSIONS = (2, 3)
+# Version 4 added the transitions' ``return_to_go``. An older transition reads with 0.0 there,
+# and its dataset's manifest has no ``return_gamma``, so the jobs that use returns refuse it.
+SCHEMA_VERSION = 4
+SUPPORTED_VERSIONS = (2, 3, 4)
 CELL_BEFORE_IDENTITIES = "cell-v1 (before cell identities)"
 # What a field added in version V reads as in an older record: {V: {kind: {field: value}}}.
-ADDED_IN = {3: {"episode": {"cell": CELL_BEFORE_IDENTITIES}}}
+ADDED_IN = {3: {"episode": {"cell": CELL_BEFORE_IDENTITIES}},
+            4: {"transition": {"return_to_go": 0.0},
+                "labelled_transition": {"return_to_go": 0.0}}}
 
 ACTION_LAYOUT = ("translation_x", "translation_y", "translation_z", "rotation_sin",
                  "rotation_cos", "gripper_close", "gripper_open", "terminate")
@@ -139,6 +143,9 @@ _TRANSITION_FIELDS = _header() + (
     Field("action", "float32", (ACTION_DIM,)),
     Field("reward", "float32"),
     Field("is_terminal", "bool", doc="s' ends the episode: no bootstrap past it"),
+    Field("return_to_go", "float32", doc="discounted return of the recorded episode from this "
+                                         "step, with the gamma in the dataset's manifest "
+                                         "(return_gamma)"),
 ) + _observation("next_observation")
 
 TRANSITION = RecordSpec(

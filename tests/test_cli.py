@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from schemas import fake, tfrecord_io
+from schemas import fake, specs, tfrecord_io
 
 QTOPT = [sys.executable, "-m", "pipelines.cli"]
 
@@ -33,7 +33,7 @@ def test_inspect_describes_a_file_without_tensorflow(tmp_path):
     tfrecord_io.write_records(path, recs)
     out = qtopt("inspect", "--json", path, check_status=0).stdout
     info = json.loads(out)
-    assert info["kind"] == "episode" and info["schema_version"] == 3 and info["records"] == 3
+    assert info["kind"] == "episode" and info["schema_version"] == specs.SCHEMA_VERSION == 4 and info["records"] == 3
     assert info["fields"]["observation/image"] == "uint8[5, 16, 16, 3]"
     assert info["fields"]["action"] == "float32[5, 8]"
     assert info["record"]["episode_id"] == recs[0]["episode_id"]

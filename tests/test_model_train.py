@@ -344,3 +344,50 @@ def test_training_keeps_cells_apart_and_its_export_names_the_cell(tmp_path):
     train(_config("robot.object_scale=1"), [(dirs["there"], 1.0)], work, until_step=2,
           progress=False)
     assert load_export(os.path.join(work, "exports")).cell == other
+
+
+def _sampled_q(net, image_value, samples=32):
+    """Mean Q over actions drawn as CEM's first iteration draws them, at bright/dark states."""
+    from model.cem import first_draw
+
+    n = 8
+    rng = np.random.default_rng(1)
+    image = np.clip(image_value + rng.integers(-10, 10, (n, SIZE, SIZE, 3)), 0, 255).astype(
+        np.uint8)
+    state = np.tile(np.array([[0.0, 0.088 / 0.088, 0.1 / 0.25]], np.float32), (n, 1))
+    actions = first_draw(n, tf.constant([3, 0], tf.int64), samples)
+    features = net.features(image)
+    state = net.state_vector({"observation/image": image,
+                              "observation/gripper_closed": np.zeros(n, np.float32),
+                              "observation/gripper_opening": np.full(n, 0.088, np.float32),
+                              "observation/height": np.full(n, 0.1, np.float32)})
+    return float(np.mean(net.q_samples(features, state, actions).numpy()))
+
+
+def test_the_conservative_term_lowers_q_of_actions_the_data_lacks(tmp_path):
+    """The fake data's actions are one-hot close or open with a random pose; the first draw's
+    samples mostly carry no gripper command at all. With the term, their Q falls below the
+    recorded actions' while the ordering the targets teach holds."""
+    pattern = write_shards(tmp_path / "labelled", 64, 4)
+    nets = {}
+    for weight in (0.0, 1.0):
+        work = tmp_path / f"work-{weight}"
+        train(_config(f"train.conservative={weight}", "train.deterministic=true"),
+              [(pattern, 1.0)], str(work), until_step=300, progress=False)
+        nets[weight] = load_export(str(work / "exports")).online
+    plain, conservative = nets[0.0], nets[1.0]
+    assert _q(conservative, 200, close=True) > _q(conservative, 200, close=False) + 0.3
+    gap = {w: _q(net, 200, close=True) - _sampled_q(net, 200) for w, net in nets.items()}
+    assert gap[1.0] > gap[0.0] + 0.1, gap
+
+
+def test_one_training_call_exports_a_curve(tmp_path):
+    from model.export import complete_exports, export_step
+
+    pattern = write_shards(tmp_path / "labelled", 32, 2)
+    train(_config("train.export_every=20"), [(pattern, 1.0)], str(tmp_path / "work"),
+          until_step=50, progress=False)
+    exports = complete_exports(str(tmp_path / "work" / "exports"))
+    assert [export_step(p) for p in exports] == [20, 40, 50]
+    weights = [load_export(p).online.model.get_weights()[0] for p in exports]
+    assert not np.array_equal(weights[0], weights[1])

@@ -235,3 +235,38 @@ def test_relabel_keeps_cells_apart(data, tmp_path, capsys):
     same = make_export(tmp_path / "same", step=5, cell=scale_1)
     assert relabel(other, same, out, 1, *IN_PROCESS) == 0
     assert manifest(out / "epoch-1")["cell"] == scale_1
+
+
+def test_the_returns_rules_use_each_transitions_own_return(data, labelled, tmp_path):
+    """targets.returns=only labels every transition with its episode's discounted return,
+    floor with the larger of that and the Bellman target; both from what shard recorded."""
+    _root, ds, export = data
+    assert manifest(ds)["return_gamma"] == pytest.approx(0.9)
+    plain = {(r["episode_id"], int(r["step"])): r for r in read_all(labelled)}
+    by_rule = {}
+    for rule in ("only", "floor"):
+        assert relabel(ds, export, tmp_path / rule, 1, "--set", f"targets.returns={rule}",
+                       *IN_PROCESS) == 0
+        assert manifest(tmp_path / rule / "epoch-1")["targets"]["returns"] == rule
+        by_rule[rule] = read_all(tmp_path / rule / "epoch-1")
+    episodes: dict = {}
+    for r in plain.values():
+        episodes.setdefault(r["episode_id"], {})[int(r["step"])] = float(r["reward"])
+    for rule, rows in by_rule.items():
+        assert len(rows) == len(plain)
+        for r in rows:
+            rewards = [episodes[r["episode_id"]][t] for t in sorted(episodes[r["episode_id"]])]
+            expected = sum(0.9 ** k * x for k, x in enumerate(rewards[int(r["step"]):]))
+            assert r["return_to_go"] == pytest.approx(expected, abs=1e-5)
+            bellman = plain[(r["episode_id"], int(r["step"]))]["target"]
+            want = expected if rule == "only" else max(expected, bellman)
+            assert r["target"] == pytest.approx(want, abs=1e-5)
+
+
+def test_returns_discounted_otherwise_are_refused(data, tmp_path, capsys):
+    _root, ds, export = data
+    assert relabel(ds, export, tmp_path / "out", 1, "--set", "targets.returns=floor",
+                   "--set", "targets.gamma=0.8", *IN_PROCESS) == 2
+    err = capsys.readouterr().err
+    assert f"dataset {ds} holds returns discounted with gamma 0.9" in err
+    assert not (tmp_path / "out").exists()

@@ -80,7 +80,7 @@ def test_shuffle_mixes_episodes_and_orders_by_salted_hash(sharded):
 
 def test_catalogue_and_manifest(episodes, sharded):
     m = manifest(sharded)
-    assert m["kind"] == "transition" and m["schema_version"] == 3
+    assert m["kind"] == "transition" and m["schema_version"] == 4
     assert m["counts"]["episodes"] == 13 and m["counts"]["dead_lettered"] == 0
     assert set(m["counts"]["by_source"]) == {"fake-source", "online"}
     assert m["counts"]["by_source"]["online"]["episodes"] == 4
@@ -314,7 +314,7 @@ def test_episodes_of_the_old_layout_read_as_the_old_cell_and_are_not_mixed(tmp_p
     write_episodes(tmp_path / "new", files=1, per_file=2, seed=8)
     episode = next(tfrecord_io.read_records(str(old[0])))
     assert episode["cell"] == CELL_BEFORE_IDENTITIES != default_cell(16)
-    assert int(episode["schema_version"]) == 3  # read as the current layout
+    assert int(episode["schema_version"]) == 4  # read as the current layout
     from pipelines.inspect_records import summarise
     info = summarise(str(old[0]))  # inspect tells the version stored
     assert info["schema_version"] == 2 and info["record"]["cell"] == CELL_BEFORE_IDENTITIES

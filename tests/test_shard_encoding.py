@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import schemas  # noqa: F401  (first: the tfrecord/tensorflow import hook)
-from pipelines.shard import encoded_transitions, episode_transitions
 from schemas import codec, example_proto, fake, specs, tfrecord_io
 from schemas.errors import RecordError
+from schemas.transitions import encoded_transitions, episode_transitions
 
 
 def _decoded_episodes():
@@ -23,9 +23,9 @@ def _decoded_episodes():
 @pytest.mark.parametrize("source", [None, "online"])
 def test_encoded_transitions_are_the_codec_encoding_of_each_transition(source):
     for episode in _decoded_episodes():
-        expected = [codec.encode(t) for t in episode_transitions(episode, source)]
+        expected = [codec.encode(t) for t in episode_transitions(episode, 0.9, source)]
         assert len(expected) == int(episode["num_steps"])
-        assert encoded_transitions(episode, source) == expected
+        assert encoded_transitions(episode, 0.9, source) == expected
 
 
 def test_a_version_2_episode_gives_current_version_transitions():
@@ -34,8 +34,8 @@ def test_a_version_2_episode_gives_current_version_transitions():
     msg.context.feature["schema_version"].int64_list.value[0] = 2
     del msg.context.feature["cell"]
     decoded = codec.decode(msg.SerializeToString())
-    got = encoded_transitions(decoded)
-    assert got == [codec.encode(t) for t in episode_transitions(decoded)]
+    got = encoded_transitions(decoded, 0.9)
+    assert got == [codec.encode(t) for t in episode_transitions(decoded, 0.9)]
     assert {int(codec.decode(g)["schema_version"]) for g in got} == {specs.SCHEMA_VERSION}
 
 
