@@ -87,32 +87,26 @@ def load_episodes(directories: list[str]) -> Data:
                 np.concatenate(success), episodes)
 
 
-def bellman(cfg, export_path: str, data: Data, chunk: int = 512) -> np.ndarray:
-    """r + gamma * V(s') for every transition (r alone at a terminal), by the relabel maths."""
+def relabelled(cfg, export_path: str, data: Data, returns: np.ndarray,
+               chunk: int = 512) -> np.ndarray:
+    """Every transition's target by the relabel job's maths (``targets.kind`` and
+    ``targets.returns``); a terminal transition's is its reward, computed without CEM."""
     from model.export import load_export
-    from model.targets import compute_targets
+    from model.targets import compute_targets, with_returns
 
     export = load_export(export_path, copies=("polyak", "lagged"))
-    out = data.reward.astype(np.float32).copy()
+    out = with_returns(cfg.targets.returns, data.reward.astype(np.float32), returns)
     todo = np.flatnonzero(~data.terminal)
     for k, start in enumerate(range(0, len(todo), chunk)):
         idx = todo[start:start + chunk]
         nxt = data.obs[idx] + 1
-        batch = {"next_observation/image": data.images[nxt],
-                 "reward": data.reward[idx], "is_terminal": data.terminal[idx]}
+        batch = {"next_observation/image": data.images[nxt], "reward": data.reward[idx],
+                 "is_terminal": data.terminal[idx], "return_to_go": returns[idx]}
         for j, name in enumerate(STATE_SCALARS):
             batch[f"next_observation/{name}"] = data.scalars[nxt, j]
         target, _ = compute_targets(export, batch, cfg.cem, cfg.targets, seed=k)
         out[idx] = target
     return out
-
-
-def combine(rule: str, bellman_target, returns):
-    if rule == "only":
-        return returns
-    if rule == "floor":
-        return np.maximum(bellman_target, returns)
-    return bellman_target
 
 
 def make_input(cfg, data: Data, holder: dict, seed: int):
@@ -213,7 +207,7 @@ def main(argv=None) -> int:
         if rule == "only":
             return
         t = time.monotonic()
-        holder["target"] = combine(rule, bellman(cfg, export_path, data), returns)
+        holder["target"] = relabelled(cfg, export_path, data, returns)
         relabel_s += time.monotonic() - t
 
     relabel(export)
@@ -227,7 +221,8 @@ def main(argv=None) -> int:
         line = {"step": step, "train_s": round(time.monotonic() - t0 - relabel_s, 1),
                 "relabel_s": round(relabel_s, 1), "loss": round(float(result.loss), 4),
                 "mean_target": round(float(np.mean(target)), 4),
-                "mean_target_success": round(float(np.mean(target[data.episode_success])), 4)}
+                "mean_target_success": round(float(np.mean(target[data.episode_success])), 4)
+                if data.episode_success.any() else None}
         if step % args.eval_every == 0 and step >= args.eval_from:
             t = time.monotonic()
             r = evaluate(cfg, export, os.path.join(args.out, "eval", f"step-{step:06d}"))

@@ -23,16 +23,12 @@ from collections import defaultdict
 import numpy as np
 
 import schemas  # noqa: F401  (first: the tfrecord/tensorflow import hook)
+from schemas.mdp import discounted_returns
 
 
 def episode_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
     """G_t for one episode's rewards in step order (the last step is terminal)."""
-    out = np.zeros(len(rewards), np.float64)
-    g = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        g = float(rewards[t]) + gamma * g
-        out[t] = g
-    return out
+    return discounted_returns(rewards, gamma).astype(np.float64)
 
 
 def _stats(target: np.ndarray, ret: np.ndarray) -> dict:

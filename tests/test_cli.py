@@ -43,7 +43,7 @@ def test_inspect_describes_a_file_without_tensorflow(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "kind episode, schema version 3, 3 records" in proc.stdout
+    assert f"kind episode, schema version {specs.SCHEMA_VERSION}, 3 records" in proc.stdout
 
 
 def test_inspect_bad_file_is_one_line_exit_2(tmp_path):
