@@ -62,10 +62,10 @@ class TargetComputer:
             "reward": tf.TensorSpec((None,), tf.float32),
             "is_terminal": tf.TensorSpec((None,), tf.bool),
         }
-        # XLA: about 1.2x the targets per second on 2 CPU cores; each new batch size compiles
-        # once (relabel's chunks are all one size but a shard's last).
+        # Not XLA: it gave about 1.2x the targets per second, but compiled anew for every batch
+        # size (each shard's last chunk), seconds each on small datasets.
         self._fn = tf.function(self._compute, input_signature=[
-            signature, tf.TensorSpec((2,), tf.int64)], jit_compile=True)
+            signature, tf.TensorSpec((2,), tf.int64)], jit_compile=False)
 
     def _compute(self, batch, seed):
         image = batch["next_observation/image"]
