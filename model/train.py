@@ -193,7 +193,7 @@ class Trainer:
             self.store.keep_input(self.iterator)
         # XLA fuses the small convolutions' batch norms and activations: 1.5x the steps per
         # second of fast64 on 2 CPU cores. Strategies keep the plain graph (collectives).
-        self.train_step = tf.function(self._train_step, jit_compile=cfg.jit_compile) \
+        self.train_step = tf.function(self._train_step, jit_compile=cfg.jit_compile or None) \
             if distribution is None else tf.function(self._distributed_step)
         if distribution is not None:
             self._gather = tf.function(self._gather_fn)
@@ -238,14 +238,16 @@ class Trainer:
         # Under a strategy this runs on every replica, on its part of the global batch.
         replica = None if self.distribution is None else tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
-            conservative = tf.constant(0.0)
-            if self.config.train.conservative > 0:
+            weight = self.config.train.conservative
+            if weight > 0:
                 logits, conservative = self._conservative_logits(inputs)
             else:
                 logits = self.online.logits(inputs, training=True)
             data_loss = self.loss(logits, target)
             l2 = self.config.train.l2 * tf.add_n([tf.nn.l2_loss(k) for k in self.kernels])
-            loss = data_loss + l2 + self.config.train.conservative * conservative
+            loss = data_loss + l2
+            if weight > 0:
+                loss = loss + weight * conservative
             if replica is not None:  # the optimizer sums the replicas' gradients
                 loss = loss / replica.num_replicas_in_sync
         grads = tape.gradient(loss, self.trainable)

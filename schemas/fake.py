@@ -63,8 +63,12 @@ def fake_record(kind: str, rng: np.random.Generator | int = 0, image_size: int =
     rng = np.random.default_rng(rng)
     spec: RecordSpec = spec_for(kind)
     image_shape = (image_size, image_size, 3)
+    # return_to_go (schema 4) takes no draw of its own, so every other field's fake value is
+    # what it was before the field existed: a transition's reward is a return it could have.
     values = {f.name: _fake_value(f, rng, image_shape, record_id)
-              for f in spec.fields if f.name not in _HEADER}
+              for f in spec.fields if f.name not in _HEADER and f.name != "return_to_go"}
+    if "reward" in values and spec is not EPISODE:
+        values["return_to_go"] = values["reward"]
     if spec is EPISODE:
         # The default cell, as an export written with the defaults names it.
         values["cell"] = default_cell(image_size)
