@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import schemas  # noqa: E402,F401  (first: the tfrecord/tensorflow import hook)
 from schemas.mdp import discounted_returns  # noqa: E402
 from schemas.specs import STATE_SCALARS  # noqa: E402
+from schemas.transitions import terminal_flags  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -44,15 +45,14 @@ class Data:
     reward: np.ndarray        # float32 [N]
     terminal: np.ndarray      # bool [N]
     episode_success: np.ndarray  # bool [N]
+    episode_start: np.ndarray  # int64 [episodes + 1]: each episode's first transition, then N
     episodes: int
 
     def returns(self, gamma: float) -> np.ndarray:
+        """Each transition's ``return_to_go``, as shard writes it (``schemas.transitions``)."""
         out = np.zeros(len(self.reward), np.float32)
-        ends = np.flatnonzero(self.terminal)
-        start = 0
-        for end in ends:
-            out[start:end + 1] = discounted_returns(self.reward[start:end + 1], gamma)
-            start = end + 1
+        for a, b in zip(self.episode_start[:-1], self.episode_start[1:]):
+            out[a:b] = discounted_returns(self.reward[a:b], gamma)
         return out
 
 
@@ -60,7 +60,7 @@ def load_episodes(directories: list[str]) -> Data:
     from pipelines.records import read_episodes
 
     images, scalars, obs, action, reward, terminal, success = [], [], [], [], [], [], []
-    rows, episodes = 0, 0
+    starts, rows = [0], 0
     for directory in directories:
         files = sorted(glob.glob(os.path.join(directory, "*.tfrecord*")))
         if not files:
@@ -76,15 +76,13 @@ def load_episodes(directories: list[str]) -> Data:
                 obs.append(rows + np.arange(n))
                 action.append(np.asarray(episode["action"], np.float32)[:n])
                 reward.append(np.asarray(episode["reward"], np.float32)[:n])
-                term = np.asarray(episode["is_terminal"], bool)[1:n + 1].copy()
-                term[-1] = True   # every end is scored (shard's rule)
-                terminal.append(term)
+                terminal.append(np.asarray(terminal_flags(episode), bool))
                 success.append(np.full(n, bool(episode["success"])))
                 rows += n + 1
-                episodes += 1
+                starts.append(starts[-1] + n)
     return Data(np.concatenate(images), np.concatenate(scalars), np.concatenate(obs),
                 np.concatenate(action), np.concatenate(reward), np.concatenate(terminal),
-                np.concatenate(success), episodes)
+                np.concatenate(success), np.asarray(starts, np.int64), len(starts) - 1)
 
 
 def relabelled(cfg, export_path: str, data: Data, returns: np.ndarray,
@@ -191,7 +189,7 @@ def main(argv=None) -> int:
     rule = cfg.targets.returns
     returns = data.returns(cfg.targets.gamma)
     print(json.dumps({"episodes": data.episodes, "transitions": len(data.obs),
-                      "successes": int(np.sum(data.episode_success & data.terminal)),
+                      "successes": int(np.sum(data.episode_success[data.episode_start[:-1]])),
                       "load_s": round(time.monotonic() - t0, 1)}), flush=True)
 
     from model.train import Trainer

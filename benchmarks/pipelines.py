@@ -28,6 +28,7 @@ import tempfile
 import time
 
 import schemas  # noqa: F401  (first: the tfrecord/tensorflow import hook)
+from schemas.config import TargetConfig
 
 
 def _episodes(directory: str, episodes: int, image_size: int, per_file: int = 20) -> list[str]:
@@ -63,7 +64,7 @@ def bench_shard(root: str, files: list[str], workers: int) -> dict:
     out = os.path.join(root, "transitions")
     t0 = time.perf_counter()
     shard.execute(_local_options(workers, shard.LOCAL_MODE), [(None, f) for f in files], out, 4,
-                  0, {}, 0.9)
+                  0, {}, TargetConfig().gamma)
     shard_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -192,7 +192,8 @@ class Trainer:
         if cfg.checkpoint_input:
             self.store.keep_input(self.iterator)
         # XLA fuses the small convolutions' batch norms and activations: 1.5x the steps per
-        # second of fast64 on 2 CPU cores. Strategies keep the plain graph (collectives).
+        # second of fast64 on 2 CPU cores. Strategies keep the plain graph (collectives); off,
+        # jit_compile is left unset (None), the graph as it was before the option.
         self.train_step = tf.function(self._train_step, jit_compile=cfg.jit_compile or None) \
             if distribution is None else tf.function(self._distributed_step)
         if distribution is not None:
