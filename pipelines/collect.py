@@ -101,14 +101,19 @@ class CollectPlan:
     scripted_epsilon: float
     robot: RobotConfig
     cem: CEMConfig
+    scripted_close_max: float = 0.02
 
     def identity(self) -> dict:
         """What ``_collect.json`` records: a rerun into the same directory must match it."""
-        return {"policy": self.policy, "epsilon": self.epsilon, "seed": self.seed,
-                "objects": list(self.objects) if isinstance(self.objects, tuple)
-                else self.objects, "source": self.source,
-                "scripted_epsilon": self.scripted_epsilon,
-                "robot": dataclasses.asdict(self.robot)}
+        identity = {"policy": self.policy, "epsilon": self.epsilon, "seed": self.seed,
+                    "objects": list(self.objects) if isinstance(self.objects, tuple)
+                    else self.objects, "source": self.source,
+                    "scripted_epsilon": self.scripted_epsilon,
+                    "robot": dataclasses.asdict(self.robot)}
+        if self.scripted_close_max != 0.02:
+            # Only when changed, so that collections made before the option still resume.
+            identity["scripted_close_max"] = self.scripted_close_max
+        return identity
 
 
 class CollectBlock(beam.DoFn):
@@ -123,7 +128,7 @@ class CollectBlock(beam.DoFn):
         # index, whichever worker or runner ran it.
         self.cell, self.policy = worker_cell_and_policy(
             plan.robot, plan.objects, plan.policy, "sim-collect", plan.epsilon, plan.cem,
-            plan.scripted_epsilon)
+            plan.scripted_epsilon, plan.scripted_close_max)
         self.counts = {name: Metrics.counter(NAMESPACE, name) for name in
                        ("episodes", "successes", "steps", "labelled", "labeller_agrees")}
         self.seconds = Metrics.distribution(NAMESPACE, "episode_ms")
@@ -222,6 +227,8 @@ def make_plan(cfg, out: str, source: str | None) -> CollectPlan:
         policy_label = policy
         if policy == "scripted" and c.scripted_epsilon > 0:
             policy_label = f"scripted+epsilon={c.scripted_epsilon:g}"
+        if policy == "scripted" and c.scripted_close_max != 0.02:
+            policy_label += f"+close<={c.scripted_close_max:g}"
         default_source = f"{policy}-{object_label}"
     source = source or default_source
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", source):
@@ -230,7 +237,8 @@ def make_plan(cfg, out: str, source: str | None) -> CollectPlan:
                        objects=object_spec if isinstance(object_spec, str) else tuple(object_spec),
                        seed=c.seed, source=source, epsilon=c.epsilon,
                        scripted_epsilon=c.scripted_epsilon if policy == "scripted" else 0.0,
-                       robot=cfg.robot, cem=cfg.cem)
+                       robot=cfg.robot, cem=cfg.cem,
+                       scripted_close_max=c.scripted_close_max if policy == "scripted" else 0.02)
 
 
 def _check_plan(out: str, plan: CollectPlan, write: bool = True) -> None:

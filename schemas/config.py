@@ -151,6 +151,10 @@ class CollectConfig(_Section):
     scripted_epsilon: float = _f(0.0, lo=0.0, hi=1.0,
                                  doc="share of the scripted policy's steps replaced by "
                                  "appendix B's random actions (pose, gripper toggle, terminate)")
+    scripted_close_max: float = _f(0.02, lo=0.0, hi=0.2,
+                                   doc="the scripted policy closes at a height drawn uniformly "
+                                   "from 0 to this (m above the floor); higher spreads its "
+                                   "closes over heights where grasps fail, for offline data")
     seed: int = _f(0, lo=0, doc="collection seed: episode i's reset seed and id depend only on "
                                 "(seed, i, source)")
     explore_episodes: int = _f(0, lo=0, doc="demo: episodes of ``explore_policy`` collected "

@@ -163,3 +163,22 @@ def test_exploration_coin_flips_do_not_repeat_the_wrapped_policys_draws():
     coins = [policy.rng.random() for _ in range(200)]
     assert not np.allclose(coins, wrapped_draws)
     assert abs(np.corrcoef(coins, wrapped_draws)[0, 1]) < 0.2
+
+
+@pytest.mark.parametrize("close_max", [0.02, 0.07])
+def test_scripted_close_max_sets_the_heights_the_scripted_policy_closes_at(close_max):
+    # Over an empty tray nothing stops the descent: every close is where the policy chose.
+    cell = SimCell(CONFIG, "train")
+    heights = []
+    for seed in range(6):
+        policy = make_policy("scripted", CONFIG, scripted_close_max=close_max)
+        policy.seed(seed)
+        record = run_episode(cell, policy, seed, source="unit", placements=[])
+        closes = [t for t, a in enumerate(record["action"])
+                  if mdp.decode_action(a).gripper == "close"]
+        assert closes, f"seed {seed}: the scripted policy never closed"
+        heights.append(float(record["observation/height"][closes[0]]))
+    assert max(heights) <= close_max + 0.01
+    if close_max > 0.05:
+        # The draws spread over the range, not only its low end.
+        assert max(heights) > 0.03
