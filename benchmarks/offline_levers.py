@@ -112,7 +112,7 @@ def make_input(cfg, data: Data, holder: dict, seed: int):
     from ``holder`` at every draw, so a relabelling takes effect at once."""
     import tensorflow as tf
 
-    from model.data import augment_images
+    from model.data import augment_images, compiled_augment_images
     from model.network import InputSpec
 
     spec = InputSpec(cfg.robot.image_size, cfg.model.state_inputs,
@@ -140,7 +140,8 @@ def make_input(cfg, data: Data, holder: dict, seed: int):
         inputs, target = pair
         if cfg.train.augment:
             inputs = dict(inputs)
-            inputs["observation/image"] = augment_images(
+            fn = compiled_augment_images if cfg.train.jit_compile else augment_images
+            inputs["observation/image"] = fn(
                 inputs["observation/image"], tf.stack([tf.constant(seed, tf.int64), index]),
                 cfg.train.crop_pad)
         return inputs, target

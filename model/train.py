@@ -186,7 +186,7 @@ class Trainer:
                 self.expanded, self.spec, batch_size, training=True,
                 seed=_input_seed(cfg, self.store.latest()),
                 shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad,
-                shard=shard)
+                shard=shard, compile_augment=cfg.jit_compile)
         self.input_dataset = input_dataset
         self.iterator = iter(input_dataset)
         if cfg.checkpoint_input:

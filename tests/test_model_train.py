@@ -181,13 +181,37 @@ def test_weighted_mixing_and_training_only_augmentation(tmp_path):
 
 
 def test_random_crop_is_an_exact_shift():
-    image = np.arange(6 * 6 * 3, dtype=np.uint8).reshape(1, 6, 6, 3)
-    padded = np.pad(image[0], ((2, 2), (2, 2), (0, 0)), mode="symmetric")
-    windows = {padded[y:y + 6, x:x + 6].tobytes() for y in range(5) for x in range(5)}
-    crops = data.random_crop(tf.constant(np.repeat(image, 16, 0)), tf.constant([3, 4], tf.int64),
-                             2).numpy()
+    # 64 px, as the presets train on: bilinear crops there read a neighbouring pixel now and then.
+    size, pad = 64, 4
+    image = np.random.default_rng(1).integers(0, 256, (1, size, size, 3), np.uint8)
+    padded = np.pad(image[0], ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    windows = {padded[y:y + size, x:x + size].tobytes()
+               for y in range(2 * pad + 1) for x in range(2 * pad + 1)}
+    batch = tf.constant(np.repeat(image, 256, 0))
+    crops = data.random_crop(batch, tf.constant([3, 4], tf.int64), pad).numpy()
+    # Every crop a window, those at the padded edges included (offset 2 * pad).
     assert all(c.tobytes() in windows for c in crops)
-    assert len({c.tobytes() for c in crops}) > 1
+    assert len({c.tobytes() for c in crops}) > 40
+    corner = padded[2 * pad:, 2 * pad:].tobytes()
+    assert any(c.tobytes() == corner for c in crops)
+
+
+def test_compiled_augmentation_is_exact_and_repeatable():
+    image = np.arange(12 * 12 * 3, dtype=np.uint8).reshape(1, 12, 12, 3)
+    padded = np.pad(image[0], ((4, 4), (4, 4), (0, 0)), mode="symmetric")
+    windows = {padded[y:y + 12, x:x + 12].tobytes() for y in range(9) for x in range(9)}
+    compiled_crop = tf.function(data.random_crop, jit_compile=True)
+    crops = compiled_crop(tf.constant(np.repeat(image, 64, 0)), tf.constant([3, 4], tf.int64),
+                          4).numpy()
+    assert all(c.tobytes() in windows for c in crops)
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, (32, 16, 16, 3), np.uint8))
+    seed = tf.constant([5, 6], tf.int64)
+    once = data.compiled_augment_images(images, seed, 4).numpy()
+    assert once.dtype == np.uint8 and once.shape == images.shape
+    # XLA draws its own random stream: the same seed gives the same images, another seed others.
+    np.testing.assert_array_equal(once, data.compiled_augment_images(images, seed, 4).numpy())
+    other = data.compiled_augment_images(images, tf.constant([5, 7], tf.int64), 4).numpy()
+    assert not np.array_equal(once, other)
 
 
 def test_dataset_directories_must_be_complete(tmp_path):
