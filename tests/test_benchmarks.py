@@ -336,6 +336,28 @@ def test_train_speed_counts_flops_of_the_configured_network(capfd):
                                                     / line["matmul_gflops"], abs=0.01)
 
 
+def test_relabel_flops_counts_a_target_and_reports_its_rate(capfd):
+    from benchmarks import relabel_flops
+    from model.network import InputSpec, QNetwork
+    from schemas.config import CEMConfig
+
+    net = QNetwork(InputSpec(32), "tiny", "polyak")
+    cem = CEMConfig(samples=16, elites=2, iterations=3)
+    double, single = (relabel_flops.target_flops(net, cem, k)
+                      for k in ("clipped_double_q", "single_q"))
+    # Two towers and one more head call with the lagged copy; the head once per CEM sample.
+    assert double["tower"] == 2 * single["tower"] > 0
+    assert double["head"] * 48 == single["head"] * 49
+
+    sets = ["--set", "model.preset=tiny", "--set", "robot.image_size=32"]
+    assert relabel_flops.main(["--seconds", "1", "--batch", "16", *sets]) == 0
+    line = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
+    assert line["targets_per_s"] > 0 and line["matmul_gflops"] > 0
+    assert line["backup_s"] == pytest.approx(line["transitions"] / line["targets_per_s"], rel=0.01)
+    assert 0 < line["utilisation"] == pytest.approx(line["achieved_gflops"]
+                                                    / line["matmul_gflops"], abs=0.01)
+
+
 def test_pipelines_benchmark_shard_side_reports_its_ratio(tmp_path, capsys):
     from benchmarks.pipelines import main
     from pipelines_testlib import manifest
