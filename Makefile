@@ -16,7 +16,7 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # The whole system end to end on local defaults; rerun after a kill to go on where it stopped.
 demo: $(STAMP)
