@@ -53,6 +53,14 @@ def more_rounds(phase: Phases, ft_dir: str, rounds: int) -> None:
         phase.state["done"] = [d for d in phase.state["done"] if d not in ("finetune", "curve")]
 
 
+def explore_config(cfg):
+    """The configuration of the exploration episodes' collection: ``collect.explore_*``."""
+    c = cfg.collect
+    return cfg.updated(collect={"policy": c.explore_policy, "objects": "train",
+                                "episodes": c.explore_episodes, "seed": c.seed + 1,
+                                "scripted_close_max": c.explore_close_max})
+
+
 def table(rows: list[dict]) -> str:
     head = ("| policy | success on test objects | 95% interval | attempts | grasps trained on |\n"
             "|---|---|---|---|---|")
@@ -122,9 +130,7 @@ def demo(cfg, run_dir: str, *, epochs: int | None = None) -> JobResult:
     inputs = [fs.join(episodes, "*.tfrecord.gz")]
     if cfg.collect.explore_episodes:
         explore = fs.join(run_dir, "episodes", "explore-train")
-        c = cfg.collect
-        exploring = cfg.updated(collect={"policy": c.explore_policy, "objects": "train",
-                                         "episodes": c.explore_episodes, "seed": c.seed + 1})
+        exploring = explore_config(cfg)
         phase("collect-explore", lambda: collect.collect(exploring, explore,
                                                          source="explore-train").require())
         inputs.append(fs.join(explore, "*.tfrecord.gz"))

@@ -162,6 +162,9 @@ class CollectConfig(_Section):
                                "scripted data alone explores too little to learn from)")
     explore_policy: str = _f("random", doc="demo: the exploration policy of "
                              "``explore_episodes`` (scripted | random | an export)")
+    explore_close_max: float = _f(0.02, lo=0.0, hi=0.2,
+                                  doc="demo: ``scripted_close_max`` of the exploration "
+                                  "episodes when ``explore_policy`` is scripted")
 
 
 @dataclass(frozen=True)

@@ -171,3 +171,19 @@ def _episode_ids(directory) -> set:
 
     return {r["episode_id"] for f in sorted(directory.glob("shard-*.tfrecord.gz"))
             for r in read_records(str(f))}
+
+
+def test_exploration_episodes_take_their_own_policy_seed_and_close_heights():
+    from pipelines.collect import make_plan
+    from pipelines.demo import explore_config
+    from schemas.config import load_config
+
+    cfg = load_config("demo", overrides=["collect.explore_policy=scripted",
+                                         "collect.explore_episodes=7",
+                                         "collect.explore_close_max=0.06", "collect.seed=3"])
+    explore = explore_config(cfg).collect
+    assert (explore.policy, explore.episodes, explore.seed) == ("scripted", 7, 4)
+    assert explore.scripted_close_max == 0.06 and cfg.collect.scripted_close_max == 0.02
+    plan = make_plan(explore_config(cfg), "unused", "explore-train")
+    assert plan.identity()["scripted_close_max"] == 0.06
+    assert plan.policy_label.endswith("+close<=0.06")
