@@ -132,10 +132,15 @@ def loss_fn(kind: str):
 
 
 def make_optimizer(cfg):
+    rate = cfg.learning_rate
+    if cfg.decay_steps:
+        # A function of the optimizer's own step count, so a resumed run decays on from there.
+        rate = keras.optimizers.schedules.CosineDecay(rate, cfg.decay_steps,
+                                                      alpha=cfg.decay_floor)
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(cfg.learning_rate, momentum=cfg.momentum)
+        return keras.optimizers.SGD(rate, momentum=cfg.momentum)
     if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(cfg.learning_rate)
+        return keras.optimizers.Adam(rate)
     raise UserError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}")
 
 

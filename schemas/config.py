@@ -232,6 +232,11 @@ class TrainConfig(_Section):
     optimizer: str = _f("sgd", choices=("sgd", "adam"), doc="SGD with momentum (the paper) or Adam")
     learning_rate: float = _f(1e-4, lo=0.0, doc="optimizer step size")
     momentum: float = _f(0.9, lo=0.0, hi=1.0, doc="SGD momentum (unused by Adam)")
+    decay_steps: int = _f(0, lo=0, doc="cosine decay of the learning rate from "
+                          "learning_rate to learning_rate * decay_floor over this many "
+                          "gradient steps, counted from the run's first (0: constant, the paper)")
+    decay_floor: float = _f(0.1, lo=0.0, hi=1.0, doc="the decayed learning rate's final "
+                            "fraction (with train.decay_steps)")
     l2: float = _f(7e-5, lo=0.0, doc="L2 weight regularisation")
     loss: str = _f("cross_entropy", choices=("cross_entropy", "squared_error"),
                    doc="loss between Q and the target (both in [0, 1])")

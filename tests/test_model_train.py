@@ -415,3 +415,20 @@ def test_one_training_call_exports_a_curve(tmp_path):
     assert [export_step(p) for p in exports] == [20, 40, 50]
     weights = [load_export(p).online.model.get_weights()[0] for p in exports]
     assert not np.array_equal(weights[0], weights[1])
+
+
+def test_learning_rate_decays_by_the_optimizer_step_across_a_resume(tmp_path):
+    pattern = write_shards(tmp_path / "labelled", 64, 2)
+    cfg = _config("train.decay_steps=20", "train.decay_floor=0.1")
+    work = str(tmp_path / "work")
+    trainer = Trainer(cfg, [(pattern, 1.0)], work)
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(0.01)
+    trainer.run(until_step=10, progress=False)
+    # Half-way along the cosine: 0.1 + 0.9 * (1 + cos(pi / 2)) / 2 of the initial rate.
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(0.01 * 0.55, rel=1e-4)
+    resumed = Trainer(cfg, [(pattern, 1.0)], work)
+    resumed.run(until_step=25, progress=False)
+    assert float(resumed.optimizer.learning_rate) == pytest.approx(0.001, rel=1e-4)
+    constant = Trainer(_config(), [(pattern, 1.0)], str(tmp_path / "constant"))
+    constant.run(until_step=10, progress=False)
+    assert float(constant.optimizer.learning_rate) == pytest.approx(0.01)
