@@ -28,8 +28,12 @@ class Robot(abc.ABC):
     robot_id: str = "robot"
 
     @abc.abstractmethod
-    def reset(self, seed: int) -> dict:
-        """Start a new episode (new objects in the tray); returns the first observation."""
+    def reset(self, seed: int, placements=None) -> dict:
+        """Start a new episode (new objects in the tray); returns the first observation.
+
+        ``placements``: ``[(object, (x, y), yaw), ...]`` to put in the tray instead of a random
+        choice, as ``tray_objects`` returns them (the evaluation protocols' trays); a driver that
+        cannot place objects raises NotImplementedError when it is given."""
 
     @abc.abstractmethod
     def capture_state(self) -> dict:
@@ -76,3 +80,34 @@ class Robot(abc.ABC):
 
     def close(self) -> None:
         """Release the simulator or hardware."""
+
+    # What only some uses need; a driver without them raises NotImplementedError, naming them.
+
+    def tray_objects(self) -> list[tuple]:
+        """``(object, (x, y), yaw, held)`` of every object over the tray after an episode
+        (``object`` has an ``object_id``, as ``robot.objects.ObjectFile``),
+        ``held`` the end-of-episode verdict: bin emptying (``robot.protocols``) puts the rest
+        back with ``reset(seed, placements)``."""
+        raise NotImplementedError(f"{type(self).__name__}: no tray_objects (bin emptying)")
+
+    # The drop test's motions (``robot.labeller``, appendix D.3), outside the MDP's bounds.
+
+    def gripper_pose(self) -> tuple:
+        """(position [3] in the world frame, yaw) of the gripper."""
+        raise NotImplementedError(f"{type(self).__name__}: no gripper_pose (drop test)")
+
+    def glide(self, position) -> None:
+        """Move the gripper to ``position`` slowly enough that a held object stays held."""
+        raise NotImplementedError(f"{type(self).__name__}: no glide (drop test)")
+
+    def wait(self, substeps: int) -> None:
+        """Let the scene run for ``substeps`` control substeps with the gripper held still."""
+        raise NotImplementedError(f"{type(self).__name__}: no wait (drop test)")
+
+    def open_gripper(self) -> None:
+        """Open the fingers, letting go of whatever they hold."""
+        raise NotImplementedError(f"{type(self).__name__}: no open_gripper (drop test)")
+
+    def render(self):
+        """The camera image now, uint8 [H, W, 3], as ``capture_state`` would show it."""
+        raise NotImplementedError(f"{type(self).__name__}: no render (drop test)")

@@ -59,7 +59,8 @@ def moving_blocks(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def drop_test(cell) -> bool:
-    """Run the drop test on a ``SimCell`` whose episode just ended; True for a success."""
+    """Run the drop test on a ``Robot`` whose episode just ended (only the motions and the
+    camera that ``robot.interface.Robot`` declares); True for a success."""
     from robot.layout import OUT_OF_VIEW, TRAY_CENTRE, TRAY_FLOOR_Z
 
     position, _ = cell.gripper_pose()
