@@ -1,11 +1,11 @@
 """Finetuning's training speed in short chunks against one long chunk, on the same data.
 
-``qtopt finetune`` trains each round in chunks, one on-policy share per chunk; every chunk is a
-separate ``model.train.train`` call (restore the checkpoint, build the two-source input, trace,
-train, checkpoint, export). This benchmark writes two real labelled datasets (gzip TFRecords of
-fake transitions, standing for the offline and the on-policy data), then trains the same number
-of steps from scratch twice, each in a workdir of its own, exactly as finetuning calls the
-trainer: once in chunks of ``--chunk`` steps, once in a single call. The order alternates over
+``qtopt finetune`` trains each round in chunks, one on-policy share per chunk, with one
+``model.train.Trainer``: each chunk swaps in its two-source input (``Trainer.use_data``), trains
+and checkpoints; the last exports. This benchmark writes two real labelled datasets (gzip
+TFRecords of fake transitions, standing for the offline and the on-policy data), then trains the
+same number of steps from scratch twice, each in a workdir of its own: once in chunks of
+``--chunk`` steps as finetuning runs them, once in a single ``model.train.train`` call. The order alternates over
 ``--repeats`` so that drifts in machine load hit both alike.
 
 Prints one JSON line: ``chunked_steps_per_s``, ``single_steps_per_s``, ``ratio`` (chunked /
@@ -30,13 +30,19 @@ from benchmarks.train_input import write_shards  # noqa: E402
 
 
 def _timed(config, sources, workdir: str, steps: int, chunk: int) -> float:
-    from model.train import train
+    from model.train import Trainer, train
 
     start = time.perf_counter()
-    step = 0
+    if chunk >= steps:
+        train(config, sources, workdir, until_step=steps, progress=False)
+        return steps / (time.perf_counter() - start)
+    trainer, step = Trainer(config, sources, workdir), 0
     while step < steps:
-        step = train(config, sources, workdir, until_step=min(steps, step + chunk),
-                     progress=False).step
+        end = min(steps, step + chunk)
+        if step:
+            # Shares alternate, as the ramp changes them, so each chunk builds a new input.
+            trainer.use_data([(p, w if (step // chunk) % 2 else 1.0 - w) for p, w in sources])
+        step = trainer.run(until_step=end, progress=False, export=end >= steps).step
     return steps / (time.perf_counter() - start)
 
 

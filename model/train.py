@@ -174,7 +174,8 @@ class Trainer:
                               translation_range=config.robot.max_translation)
         self._build_networks()
         self.expanded = None if input_dataset is not None else data.expand(datasets)
-        batch_size, shard = self._worker_part()
+        self._part = self._worker_part()
+        batch_size, shard = self._part
         if self.expanded is not None:
             check_cell(config.robot, data.dataset_cells(self.expanded))
         self.checkpoint = tf.train.Checkpoint(
@@ -187,15 +188,14 @@ class Trainer:
                                      f"input-{input_key}", self.chief, staging_dir)
         # Built once the newest checkpoint is known: its step may seed the stream.
         if self.expanded is not None:
-            input_dataset = data.from_files(
-                self.expanded, self.spec, batch_size, training=True,
-                seed=_input_seed(cfg, self.store.latest()),
-                shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad,
-                shard=shard, compile_augment=cfg.jit_compile)
+            input_dataset = self._input_from_files()
         self.input_dataset = input_dataset
         self.iterator = iter(input_dataset)
         if cfg.checkpoint_input:
             self.store.keep_input(self.iterator)
+        # The step the weights in memory were last saved at or restored from: a further run
+        # from there need not read the checkpoint back.
+        self._synced_step = None
         # XLA fuses the small convolutions' batch norms and activations: 1.5x the steps per
         # second of fast64 on 2 CPU cores. Strategies keep the plain graph (collectives); off,
         # jit_compile is left unset (None), the graph as it was before the option.
@@ -203,6 +203,28 @@ class Trainer:
             if distribution is None else tf.function(self._distributed_step)
         if distribution is not None:
             self._gather = tf.function(self._gather_fn)
+
+    def _input_from_files(self):
+        cfg = self.config.train
+        batch_size, shard = self._part
+        return data.from_files(
+            self.expanded, self.spec, batch_size, training=True,
+            seed=_input_seed(cfg, self.store.latest()),
+            shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad,
+            shard=shard, compile_augment=cfg.jit_compile)
+
+    def use_data(self, datasets) -> None:
+        """Train the next ``run`` on ``datasets`` (``[(glob, weight), ...]``) instead, keeping
+        the networks, the optimizer and the traced step: finetuning's chunks, each with its own
+        on-policy share. Only for runs whose input position is not checkpointed."""
+        if self.config.train.checkpoint_input or self.distribution is not None:
+            raise UserError("use_data: only for a single-process trainer with "
+                            "train.checkpoint_input off (the input changes between runs)")
+        expanded = data.expand(datasets)
+        check_cell(self.config.robot, data.dataset_cells(expanded))
+        self.expanded = expanded
+        self.input_dataset = self._input_from_files()
+        self.iterator = iter(self.input_dataset)
 
     def _build_networks(self) -> None:
         """The online, Polyak and lagged networks, the optimizer and the step counter; under a
@@ -366,14 +388,21 @@ class Trainer:
 
     def restore(self) -> int:
         """Resume from the newest checkpoint, if any; returns the step reached."""
-        return self.store.restore()
+        step = int(self.step.numpy())
+        if self._synced_step == step and self.store.latest() is not None:
+            return step   # this trainer wrote or read that checkpoint and trained no further
+        step = self.store.restore()
+        self._synced_step = step
+        return step
 
     def save(self) -> str:
         barrier = None
         if self.distribution is not None:
             def barrier(step):
                 self._gather(tf.constant([step], tf.int64))
-        return self.store.save(int(self.step.numpy()), barrier)
+        path = self.store.save(int(self.step.numpy()), barrier)
+        self._synced_step = int(self.step.numpy())
+        return path
 
     def _damaged_input(self, step: int, exc) -> UserError:
         found = data.find_damaged(self.expanded) if self.expanded else None
@@ -407,15 +436,16 @@ class Trainer:
     # -- the loop
 
     def run(self, until_step: int | None = None, progress: bool = True,
-            steps: int | None = None) -> TrainResult:
+            steps: int | None = None, export: bool = True) -> TrainResult:
         """Train until the global step reaches ``until_step`` (default ``train.steps``), or
         ``steps`` more than the workdir's checkpoint. A workdir already there trains nothing
-        and only writes its export if that is missing. Under a strategy, a worker that stops
+        and only writes its export if that is missing. ``export=False``: checkpoint but write
+        no export (a chunk that more chunks follow). Under a strategy, a worker that stops
         (killed, unreachable) stops the others with an error; all resume when rerun."""
         if self.distribution is None:
-            return self._run(until_step, progress, steps)
+            return self._run(until_step, progress, steps, export)
         try:
-            return self._run(until_step, progress, steps)
+            return self._run(until_step, progress, steps, export)
         except _LOST_WORKER as exc:
             text = exc.message if hasattr(exc, "message") else str(exc)
             tasks = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", text)))
@@ -425,7 +455,7 @@ class Trainer:
                             "checkpoint: rerun the same command on every worker to resume") \
                 from None
 
-    def _run(self, until_step, progress, steps) -> TrainResult:
+    def _run(self, until_step, progress, steps, export=True) -> TrainResult:
         cfg = self.config.train
         start = self.restore()
         until = (start + int(steps) if steps is not None else
@@ -433,8 +463,8 @@ class Trainer:
         if self.distribution is not None:
             self._check_agreement(start, until)
         if until <= start:
-            return TrainResult(start, start, self.export_if_missing(), float("nan"), 0.0, until,
-                               self._digest())
+            return TrainResult(start, start, self.export_if_missing() if export else None,
+                               float("nan"), 0.0, until, self._digest())
         step = start
         writer = tf.summary.create_file_writer(self.store.local_logs_dir) if self.chief else \
             tf.summary.create_noop_writer()
@@ -486,7 +516,7 @@ class Trainer:
         if step != last_saved:
             self.save()
         self.store.push_logs()
-        export_path = self.export()
+        export_path = self.export() if export else None
         return TrainResult(step, start, export_path, loss,
                            (step - start) / elapsed if step > start else 0.0, until,
                            self._digest())

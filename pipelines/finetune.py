@@ -13,9 +13,10 @@ Each round is four jobs, each the command a user could run by hand:
 4. train    ``finetune/train``: the balancer gives the steps this round may train (gradient steps
             per new on-policy transition); they run in chunks, each at the ramp's on-policy share
             for the step where the chunk starts; past the ramp the rest of the round is one
-            chunk (``benchmarks.finetune_chunks``: 100-step chunks train at 0.77-0.875 times
-            the speed of one call). Each chunk exports; only the export each round collected
-            with, finetuning's first and the newest are kept.
+            chunk. One trainer serves the round's chunks, each swapping in its input
+            (``benchmarks.finetune_chunks`` measures what chunking costs); every chunk
+            checkpoints, the round's last exports. Only the export each round collected with,
+            finetuning's first and the newest are kept.
 
 ``finetune/state.json`` records the phases done (written atomically after each one). Every job
 is idempotent (collect completes its set, shard and relabel republish, train resumes from its
@@ -147,7 +148,7 @@ def run_round(cfg, offline: str, objects: str, state: dict, p: dict) -> None:
 
 
 def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
-    from model.train import train
+    from model.train import Trainer
 
     ft = cfg.finetune
     balancer = Balancer(ft.steps_per_transition)
@@ -163,25 +164,44 @@ def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
     print(f"finetune: round {state['round']} trains {until - step} steps "
           f"({ft.steps_per_transition:g} per on-policy transition, "
           f"{state['online_transitions']} so far)", flush=True)
+    trainer = None
     while step < until:
         share = online_share(step - state["start_step"], ft.ramp_start, ft.ramp_end,
                              ft.ramp_steps)
         end = state["start_step"] + chunk_end(step - state["start_step"],
                                               until - state["start_step"], ft.ramp_steps,
                                               ft.ramp_chunk)
-        result = train(train_cfg, [(off_dir, 1.0 - share), (on_dir, share)], p["train"],
-                       until_step=end, progress=end - step > ft.ramp_chunk)
+        sources = [(off_dir, 1.0 - share), (on_dir, share)]
+        # One trainer for the round: each chunk swaps its input, not the networks or the
+        # traced step. Checkpointed every chunk, exported once, at the round's end.
+        if trainer is None:
+            trainer = Trainer(train_cfg, sources, p["train"])
+        else:
+            trainer.use_data(sources)
+        result = trainer.run(until_step=end, progress=end - step > ft.ramp_chunk,
+                             export=end >= until)
         print(f"finetune: step {result.step}/{until}, on-policy share {share:.3f}, "
               f"loss {result.loss:.4f}", flush=True)
         step = result.step
         state["steps_done"] = step - state["start_step"]
         write_state(p["state"], state)
         prune_chunk_exports(state, p)
+    _export_round_end(train_cfg, p, until)
+
+
+def _export_round_end(cfg, p: dict, until: int) -> None:
+    """The export of the round's last step, written if a kill came between its checkpoint and
+    its export (the rerun then has no steps left to train)."""
+    from model.export import MANIFEST, export_dir
+    from model.train import export_weights
+
+    if not fs.exists(fs.join(export_dir(fs.join(p["train"], "exports"), until), MANIFEST)):
+        export_weights(cfg, p["train"])
 
 
 def prune_chunk_exports(state: dict, p: dict) -> None:
-    """Every chunk exports; keep the export finetuning started from, the one each round
-    collected with, and the newest (a 10-round run would otherwise keep ~1000)."""
+    """Keep the export finetuning started from, the one each round collected with, and the
+    newest; any other is a leftover."""
     from model.export import export_dir, prune_exports
 
     exports_dir = fs.join(p["train"], "exports")

@@ -432,3 +432,27 @@ def test_learning_rate_decays_by_the_optimizer_step_across_a_resume(tmp_path):
     constant = Trainer(_config(), [(pattern, 1.0)], str(tmp_path / "constant"))
     constant.run(until_step=10, progress=False)
     assert float(constant.optimizer.learning_rate) == pytest.approx(0.01)
+
+
+def test_one_trainer_takes_new_data_between_runs_and_exports_when_asked(tmp_path):
+    from model_testlib import labelled
+
+    rng = np.random.default_rng(0)
+    for name, target in (("zeros", 0.0), ("ones", 1.0)):
+        write_raw(tmp_path / name / "shard-00000.tfrecord.gz",
+                  [labelled(rng, 120, True, target) for _ in range(64)])
+    cfg = _config("train.checkpoint_input=false")
+    work = tmp_path / "work"
+    trainer = Trainer(cfg, [(str(tmp_path / "zeros" / "*.gz"), 1.0)], str(work))
+    first = trainer.run(until_step=10, progress=False, export=False)
+    assert first.export_path is None and not (work / "exports").exists()
+    trainer.use_data([(str(tmp_path / "ones" / "*.gz"), 1.0)])
+    _, target = next(trainer.iterator)
+    assert np.all(target.numpy() == 1.0)
+    second = trainer.run(until_step=20, progress=False)
+    assert (second.start_step, second.step) == (10, 20)
+    assert load_export(str(work / "exports")).step == 20
+    # A trainer whose input position is checkpointed cannot swap its input.
+    kept = Trainer(_config(), [(str(tmp_path / "zeros" / "*.gz"), 1.0)], str(tmp_path / "w2"))
+    with pytest.raises(UserError, match="checkpoint_input"):
+        kept.use_data([(str(tmp_path / "ones" / "*.gz"), 1.0)])
