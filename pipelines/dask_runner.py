@@ -52,6 +52,10 @@ def _concat(lists) -> list:
     return [value for values in lists for value in values]
 
 
+# Seconds to wait for a remote scheduler unless --dask_connection_timeout says otherwise.
+CONNECT_TIMEOUT_S = 10
+
+
 @dataclasses.dataclass
 class _Spec:
     """What a worker needs to run one ParDo's bundles (pickled into the task graph)."""
@@ -240,6 +244,9 @@ class DaskRunner(beam_dask.DaskRunner):
             cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
                                                processes=True, dashboard_address=None)
             dask_options["address"] = cluster
+        else:
+            # A scheduler that is not there should say so in seconds, not Dask's 30.
+            dask_options.setdefault("timeout", CONNECT_TIMEOUT_S)
         try:
             client = distributed.Client(**dask_options)
         except (OSError, TimeoutError) as exc:
