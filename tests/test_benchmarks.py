@@ -395,3 +395,33 @@ def test_offline_levers_trains_relabels_and_evaluates_from_episodes(cell_episode
     assert len((out / "curve.jsonl").read_text().splitlines()) == 2
     with pytest.raises(SystemExit, match="exists"):
         main(["--episodes", str(path.parent), "--out", str(out)])
+
+
+def test_rollouts_trace_reads_heights_closes_and_moves():
+    from benchmarks.rollouts import summary, trace
+    from schemas import mdp
+
+    actions = [mdp.make_action((0.03, 0.0, 0.0)), mdp.make_action((0.0, 0.0, -0.08)),
+               mdp.make_action(gripper="close"), mdp.make_action(gripper="open"),
+               mdp.zero_action()]
+    episode = {"num_steps": 4, "success": False, "action": actions,
+               "observation/height": [0.2, 0.2, 0.12, 0.118, 0.118],
+               "observation/gripper_closed": [0, 0, 0, 1, 0],
+               "observation/gripper_opening": [0.08, 0.08, 0.08, 0.001, 0.08]}
+    line, count = trace(episode)
+    assert line == "F  4  20> 20 12C 12c1O"
+    assert count["heights"] == [0.12] and count["moved_before_close"] == pytest.approx(0.03)
+    out = summary([count, {**count, "closes": 0, "heights": [], "moved_before_close": None,
+                           "success": True}])
+    assert (out["successes"], out["closes"], out["never_close"], out["regrasps"]) == (1, 1, 1, 0)
+    assert out["close_height_cm"][1] == 12.0 and out["sideways_before_close_cm"] == 3.0
+
+
+def test_rollouts_of_the_scripted_policy_close_every_episode(capsys):
+    from benchmarks.rollouts import main
+
+    assert main(["scripted", "--episodes", "2", "--set", "robot.image_size=32"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("1000 ")
+    out = json.loads(lines[-1])
+    assert out["episodes"] == 2 and out["never_close"] == 0 and out["closes"] >= 2
