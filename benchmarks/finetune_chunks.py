@@ -5,8 +5,8 @@
 and checkpoints; the last exports. This benchmark writes two real labelled datasets (gzip
 TFRecords of fake transitions, standing for the offline and the on-policy data), then trains the
 same number of steps from scratch twice, each in a workdir of its own: once in chunks of
-``--chunk`` steps as finetuning runs them, once in a single ``model.train.train`` call. The order alternates over
-``--repeats`` so that drifts in machine load hit both alike.
+``--chunk`` steps as finetuning runs them, once in a single ``model.train.train`` call. The
+order alternates over ``--repeats`` so that drifts in machine load hit both alike.
 
 Prints one JSON line: ``chunked_steps_per_s``, ``single_steps_per_s``, ``ratio`` (chunked /
 single) and the settings.

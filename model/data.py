@@ -208,7 +208,7 @@ def _shard_files(expanded, shard):
 
 def make_dataset(datasets, spec, batch_size: int, *, training: bool = True, seed: int = 0,
                  shuffle_buffer: int = 1000, augment: bool = True, crop_pad: int = 4,
-                 check: bool = True, compile_augment: bool = False) -> tf.data.Dataset:
+                 check: bool = True) -> tf.data.Dataset:
     """Batches ``(inputs, target)``; ``inputs`` keyed by ``spec.input_names``.
 
     ``datasets``: ``[(glob, weight), ...]``; each batch draws from dataset i with probability
@@ -216,7 +216,7 @@ def make_dataset(datasets, spec, batch_size: int, *, training: bool = True, seed
     """
     return from_files(expand(datasets), spec, batch_size, training=training, seed=seed,
                       shuffle_buffer=shuffle_buffer, augment=augment, crop_pad=crop_pad,
-                      check=check, compile_augment=compile_augment)
+                      check=check)
 
 
 def from_files(expanded, spec, batch_size: int, *, training: bool = True, seed: int = 0,

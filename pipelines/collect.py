@@ -34,7 +34,7 @@ from pipelines.jobs import JobResult, recorded_identity
 from pipelines.options import add_config_arguments, config_from_args
 from pipelines.policies import make_policy, worker_cell_and_policy
 from schemas import codec, fs
-from schemas.config import CEMConfig, RobotConfig
+from schemas.config import CEMConfig, CollectConfig, RobotConfig
 from schemas.errors import UserError
 from schemas.tfrecord_io import RecordWriter, iter_raw
 
@@ -101,7 +101,7 @@ class CollectPlan:
     scripted_epsilon: float
     robot: RobotConfig
     cem: CEMConfig
-    scripted_close_max: float = 0.02
+    scripted_close_max: float = CollectConfig.scripted_close_max
 
     def identity(self) -> dict:
         """What ``_collect.json`` records: a rerun into the same directory must match it."""
@@ -110,7 +110,7 @@ class CollectPlan:
                     else self.objects, "source": self.source,
                     "scripted_epsilon": self.scripted_epsilon,
                     "robot": dataclasses.asdict(self.robot)}
-        if self.scripted_close_max != 0.02:
+        if self.scripted_close_max != CollectConfig.scripted_close_max:
             # Only when changed, so that collections made before the option still resume.
             identity["scripted_close_max"] = self.scripted_close_max
         return identity
@@ -227,7 +227,7 @@ def make_plan(cfg, out: str, source: str | None) -> CollectPlan:
         policy_label = policy
         if policy == "scripted" and c.scripted_epsilon > 0:
             policy_label = f"scripted+epsilon={c.scripted_epsilon:g}"
-        if policy == "scripted" and c.scripted_close_max != 0.02:
+        if policy == "scripted" and c.scripted_close_max != CollectConfig.scripted_close_max:
             policy_label += f"+close<={c.scripted_close_max:g}"
         default_source = f"{policy}-{object_label}"
     source = source or default_source
@@ -238,7 +238,8 @@ def make_plan(cfg, out: str, source: str | None) -> CollectPlan:
                        seed=c.seed, source=source, epsilon=c.epsilon,
                        scripted_epsilon=c.scripted_epsilon if policy == "scripted" else 0.0,
                        robot=cfg.robot, cem=cfg.cem,
-                       scripted_close_max=c.scripted_close_max if policy == "scripted" else 0.02)
+                       scripted_close_max=c.scripted_close_max if policy == "scripted"
+                       else CollectConfig.scripted_close_max)
 
 
 def _check_plan(out: str, plan: CollectPlan, write: bool = True) -> None:

@@ -185,8 +185,8 @@ def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
         step = result.step
         state["steps_done"] = step - state["start_step"]
         write_state(p["state"], state)
-        prune_chunk_exports(state, p)
     _export_round_end(train_cfg, p, until)
+    prune_chunk_exports(state, p)
 
 
 def _export_round_end(cfg, p: dict, until: int) -> None:

@@ -7,17 +7,18 @@ import os
 
 from robot.policies import EpsilonGreedy, RandomPolicy, ScriptedGrasp
 from schemas import fs
-from schemas.config import RobotConfig
+from schemas.config import CollectConfig, RobotConfig
 from schemas.errors import UserError
 
 
 def make_policy(name: str, config: RobotConfig | None = None, epsilon: float = 0.2,
                 cem_config=None, scripted_epsilon: float = 0.0,
-                scripted_close_max: float = 0.02):
+                scripted_close_max: float = CollectConfig.scripted_close_max):
     """``scripted``, ``random``, or a policy export directory (the model's greedy CEM policy over
     the export's Polyak copy, ``model.policy.load_policy``, wrapped in epsilon-greedy exploration
     unless epsilon is 0). The scripted policy is wrapped the same way with ``scripted_epsilon``
-    (0: not at all) and closes at most ``scripted_close_max`` above the floor. TensorFlow is imported only for an export."""
+    (0: not at all) and closes at most ``scripted_close_max`` above the floor. TensorFlow is
+    imported only for an export."""
     config = config or RobotConfig()
     if name == "scripted":
         scripted = ScriptedGrasp(config, close_height=(0.0, float(scripted_close_max)))
@@ -37,7 +38,7 @@ def make_policy(name: str, config: RobotConfig | None = None, epsilon: float = 0
 
 def worker_cell_and_policy(robot: RobotConfig, objects, policy: str, robot_id: str,
                            epsilon: float, cem=None, scripted_epsilon: float = 0.0,
-                           scripted_close_max: float = 0.02):
+                           scripted_close_max: float = CollectConfig.scripted_close_max):
     """What a collect or evaluate worker holds: a simulated cell of ``robot`` with ``objects``
     (a split name or URDF paths), and ``policy`` for it."""
     from robot.cell import SimCell
