@@ -75,7 +75,7 @@ def summary(counts: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("policy", help="an export directory, scripted or random")
     parser.add_argument("--episodes", type=int, default=8)
     parser.add_argument("--objects", default="train", help="train | test")
