@@ -102,6 +102,7 @@ class CollectPlan:
     robot: RobotConfig
     cem: CEMConfig
     scripted_close_max: float = CollectConfig.scripted_close_max
+    scripted_aim_radius: float | None = None     # None: blind aims
 
     def identity(self) -> dict:
         """What ``_collect.json`` records: a rerun into the same directory must match it."""
@@ -113,6 +114,8 @@ class CollectPlan:
         if self.scripted_close_max != CollectConfig.scripted_close_max:
             # Only when changed, so that collections made before the option still resume.
             identity["scripted_close_max"] = self.scripted_close_max
+        if self.scripted_aim_radius is not None:
+            identity["scripted_aim_radius"] = self.scripted_aim_radius
         return identity
 
 
@@ -128,7 +131,7 @@ class CollectBlock(beam.DoFn):
         # index, whichever worker or runner ran it.
         self.cell, self.policy = worker_cell_and_policy(
             plan.robot, plan.objects, plan.policy, "sim-collect", plan.epsilon, plan.cem,
-            plan.scripted_epsilon, plan.scripted_close_max)
+            plan.scripted_epsilon, plan.scripted_close_max, plan.scripted_aim_radius)
         self.counts = {name: Metrics.counter(NAMESPACE, name) for name in
                        ("episodes", "successes", "steps", "labelled", "labeller_agrees")}
         self.seconds = Metrics.distribution(NAMESPACE, "episode_ms")
@@ -229,6 +232,8 @@ def make_plan(cfg, out: str, source: str | None) -> CollectPlan:
             policy_label = f"scripted+epsilon={c.scripted_epsilon:g}"
         if policy == "scripted" and c.scripted_close_max != CollectConfig.scripted_close_max:
             policy_label += f"+close<={c.scripted_close_max:g}"
+        if policy == "scripted" and c.scripted_aim == "object":
+            policy_label += f"+aim<={c.scripted_aim_radius:g}"
         default_source = f"{policy}-{object_label}"
     source = source or default_source
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", source):
@@ -239,7 +244,9 @@ def make_plan(cfg, out: str, source: str | None) -> CollectPlan:
                        scripted_epsilon=c.scripted_epsilon if policy == "scripted" else 0.0,
                        robot=cfg.robot, cem=cfg.cem,
                        scripted_close_max=c.scripted_close_max if policy == "scripted"
-                       else CollectConfig.scripted_close_max)
+                       else CollectConfig.scripted_close_max,
+                       scripted_aim_radius=c.scripted_aim_radius
+                       if policy == "scripted" and c.scripted_aim == "object" else None)
 
 
 def _check_plan(out: str, plan: CollectPlan, write: bool = True) -> None:

@@ -155,6 +155,13 @@ class CollectConfig(_Section):
                                    doc="the scripted policy closes at a height drawn uniformly "
                                    "from 0 to this (m above the floor); higher spreads its "
                                    "closes over heights where grasps fail, for offline data")
+    scripted_aim: str = _f("blind", choices=("blind", "object"),
+                           doc="where the scripted policy aims: blind (random, near the tray "
+                           "centre: appendix B) or object (within ``scripted_aim_radius`` of a "
+                           "random object's centre, from the simulator's truth)")
+    scripted_aim_radius: float = _f(0.05, lo=0.0, hi=0.2,
+                                    doc="with scripted_aim=object: the aim is drawn uniformly "
+                                    "within this distance (m) of the chosen object's centre")
     seed: int = _f(0, lo=0, doc="collection seed: episode i's reset seed and id depend only on "
                                 "(seed, i, source)")
     explore_episodes: int = _f(0, lo=0, doc="demo: episodes of ``explore_policy`` collected "

@@ -230,3 +230,22 @@ def test_movie_captions_wrap_to_fit_the_frame():
     assert movie[0].shape[0] >= 16 * 16 + LINE * (len(lines) + 1)
     for frame in movie:
         assert (frame[16 * 16:, -3:] == 20).all()
+
+
+def test_an_aimed_scripted_collection_says_so_in_its_identity_and_label():
+    from pipelines.collect import make_plan
+    from schemas.config import load_config
+
+    blind = make_plan(load_config("demo"), "unused", None)
+    assert "scripted_aim_radius" not in blind.identity()
+    assert blind.scripted_aim_radius is None and "+aim" not in blind.policy_label
+    cfg = load_config("demo", overrides=["collect.scripted_aim=object",
+                                         "collect.scripted_aim_radius=0.08"])
+    aimed = make_plan(cfg, "unused", None)
+    assert aimed.identity()["scripted_aim_radius"] == 0.08
+    assert aimed.policy_label.endswith("+aim<=0.08")
+    # Only the scripted policy aims.
+    random = make_plan(load_config("demo", overrides=["collect.policy=random",
+                                                      "collect.scripted_aim=object"]),
+                       "unused", None)
+    assert random.scripted_aim_radius is None

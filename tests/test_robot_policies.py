@@ -182,3 +182,39 @@ def test_scripted_close_max_sets_the_heights_the_scripted_policy_closes_at(close
     if close_max > 0.05:
         # The draws spread over the range, not only its low end.
         assert max(heights) > 0.03
+
+
+@pytest.mark.parametrize("radius", [0.0, 0.06])
+def test_scripted_aim_at_objects_closes_within_the_radius_of_one(radius):
+    # Free of epsilon and retries' shifts, the close is where the aim put the gripper.
+    config = RobotConfig(image_size=32)
+    cell = SimCell(config, "train")
+    distances, blind = [], []
+    for seed in range(6):
+        for aimed in (True, False):
+            policy = make_policy("scripted", config, scripted_aim_radius=radius if aimed
+                                 else None, world=cell)
+            policy.retries = 0
+            policy.seed(seed)
+            observation, step = cell.reset(seed), 0
+            policy.reset()
+            while not cell.done:
+                action = policy.sample_action(observation, step)
+                if mdp.decode_action(action).gripper == "close":
+                    gripper, _ = cell.gripper_pose()
+                    objects = cell.object_positions()
+                    d = float(np.min(np.linalg.norm(objects[:, :2] - gripper[:2], axis=1)))
+                    (distances if aimed else blind).append(d)
+                    break
+                cell.execute_command(action)
+                observation, step = cell.capture_state(), step + 1
+    assert len(distances) == 6 and len(blind) == 6
+    # Objects move as the fingers land among them (one may be pushed away): five of six closes
+    # within 1.5 cm of the radius.
+    assert sorted(distances)[4] <= radius + 0.015, distances
+    assert np.median(distances) < np.median(blind), (distances, blind)
+
+
+def test_scripted_aim_needs_a_world_that_knows_the_objects():
+    with pytest.raises(ValueError, match="aim_radius needs a world"):
+        ScriptedGrasp(CONFIG, aim_radius=0.05)
