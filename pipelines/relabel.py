@@ -42,6 +42,7 @@ from pipelines import dataset, records, runner
 from pipelines.jobs import add_max_dead_fraction, report
 from pipelines.jobs import max_dead_fraction as allowance
 from pipelines.options import add_config_arguments, config_from_args
+from pipelines.outputlock import output_lock
 from schemas import cells as cell_rules
 from schemas import codec, fs
 from schemas.errors import RecordError, UserError
@@ -351,8 +352,10 @@ def relabel(cfg, inputs: Sequence[str], export: str, output: str, epoch: int, *,
     expected = {}
     for src, manifest in manifests:
         expected.update(dataset.file_records(src, manifest))
-    return execute(options, shards, out, target_model, cfg.pipeline.relabel_batch_size, version,
-                   extra, sum(m["counts"]["transitions"] for _, m in manifests), expected, allowed)
+    with output_lock(out, "relabel", runner.is_dry_run(options)):
+        return execute(options, shards, out, target_model, cfg.pipeline.relabel_batch_size,
+                       version, extra, sum(m["counts"]["transitions"] for _, m in manifests),
+                       expected, allowed)
 
 
 def run(args: argparse.Namespace) -> int:

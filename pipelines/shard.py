@@ -33,6 +33,7 @@ from apache_beam.metrics import Metrics
 from pipelines import dataset, jobs, records, runner
 from pipelines import episodes as episode_inputs
 from pipelines.options import add_config_arguments, config_from_args
+from pipelines.outputlock import output_lock
 from schemas import cells as cell_rules
 from schemas import codec, fs
 from schemas.catalogue import catalogue_row, catalogue_table
@@ -318,11 +319,12 @@ def shard(cfg, inputs: list[str], out: str, *, num_shards: int | None = None,
     out = out.rstrip("/")
     options = runner.pipeline_options(list(beam_args), pcfg.direct_num_workers, "qtopt-shard",
                                       LOCAL_MODE)
-    return execute(options, files, out, num_shards, seed,
-                   {"inputs": [{"source": s, "glob": g} for s, g in parsed],
-                    "input_files": len(files), "created_by": "qtopt shard"},
-                   cfg.targets.gamma, expected=episode_inputs.expected_counts(files),
-                   drop_duplicates=drop_duplicates, max_dead_fraction=allowed)
+    with output_lock(out, "shard", runner.is_dry_run(options)):
+        return execute(options, files, out, num_shards, seed,
+                       {"inputs": [{"source": s, "glob": g} for s, g in parsed],
+                        "input_files": len(files), "created_by": "qtopt shard"},
+                       cfg.targets.gamma, expected=episode_inputs.expected_counts(files),
+                       drop_duplicates=drop_duplicates, max_dead_fraction=allowed)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,132 @@
+"""One job at a time on one output: a lock file in the output directory.
+
+Two jobs publishing into one dataset directory would interleave their ``commit`` steps (each
+moves its shards in and removes the other's staging), leaving shards of both under one
+manifest. A job therefore takes ``<out>/_lock.json`` (its pid, host, job and start) before it
+stages anything and removes it when it ends, however it ends. A second job finds the lock and
+refuses at once with one line naming the holder. A lock whose process is gone (a job killed
+with SIGKILL) is stale: on the same host a new job takes it over, so a killed job still resumes
+by rerunning its command.
+
+Local locks are created with ``O_EXCL``, so two jobs starting together cannot both win. A bucket
+has no such primitive in fsspec; there a job writes its lock, waits ``REMOTE_SETTLE_S`` and
+reads it back, and refuses if another job's lock replaced it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+
+from schemas import fs
+from schemas.errors import UserError
+
+LOCK = "_lock.json"
+REMOTE_SETTLE_S = 1.0
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (Linux), so a reused pid is not taken for the holder."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # Field 22; the command name (field 2) may hold spaces, so split after its ')'.
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    pid = int(holder.get("pid", -1))
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    start = holder.get("process_start")
+    return start is None or _process_start(pid) in (None, start)
+
+
+def _describe(path: str, holder: dict) -> str:
+    return (f"{path}: in use by qtopt {holder.get('job', '?')} (pid {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')}, since {holder.get('started', '?')}); wait for it to end, "
+            f"or remove {path} if that job is gone")
+
+
+def _read(path: str) -> dict | None:
+    try:
+        return json.loads(fs.read_text(path))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        # A lock cut short by a crash while it was written holds no live job.
+        return {}
+
+
+def _create_local(path: str, body: bytes) -> bool:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(body)
+    return True
+
+
+def acquire(out: str, job: str) -> dict:
+    """Take ``out``'s lock for ``job`` or raise a one-line UserError naming its holder."""
+    path = fs.join(out, LOCK)
+    me = {"job": job, "pid": os.getpid(), "host": socket.gethostname(),
+          "process_start": _process_start(os.getpid()),
+          "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          "token": uuid.uuid4().hex}
+    body = json.dumps(me, sort_keys=True).encode()
+    for _ in range(3):
+        holder = _read(path)
+        if holder is not None:
+            same_host = holder.get("host") == me["host"]
+            if holder and (not same_host or _alive(holder)):
+                raise UserError(_describe(path, holder))
+            # Stale: its process is gone. Remove it and race for it like a fresh lock.
+            with contextlib.suppress(FileNotFoundError):
+                fs.remove(path)
+        if not fs.is_remote(path):
+            if _create_local(path, body):
+                return me
+            continue
+        fs.write_bytes(path, body)
+        time.sleep(REMOTE_SETTLE_S)
+        holder = _read(path)
+        if holder and holder.get("token") == me["token"]:
+            return me
+        raise UserError(_describe(path, holder or {}))
+    raise UserError(_describe(path, _read(path) or {}))
+
+
+def release(out: str, me: dict) -> None:
+    """Remove the lock if it is still ``me``'s."""
+    path = fs.join(out, LOCK)
+    holder = _read(path)
+    if holder and holder.get("token") == me["token"]:
+        fs.remove(path)
+
+
+@contextlib.contextmanager
+def output_lock(out: str, job: str, dry_run: bool = False):
+    """Hold ``out``'s lock while the body runs (see the module docstring); a dry run, which
+    writes nothing, takes none."""
+    if dry_run:
+        yield None
+        return
+    me = acquire(out, job)
+    try:
+        yield me
+    finally:
+        release(out, me)
