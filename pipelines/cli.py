@@ -9,6 +9,7 @@ published with dead letters beyond ``--max-dead-fraction`` exits with status 3.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -124,6 +125,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"qtopt {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        full = no_space(exc, args)
+        if full is None:
+            raise
+        print(f"qtopt {name}: error: {full}: no space left on device; nothing was published "
+              "(a job publishes only complete outputs): free space and rerun the same command",
+              file=sys.stderr)
+        return 2
+
+
+def no_space(exc: BaseException, args=None) -> str | None:
+    """Where a full disk stopped the job (the file, else the command's output), or None when
+    ``exc`` is not a full disk. Beam's runners re-raise a worker's OSError as a RuntimeError
+    carrying only its text, and TensorFlow raises its own errors, so the text is checked too."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return exc.filename or _output(args)
+        if "No space left on device" in str(exc) or "[Errno 28]" in str(exc):
+            return _output(args)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _output(args) -> str:
+    for name in ("output", "workdir", "run"):
+        value = getattr(args, name, None)
+        if value:
+            return str(value)
+    return "the output"
 
 
 if __name__ == "__main__":

@@ -382,4 +382,7 @@ def quiet_beam_logging() -> None:
     # Local workers forward every log line here, including a start-up warning about
     # semi_persistent_directory on every run; failures still surface as the job's exception.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # A DoFn's exception is logged here with its traceback and then raised again as the job's
+    # own: the command reports it once (one line for a full disk, a traceback for a bug).
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
