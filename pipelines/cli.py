@@ -18,8 +18,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import schemas  # noqa: F401  (installs the tfrecord/tensorflow import hook first)
-from schemas import quiet
-from schemas.errors import UserError
+from schemas import fs, quiet
+from schemas.errors import StorageUnavailable, UserError
 
 # name -> (module, one-line help). Add a command by adding a line here.
 COMMANDS = {
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown command {name!r} (choose from {', '.join(COMMANDS)})")
     module, cmd_parser = command_parser(name)
     args = cmd_parser.parse_args(argv[1:])
+    fs.reset_retries()
     try:
         return int(module.run(args) or 0)
     except UserError as exc:
@@ -126,26 +127,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qtopt {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        full = no_space(exc, args)
-        if full is None:
+        line = known_failure(exc, args)
+        if line is None:
             raise
-        print(f"qtopt {name}: error: {full}: no space left on device; nothing was published "
-              "(a job publishes only complete outputs): free space and rerun the same command",
-              file=sys.stderr)
+        print(f"qtopt {name}: error: {line}", file=sys.stderr)
         return 2
 
 
-def no_space(exc: BaseException, args=None) -> str | None:
-    """Where a full disk stopped the job (the file, else the command's output), or None when
-    ``exc`` is not a full disk. Beam's runners re-raise a worker's OSError as a RuntimeError
-    carrying only its text, and TensorFlow raises its own errors, so the text is checked too."""
+def known_failure(exc: BaseException, args=None) -> str | None:
+    """The one line for a failure of the machine rather than of the code: a full disk (where,
+    the file if known, else the command's output) or a bucket past its retry budget; None for
+    anything else. Beam's runners re-raise a worker's exception as a RuntimeError carrying only
+    its text, and TensorFlow raises its own errors, so the text is read too."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            return exc.filename or _output(args)
-        if "No space left on device" in str(exc) or "[Errno 28]" in str(exc):
-            return _output(args)
+        text = str(exc)
+        if isinstance(exc, UserError):
+            return text
+        marker = f"{StorageUnavailable.__name__}: "
+        if marker in text:
+            return text.split(marker, 1)[1].split(" [while running", 1)[0].splitlines()[0]
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or \
+                "No space left on device" in text or "[Errno 28]" in text:
+            where = getattr(exc, "filename", None) or _output(args)
+            return (f"{where}: no space left on device; nothing was published (a job publishes "
+                    "only complete outputs): free space and rerun the same command")
         exc = exc.__cause__ or exc.__context__
     return None
 

@@ -57,3 +57,8 @@ class RecordError(UserError):
                           self.path if self.path is not None else path,
                           self.index if self.index is not None else index,
                           self.offset if self.offset is not None else offset)
+
+
+class StorageUnavailable(UserError):
+    """A bucket that kept failing past the retry budget (``schemas.fs``): the command stops with
+    one line and resumes when rerun."""

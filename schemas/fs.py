@@ -37,11 +37,81 @@ def filesystem(path: str):
             os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
             import gcsfs.core
 
-            return gcsfs.core.GCSFileSystem(**options), path
-        fs = fsspec.filesystem("gs", **options)
-        return fs, path
+            return _retrying(gcsfs.core.GCSFileSystem)(**options), path
+        return _retrying(fsspec.get_filesystem_class("gs"))(**options), path
     fs, inner = fsspec.core.url_to_fs(path)
     return fs, inner
+
+
+# A bucket's transient failures (HTTP 408, 429, 5xx, dropped connections) are retried this many
+# times in all per request, waiting about BACKOFF_S, then twice that, and so on (at most 32 s).
+RETRIES_ENV, BACKOFF_ENV = "QTOPT_GCS_TRIES", "QTOPT_GCS_BACKOFF_S"
+DEFAULT_TRIES, DEFAULT_BACKOFF_S = 6, 1.0
+_classes: dict = {}
+_retried = {"count": 0}
+
+
+def _retrying(base):
+    """``base`` (a gcsfs class) with this project's retry policy on every request: a budget and
+    backoff from the environment, the first retry of a process logged in one line, and past
+    the budget a StorageUnavailable naming the request, which the command reports in one line.
+    gcsfs's own retries are fixed at six tries and 31 s or more before giving up."""
+    if base not in _classes:
+        raw_request = base._request.__wrapped__
+        raw_get = base._get_file_request.__wrapped__
+
+        class Retrying(base):
+            async def _request(self, method, path, *args, **kwargs):
+                return await _with_retries(
+                    raw_request, self, lambda: f"{method} {self._format_path(path, args)}",
+                    (method, path) + args, kwargs)
+
+            async def _get_file_request(self, rpath, lpath, *args, **kwargs):
+                return await _with_retries(raw_get, self, lambda: f"GET {rpath}",
+                                           (rpath, lpath) + args, kwargs)
+
+        Retrying.__name__ = Retrying.__qualname__ = f"Retrying{base.__name__}"
+        _classes[base] = Retrying
+    return _classes[base]
+
+
+async def _with_retries(raw, self, what, args: tuple, kwargs: dict):
+    import asyncio
+    import random
+    import sys
+
+    from gcsfs.retry import HttpError, is_retriable
+    from schemas.errors import StorageUnavailable
+
+    tries = max(1, int(os.environ.get(RETRIES_ENV, DEFAULT_TRIES)))
+    backoff = float(os.environ.get(BACKOFF_ENV, DEFAULT_BACKOFF_S))
+    for attempt in range(tries):
+        try:
+            return await raw(self, *args, **kwargs)
+        except Exception as exc:
+            if (isinstance(exc, HttpError) and exc.code == 404) or not is_retriable(exc):
+                raise
+            reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+            if attempt == tries - 1:
+                raise StorageUnavailable(
+                    f"{what()}: the bucket failed "
+                    f"{tries} tries in a row (last: {reason}); rerun the same command once it "
+                    f"answers (jobs resume), or allow more tries with {RETRIES_ENV}") from exc
+            _retried["count"] += 1
+            if _retried["count"] == 1:
+                print(f"gs: a request failed ({reason}); retrying up to {tries} tries with "
+                      "backoff (further retries are not logged)", file=sys.stderr, flush=True)
+            await asyncio.sleep(min(32.0, backoff * 2 ** attempt * (1 + random.random())))
+
+
+def retries_so_far() -> int:
+    """Requests retried since ``reset_retries`` (``_with_retries``)."""
+    return _retried["count"]
+
+
+def reset_retries() -> None:
+    """Start counting (and logging the first of) a new command's retries."""
+    _retried["count"] = 0
 
 
 def _gcs_options() -> dict:
