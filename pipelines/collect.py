@@ -339,6 +339,9 @@ def collect(cfg, output: str, *, source: str | None = None, workers: int | None 
             return JobResult("collect", out, 0, {"dry_run": described})
         counts = runner.counters(result, NAMESPACE)
     elapsed = time.monotonic() - t0
+    # A worker lost mid-block (a killed Dask worker) leaves its temporary file; its block ran
+    # again elsewhere.
+    fs.remove_stale_temporaries(out)
     summary = summarise(out, plan.seed, n)
     if summary["episodes"] != n or summary["unique_ids"] != n:
         raise UserError(f"--out {out}: expected {n} distinct episodes, found "
