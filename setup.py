@@ -10,7 +10,7 @@ from setuptools import find_packages, setup
 
 PACKAGES = ("pipelines", "model", "robot", "schemas")
 # What `pip install 'apache-beam[dask]==2.77.0'` resolves to on Python 3.11 (dask and distributed
-# 2026.8.0); pipelines/dask_runner.py reaches into Beam's Dask translation, so Beam stays < 3.
+# 2026.8.0); pipelines/machinery/dask_runner.py reaches into Beam's Dask translation, so Beam stays < 3.
 DASK = ["apache-beam[dask]>=2.77,<3", "dask>=2026.8,<2027", "distributed>=2026.8,<2027"]
 
 setup(
@@ -58,7 +58,7 @@ setup(
         "bench": [
             "gym==0.23.1",
         ],
-        # --runner=DaskRunner (pipelines/dask_runner.py): Beam's Dask runner on a Dask cluster.
+        # --runner=DaskRunner (pipelines/machinery/dask_runner.py): Beam's Dask runner on a Dask cluster.
         "dask": DASK,
         # MP4 output of `qtopt render` (GIF needs only Pillow).
         "render": [

@@ -4,12 +4,12 @@
         --episodes runs/d5k/episodes/explore1 --out runs/abl/NAME --preset cpu-long \\
         --steps 12000 --relabel-every 1500 --eval-every 3000 [--set targets.returns=floor ...]
 
-The pipeline's own parts: the trainer (``model.train.Trainer``, so ``train.conservative`` and
-every other training option apply), the target maths (``model.targets.compute_targets``, with
-``targets.returns``), the MDP's returns (``schemas.mdp.discounted_returns``) and the evaluation
-job (``pipelines.evaluate``, greedy, on train objects). Only the data path differs: the episodes
-are held in memory and batches drawn from them, so a relabelling costs its CEM alone and no
-shard is written. An ablation here costs minutes; what wins is then run through ``qtopt demo``.
+The pipeline's own parts: the trainer (``model.train.Trainer``, so ``train.conservative`` and every
+other training option apply), the target maths (``model.targets.compute_targets``, with
+``targets.returns``), the MDP's returns (``schemas.mdp.discounted_returns``) and the evaluation job
+(``pipelines.jobs.evaluate``, greedy, on train objects). Only the data path differs: the episodes
+are held in memory and batches drawn from them, so a relabelling costs its CEM alone and no shard is
+written. An ablation here costs minutes; what wins is then run through ``qtopt demo``.
 
 Prints one JSON line per evaluated export (step, success, interval, seconds so far, mean target)
 and appends it to ``OUT/curve.jsonl``. Rerunning with the same ``--out`` refuses; choose another.
@@ -57,7 +57,7 @@ class Data:
 
 
 def load_episodes(directories: list[str]) -> Data:
-    from pipelines.records import read_episodes
+    from pipelines.machinery.records import read_episodes
 
     images, scalars, obs, action, reward, terminal, success = [], [], [], [], [], [], []
     starts, rows = [0], 0
@@ -150,7 +150,7 @@ def make_input(cfg, data: Data, holder: dict, seed: int):
 
 
 def evaluate(cfg, export_path: str, out: str) -> dict:
-    from pipelines.evaluate import evaluate_policy
+    from pipelines.jobs.evaluate import evaluate_policy
 
     ev = dataclasses.replace(cfg.evaluate, attempts=cfg.evaluate.curve_attempts, bin_trials=0,
                              gifs=0)

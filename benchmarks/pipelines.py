@@ -49,7 +49,7 @@ BEAM_ARGS: list = []
 
 
 def _local_options(workers: int, local_mode: str = "multi_processing", extra=()):
-    from pipelines import runner
+    from pipelines.machinery import runner
 
     return runner.pipeline_options([*BEAM_ARGS, *extra], num_workers=workers,
                                    local_mode=local_mode)
@@ -58,7 +58,9 @@ def _local_options(workers: int, local_mode: str = "multi_processing", extra=())
 def bench_shard(root: str, files: list[str], workers: int) -> dict:
     import tensorflow as tf
 
-    from pipelines import runner, shard
+    from pipelines.machinery import runner
+
+    from pipelines.jobs import shard
 
     size_mb = sum(os.path.getsize(f) for f in files) / 1e6
     out = os.path.join(root, "transitions")
@@ -84,7 +86,8 @@ def bench_relabel(root: str, image_size: int, workers: int) -> dict:
     from model.export import load_export, write_export
     from model.network import build
     from model.targets import compute_targets
-    from pipelines import dataset, relabel, runner
+    from pipelines.machinery import dataset, runner
+    from pipelines.jobs import relabel
     from schemas.config import load_config
     from schemas.tfrecord_io import read_records
 
@@ -121,7 +124,7 @@ def bench_relabel(root: str, image_size: int, workers: int) -> dict:
         relabel.execute(options, shards, out, target_model, chunk,
                         relabel.target_version(export), {}, n)
         seconds = time.perf_counter() - t0
-        assert dataset.read_manifest(out)["counts"]["transitions"] == n
+        assert dataset.read_dataset_manifest(out)["counts"]["transitions"] == n
         return seconds
 
     beam_s = beam_job(0)

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
                         metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
-    from pipelines.policies import worker_cell_and_policy
+    from pipelines.machinery.policies import worker_cell_and_policy
     from robot.episode import run_episode
     from schemas.config import load_config
 

@@ -88,13 +88,13 @@ def main(argv=None) -> int:
     if args.steps_to_end < 1:
         raise SystemExit("--steps-to-end must be >= 1")
 
-    from pipelines import dataset
+    from pipelines.machinery import dataset
     from schemas import fs, tfrecord_io
     from schemas.errors import UserError
 
     for directory in args.datasets:
         try:
-            manifest = dataset.read_manifest(directory)
+            manifest = dataset.read_dataset_manifest(directory)
         except UserError as exc:
             raise SystemExit(str(exc)) from None
         if manifest.get("kind") != "labelled_transition":

@@ -242,7 +242,7 @@ def resolve(path: str) -> str:
     return found
 
 
-def read_manifest(path: str) -> dict:
+def read_export_manifest(path: str) -> dict:
     where = fs.join(path, MANIFEST)
     try:
         manifest = json.loads(fs.read_text(where))
@@ -261,7 +261,7 @@ def load_export(path: str, copies=COPIES) -> Export:
     loaded afresh while repeated calls on an unchanged export cost nothing.
     """
     path = resolve(path)
-    manifest = read_manifest(path)
+    manifest = read_export_manifest(path)
     return _load(path, json.dumps(manifest, sort_keys=True), tuple(copies))
 
 

@@ -165,5 +165,5 @@ class GreedyCEMPolicy:
 
 def load_policy(path: str, copy: str = "polyak", cem_config: CEMConfig | None = None,
                 seed: int = 0) -> GreedyCEMPolicy:
-    """What ``pipelines.policies.make_policy`` calls for an export directory."""
+    """What ``pipelines.machinery.policies.make_policy`` calls for an export directory."""
     return GreedyCEMPolicy.from_export(path, copy, cem_config, seed)

@@ -23,24 +23,29 @@ from schemas.errors import StorageUnavailable, UserError
 
 # name -> (module, one-line help). Add a command by adding a line here.
 COMMANDS = {
-    "inspect": ("pipelines.inspect_records", "describe TFRecord files of any record kind"),
-    "config": ("pipelines.presets", "show presets and resolved configurations"),
-    "collect": ("pipelines.collect", "run a policy in simulated cells, episodes to TFRecord shards"),
-    "render": ("pipelines.render", "a GIF or MP4 of chosen episodes of a TFRecord file"),
-    "shard": ("pipelines.shard", "episodes to shuffled transition shards, catalogue, manifest"),
-    "subsample": ("pipelines.subsample", "a stable, nested fraction of a dataset's episodes"),
-    "relabel": ("pipelines.relabel", "Bellman targets for transitions from a target export"),
-    "evaluate": ("pipelines.evaluate", "a policy under the grasping-with-replacement and "
+    "inspect": ("pipelines.jobs.inspect_records", "describe TFRecord files of any record kind"),
+    "config": ("pipelines.jobs.config", "show presets and resolved configurations"),
+    "collect": ("pipelines.jobs.collect",
+                "run a policy in simulated cells, episodes to TFRecord shards"),
+    "render": ("pipelines.jobs.render", "a GIF or MP4 of chosen episodes of a TFRecord file"),
+    "shard": ("pipelines.jobs.shard",
+              "episodes to shuffled transition shards, catalogue, manifest"),
+    "subsample": ("pipelines.jobs.subsample", "a stable, nested fraction of a dataset's episodes"),
+    "relabel": ("pipelines.jobs.relabel", "Bellman targets for transitions from a target export"),
+    "evaluate": ("pipelines.jobs.evaluate", "a policy under the grasping-with-replacement and "
                                        "bin-emptying protocols; result, report, plots"),
-    "finetune": ("pipelines.finetune", "joint finetuning: rounds of on-policy collect, shard, "
+    "finetune": ("pipelines.flows.finetune",
+                 "joint finetuning: rounds of on-policy collect, shard, "
                                        "relabel, train"),
-    "study": ("pipelines.study", "dataset-size study: subsample, train, evaluate each subset"),
-    "curve": ("pipelines.curve", "a run's learning curve: every kept export on train objects "
+    "study": ("pipelines.flows.study",
+              "dataset-size study: subsample, train, evaluate each subset"),
+    "curve": ("pipelines.flows.curve", "a run's learning curve: every kept export on train objects "
                                  "against gradient steps and grasps"),
-    "export": ("pipelines.export", "episodes to an RLDS (TFDS) or LeRobot v3 dataset: "
+    "export": ("pipelines.jobs.convert", "episodes to an RLDS (TFDS) or LeRobot v3 dataset: "
                                    "export rlds|lerobot EPISODES -o DIR"),
-    "demo": ("pipelines.demo", "the whole system end to end on local defaults (make demo)"),
-    "train": ("pipelines.train", "train the Q-function on labelled shards; checkpoints, exports"),
+    "demo": ("pipelines.flows.demo", "the whole system end to end on local defaults (make demo)"),
+    "train": ("pipelines.jobs.train",
+              "train the Q-function on labelled shards; checkpoints, exports"),
 }
 
 
@@ -86,7 +91,7 @@ def command_parser(name: str):
 def invoke(argv: list[str]) -> int:
     """Run one command as the CLI would, but let a UserError propagate to the caller (tests and
     scripts; jobs chain each other through their functions)."""
-    from pipelines.jobs import JobResult
+    from pipelines.machinery.job import JobResult
 
     name = argv[0]
     if name not in COMMANDS:

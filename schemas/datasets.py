@@ -1,6 +1,7 @@
 """How a published dataset directory is recognised and read: the manifest written last (a
 directory without one is incomplete), its format and schema version. One place for every
-package: the jobs that publish datasets (``pipelines.dataset``) and the trainer that reads them."""
+package: the jobs that publish datasets (``pipelines.machinery.dataset``) and the trainer that
+reads them."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def manifest_json(directory: str) -> dict | None:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
 
 
-def read_manifest(directory: str) -> dict:
+def read_dataset_manifest(directory: str) -> dict:
     """The manifest of a complete dataset; a one-line UserError if there is none."""
     path = fs.join(directory, MANIFEST)
     manifest = manifest_json(directory)

@@ -74,7 +74,7 @@ def shard_bytes(directory) -> dict:
 
 
 def read_all(directory) -> list[dict]:
-    from pipelines import dataset
+    from pipelines.machinery import dataset
 
     out = []
     for path in dataset.shard_paths(str(directory)):

@@ -81,7 +81,7 @@ def cell_episodes(tmp_path_factory):
     """Ten scripted episodes (exploring, so closes vary) collected by the cell, in one file."""
     from robot.cell import SimCell
     from robot.episode import run_episode
-    from pipelines.policies import make_policy
+    from pipelines.machinery.policies import make_policy
     from schemas.config import load_config
     from schemas.tfrecord_io import RecordWriter
 

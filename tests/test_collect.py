@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from pipelines.collect import episode_name, missing_blocks
+from pipelines.jobs.collect import episode_name, missing_blocks
 from robot.protocols import wilson_interval
 from schemas import fs, tfrecord_io
 
@@ -210,7 +210,7 @@ def test_success_file_lists_every_shard_and_fewer_episodes_are_refused(tmp_path,
 def test_movie_captions_wrap_to_fit_the_frame():
     from PIL import ImageFont
 
-    from pipelines.movies import LINE, frames, wrap
+    from pipelines.machinery.movies import LINE, frames, wrap
     from schemas import codec
     from schemas.fake import fake_records
 
@@ -233,7 +233,7 @@ def test_movie_captions_wrap_to_fit_the_frame():
 
 
 def test_an_aimed_scripted_collection_says_so_in_its_identity_and_label():
-    from pipelines.collect import make_plan
+    from pipelines.jobs.collect import make_plan
     from schemas.config import load_config
 
     blind = make_plan(load_config("demo"), "unused", None)

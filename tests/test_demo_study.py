@@ -128,7 +128,7 @@ def test_demo_writes_the_table_under_one_run_directory(demo_run, capsys):
 
 
 def test_a_run_goes_on_after_an_option_was_added_at_its_default():
-    from pipelines.phases import same_config
+    from pipelines.flows.phases import same_config
     from schemas.config import Config
 
     current = Config().to_dict()
@@ -174,8 +174,8 @@ def _episode_ids(directory) -> set:
 
 
 def test_exploration_episodes_take_their_own_policy_seed_and_close_heights():
-    from pipelines.collect import make_plan
-    from pipelines.demo import explore_config
+    from pipelines.jobs.collect import make_plan
+    from pipelines.flows.demo import explore_config
     from schemas.config import load_config
 
     cfg = load_config("demo", overrides=["collect.explore_policy=scripted",

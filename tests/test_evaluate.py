@@ -12,7 +12,7 @@ import pytest
 from pipelines.cli import invoke
 from robot import protocols
 from robot.cell import SimCell
-from pipelines.policies import make_policy
+from pipelines.machinery.policies import make_policy
 from robot.policies import ScriptedGrasp
 from schemas.config import RobotConfig
 from schemas.errors import UserError
@@ -168,7 +168,7 @@ def test_evaluate_each_ranks_every_export_and_picks_the_best(tmp_path):
 
 
 def test_best_export_is_the_highest_rate_and_a_tie_goes_to_the_later():
-    from pipelines.evaluate import best_of
+    from pipelines.jobs.evaluate import best_of
 
     rows = [{"rate": 0.2, "step": 10}, {"rate": 0.3, "step": 20}, {"rate": 0.3, "step": 30},
             {"rate": 0.1, "step": 40}]
@@ -220,7 +220,7 @@ def test_an_evaluation_names_its_export_and_refuses_another(tmp_path):
 
 
 def test_the_success_plot_writes_counts_and_shows_a_zero_bar():
-    from pipelines.evaluate import success_figure
+    from pipelines.jobs.evaluate import success_figure
 
     result = {"policy": "scripted",
               "replacement": {"attempts": 200, "successes": 0, "rate": 0.0,

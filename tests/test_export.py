@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.export import ENDED_BY_STEP_LIMIT, ENDED_BY_TERMINATION, ended_by
+from pipelines.formats.common import ENDED_BY_STEP_LIMIT, ENDED_BY_TERMINATION, ended_by
 from pipelines_testlib import (IN_PROCESS, corrupt_record, dead_letters, manifest, qtopt,
                                truncate)
 from schemas import codec, tfrecord_io
@@ -229,7 +229,7 @@ def test_damaged_input_is_dead_lettered_and_exits_3(fmt, tmp_path, capsys):
     assert acc["records_in"] == 9
     assert acc["records_out"] + acc["records_dead_lettered"] == 9
     assert acc["records_out"] >= 3 + 2
-    from pipelines.records import read_file
+    from pipelines.machinery.records import read_file
 
     # The readable episodes are exactly the ones exported.
     kept = {}

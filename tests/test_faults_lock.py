@@ -13,7 +13,7 @@ import pytest
 
 from pipelines_testlib import (IN_PROCESS, PYTHON, REPO, make_export, manifest, qtopt,
                                shard_bytes, write_episodes)
-from pipelines.outputlock import LOCK, acquire, release
+from pipelines.machinery.outputlock import LOCK, acquire, release
 
 
 @pytest.fixture(scope="module")

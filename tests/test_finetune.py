@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from pipelines import dataset
+from pipelines.machinery import dataset
 from pipelines.cli import invoke
-from pipelines.phases import initial_export
+from pipelines.flows.phases import initial_export
 from schemas import fs, tfrecord_io
 from schemas.config import load_config
 
@@ -94,13 +94,15 @@ def test_finetune_resumes_after_a_kill_in_every_phase(offline, tmp_path):
                 ids.append(ep["episode_id"])
                 steps += int(ep["num_steps"])
         assert len(ids) == 4 and len(set(ids)) == 4          # nothing lost, nothing twice
-        manifest = dataset.read_manifest(str(run / "finetune" / "transitions" / f"round-{r:03d}"))
+        manifest = dataset.read_dataset_manifest(
+            str(run / "finetune" / "transitions" / f"round-{r:03d}"))
         assert manifest["counts"]["transitions"] == steps
         online += steps
     assert state["online_transitions"] == online
     # The balancer: 0.5 gradient steps per on-policy transition, all rounds together.
     assert state["steps_done"] == int(0.5 * online)
-    labelled = dataset.read_manifest(str(run / "finetune" / "labelled" / "online" / "epoch-1"))
+    labelled = dataset.read_dataset_manifest(
+        str(run / "finetune" / "labelled" / "online" / "epoch-1"))
     assert labelled["counts"]["transitions"] == online
     assert not (run / "finetune" / "labelled" / "online" / "epoch-0").exists()
     # Of the exports every training chunk wrote, the one finetuning started from and the one
@@ -114,7 +116,7 @@ def test_finetune_resumes_after_a_kill_in_every_phase(offline, tmp_path):
     assert all((exports / name / "manifest.json").exists() for name in kept)
     assert state["steps_done"] > 2 * 5  # more chunks ran than exports were kept
     # The offline run was not touched.
-    assert json.loads(json.dumps(dataset.read_manifest(str(offline / "transitions"))))
+    assert json.loads(json.dumps(dataset.read_dataset_manifest(str(offline / "transitions"))))
     ckpts = sorted(p.name for p in (offline / "train" / "checkpoints").glob("ckpt-*"))
     assert ckpts == ["ckpt-4.data-00000-of-00001", "ckpt-4.index"], ckpts
     assert '"ckpt-4"' in (offline / "train" / "checkpoints" / "checkpoint").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import time
 
-from pipelines import runner
+from pipelines.machinery import runner
 
 
 def test_progress_in_a_log_never_goes_back_and_ends_at_the_total():

@@ -48,7 +48,7 @@ def labelled(data):
 def test_every_transition_gains_its_target(data, labelled):
     from model.export import load_export
     from model.targets import compute_targets
-    from pipelines.relabel import chunk_seed, stack_inputs
+    from pipelines.jobs.relabel import chunk_seed, stack_inputs
     from schemas.config import load_config
 
     _root, ds, export = data
@@ -174,7 +174,7 @@ def test_rerun_replaces_an_epoch_cleanly(data, labelled, tmp_path):
     assert len({(r["episode_id"], int(r["step"])) for r in recs}) == len(recs)
     assert sorted(p.name for p in (out / "epoch-4").iterdir()) == \
         ["dead-letter.jsonl", "manifest.json"] + sorted(first)
-    from pipelines.relabel import latest_epoch
+    from pipelines.jobs.relabel import latest_epoch
     assert latest_epoch(str(out)) == 4
 
 

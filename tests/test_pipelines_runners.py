@@ -12,7 +12,7 @@ import pytest
 
 from pipelines_testlib import (IN_PROCESS, PYTHON, REPO, free_port, make_export, manifest, qtopt,
                                shard_bytes, stop, wait_for_port, write_episodes)
-from pipelines import runner
+from pipelines.machinery import runner
 
 DATAFLOW = ["--runner=DataflowRunner", "--project=qtopt-test", "--region=europe-west4",
             "--temp_location=gs://qtopt-test-bucket/tmp", "--dry_run=True"]
@@ -31,7 +31,7 @@ def test_local_default_is_the_multiprocess_fnapi_runner():
 
 
 def test_relabel_runs_locally_in_one_process_unless_told_otherwise():
-    from pipelines import relabel
+    from pipelines.jobs import relabel
 
     args = runner.resolve_args([], num_workers=2, local_mode=relabel.LOCAL_MODE)
     assert "--direct_running_mode=in_memory" in args
@@ -70,7 +70,7 @@ def test_other_runners_and_options_pass_through():
 
 
 def test_dask_runner_gets_our_runner_one_element_per_partition_and_local_workers():
-    mine = "--runner=pipelines.dask_runner.DaskRunner"
+    mine = "--runner=pipelines.machinery.dask_runner.DaskRunner"
     for name in ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"):
         assert runner.resolve_args([f"--runner={name}"], num_workers=3) == \
             [mine, "--dask_partition_size=1", "--direct_num_workers=3"]

@@ -65,7 +65,7 @@ def test_transitions_pair_each_step_with_the_next(episodes, sharded):
 
 
 def test_shuffle_mixes_episodes_and_orders_by_salted_hash(sharded):
-    from pipelines.shard import shard_of, shuffle_key
+    from pipelines.jobs.shard import shard_of, shuffle_key
 
     for name, data in shard_bytes(sharded).items():
         index = int(name.split("-")[1])
@@ -163,7 +163,7 @@ def test_damaged_inputs_are_dead_lettered(episodes, tmp_path, capsys):
 
 
 def _safe_count(path):
-    from pipelines.records import read_file
+    from pipelines.machinery.records import read_file
 
     return list(read_file(str(path)))
 
@@ -211,7 +211,7 @@ def test_killed_job_leaves_old_output_and_rerun_is_complete(tmp_path):
 
 
 def test_interrupted_commit_is_repaired_by_a_rerun(episodes, sharded, tmp_path):
-    from pipelines import dataset
+    from pipelines.machinery import dataset
 
     out = tmp_path / "ds"
     args = ["shard", "-i", f"{episodes}/a/*.gz", "-i", f"online={episodes}/b/*.gz", "-o", out,
@@ -224,14 +224,14 @@ def test_interrupted_commit_is_repaired_by_a_rerun(episodes, sharded, tmp_path):
     (out / "_staging" / "x").mkdir(parents=True)
     (out / "_staging" / "x" / "shard-00000-of-00003.tfrecord.gz").write_bytes(b"partial")
     with pytest.raises(dataset.UserError, match="incomplete"):
-        dataset.read_manifest(str(out))
+        dataset.read_dataset_manifest(str(out))
     assert qtopt(*args) == 0
     assert shard_bytes(out) == shard_bytes(sharded)
     assert not (out / "_staging").exists()
 
 
 def test_incomplete_dataset_is_refused(sharded, tmp_path, capsys):
-    from pipelines import dataset
+    from pipelines.machinery import dataset
     from schemas.errors import UserError
 
     copy = tmp_path / "copy"
@@ -240,7 +240,7 @@ def test_incomplete_dataset_is_refused(sharded, tmp_path, capsys):
         if p.name != "manifest.json":
             (copy / p.name).write_bytes(p.read_bytes())
     with pytest.raises(UserError, match="incomplete"):
-        dataset.read_manifest(str(copy))
+        dataset.read_dataset_manifest(str(copy))
     assert qtopt("subsample", "-i", copy, "--fraction", 0.5, "-o", tmp_path / "sub") == 2
     assert "incomplete" in capsys.readouterr().err
 
@@ -315,7 +315,7 @@ def test_episodes_of_the_old_layout_read_as_the_old_cell_and_are_not_mixed(tmp_p
     episode = next(tfrecord_io.read_records(str(old[0])))
     assert episode["cell"] == CELL_BEFORE_IDENTITIES != default_cell(16)
     assert int(episode["schema_version"]) == 4  # read as the current layout
-    from pipelines.inspect_records import summarise
+    from pipelines.jobs.inspect_records import summarise
     info = summarise(str(old[0]))  # inspect tells the version stored
     assert info["schema_version"] == 2 and info["record"]["cell"] == CELL_BEFORE_IDENTITIES
     out = tmp_path / "ds"

@@ -8,7 +8,7 @@ import pytest
 from schemas import mdp
 from robot.cell import SimCell
 from robot.episode import episode_id, run_episode
-from pipelines.policies import make_policy
+from pipelines.machinery.policies import make_policy
 from robot.policies import EpsilonGreedy, Policy, RandomPolicy, ScriptedGrasp
 from schemas import codec
 from schemas.config import RobotConfig

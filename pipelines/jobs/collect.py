@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines import dataset, runner
-from pipelines.jobs import JobResult, recorded_identity
-from pipelines.options import add_config_arguments, config_from_args
-from pipelines.policies import make_policy, worker_cell_and_policy
+from pipelines.machinery import dataset, runner
+from pipelines.machinery.job import JobResult, recorded_identity
+from pipelines.machinery.options import add_config_arguments, config_from_args
+from pipelines.machinery.policies import make_policy, worker_cell_and_policy
 from schemas import codec, fs
 from schemas.config import CEMConfig, CollectConfig, RobotConfig
 from schemas.errors import UserError

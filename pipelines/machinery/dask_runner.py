@@ -15,7 +15,7 @@ GroupByKey, Flatten, Reshuffle, Read):
   every ParDo runs.
 * metrics: Beam's result raises NotImplementedError. Here each bundle runs in its own
   ``MetricsContainer`` and its counters and distributions come back to the launcher, which the
-  jobs read for their accounting as on any other runner (``pipelines.runner.counters``).
+  jobs read for their accounting as on any other runner (``pipelines.machinery.runner.counters``).
 
 Without ``--dask_client_address``/``--dask_scheduler_file`` the runner starts a
 ``distributed.LocalCluster`` of ``--direct_num_workers`` single-threaded worker processes for the

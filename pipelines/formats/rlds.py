@@ -10,7 +10,7 @@
 episode spec (``schemas.specs.EPISODE``): a step's ``observation`` holds every
 ``observation/*`` field (the image as PNG), then ``action``, ``reward``, ``discount``,
 ``is_first``, ``is_last``, ``is_terminal``; the metadata holds every context field plus
-``ended_by`` (``termination`` or ``step_limit``, see ``pipelines.export``).
+``ended_by`` (``termination`` or ``step_limit``, see ``pipelines.jobs.convert``).
 
 Step semantics are RLDS's (google-research/rlds README, "Dataset Format"): step t holds o_t, the
 action a_t taken there, the reward r_t for it and the discount d_t for that reward; the last step
@@ -31,13 +31,13 @@ import os
 import re
 import tempfile
 
-from pipelines import dataset
-from pipelines.export import (
+from pipelines.machinery import dataset
+from pipelines.formats.common import (
     ENDED_BY_TERMINATION,
     NAMESPACE,
     ended_by,
     publish_export,
-    read_episodes,
+    episodes_of,
     refusal,
 )
 from schemas import fs
@@ -188,7 +188,7 @@ def build(pipeline, files, out, run_id, args, config, first, expected, manifest_
         return {"index": index, "staged": name, "records": len(rows),
                 "bytes": fs.size(fs.join(staging, name))}
 
-    read = read_episodes(pipeline, files, expected)
+    read = episodes_of(pipeline, files, expected)
     shards = (read.episodes
               | "Serialise" >> beam.ParDo(Serialise())
               | "Group by shard" >> beam.GroupByKey()

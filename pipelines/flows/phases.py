@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import time
 
-from pipelines.relabel import relabel
-from pipelines.train import train
+from pipelines.jobs.relabel import relabel
+from pipelines.jobs.train import train
 from schemas import fs
 from schemas.config import Config
 from schemas.errors import UserError

@@ -22,8 +22,8 @@ from __future__ import annotations
 import os
 
 from model.distribute import STRATEGIES
-from pipelines.jobs import JobResult
-from pipelines.options import add_config_arguments, config_from_args
+from pipelines.machinery.job import JobResult
+from pipelines.machinery.options import add_config_arguments, config_from_args
 from schemas.errors import UserError
 
 

@@ -8,8 +8,8 @@ A dataset directory (``transitions/<name>/``, ``labelled/epoch-K/``) holds::
     manifest.json                          written last: the dataset is complete
 
 A dataset without ``manifest.json`` is incomplete (a job still running, or killed) and
-``read_manifest`` refuses it. Readers take the shard list from the manifest, never from a glob,
-so stray files cannot be read twice.
+``read_dataset_manifest`` refuses it. Readers take the shard list from the manifest, never from a
+glob, so stray files cannot be read twice.
 
 A job writes everything under ``<out>/_staging/<run id>/`` and its last step, ``commit``, moves
 the files into place: it removes the old manifest, moves the new files in, deletes the old
@@ -29,9 +29,9 @@ import time
 import uuid
 from typing import Iterable
 
-from pipelines.records import dead_records
+from pipelines.machinery.records import dead_records
 from schemas import fs
-from schemas.datasets import COLLECT_DONE, FORMAT, MANIFEST, read_manifest  # noqa: F401
+from schemas.datasets import COLLECT_DONE, FORMAT, MANIFEST, read_dataset_manifest  # noqa: F401
 from schemas.errors import DeadLettered, UserError
 from schemas.specs import SCHEMA_VERSION
 
@@ -91,7 +91,7 @@ def expand_dirs(inputs: Iterable[str]) -> list[str]:
 
 def shard_paths(directory: str, manifest: dict | None = None) -> list[str]:
     """Full paths of a complete dataset's shards, in shard order."""
-    manifest = manifest or read_manifest(directory)
+    manifest = manifest or read_dataset_manifest(directory)
     return [fs.join(directory, f["name"]) for f in manifest["files"]]
 
 

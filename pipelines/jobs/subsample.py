@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines import dataset, records, runner
-from pipelines.jobs import add_max_dead_fraction, report
-from pipelines.jobs import max_dead_fraction as allowance
-from pipelines.options import add_config_arguments, config_from_args
+from pipelines.machinery import dataset, records, runner
+from pipelines.machinery.job import add_max_dead_fraction, report
+from pipelines.machinery.job import max_dead_fraction as allowance
+from pipelines.machinery.options import add_config_arguments, config_from_args
 from schemas import fs
 from schemas.errors import RecordError, UserError
 from schemas.tfrecord_io import RecordWriter
@@ -186,7 +186,7 @@ def subsample(cfg, input_dir: str, fraction: float, output: str, *, seed: int | 
     src, out = input_dir.rstrip("/"), output.rstrip("/")
     if src == out:
         raise UserError("--output must differ from --input (a job never rewrites its input)")
-    manifest_in = dataset.read_manifest(src)
+    manifest_in = dataset.read_dataset_manifest(src)
     options = runner.pipeline_options(list(beam_args), pcfg.direct_num_workers, "qtopt-subsample")
     runner.quiet_beam_logging()
     run_id = dataset.new_run_id()

@@ -17,12 +17,12 @@ import argparse
 import io
 import json
 
-from pipelines import dataset
-from pipelines.evaluate import evaluate
-from pipelines.jobs import JobResult
-from pipelines.options import add_config_arguments, config_from_args
-from pipelines.phases import Phases, resolve_epochs, train_offline
-from pipelines.subsample import subsample
+from pipelines.machinery import dataset
+from pipelines.jobs.evaluate import evaluate
+from pipelines.machinery.job import JobResult
+from pipelines.machinery.options import add_config_arguments, config_from_args
+from pipelines.flows.phases import Phases, resolve_epochs, train_offline
+from pipelines.jobs.subsample import subsample
 from schemas import fs
 from schemas.errors import UserError
 
@@ -82,7 +82,7 @@ def dataset_size(cfg, transitions_in: str, fractions: list[float], run_dir: str,
                  epochs: int | None = None, objects: str = "test") -> JobResult:
     """Offline training on nested subsets of ``transitions_in``, each scored on ``objects``."""
     epochs = resolve_epochs(epochs, cfg)
-    manifest = dataset.read_manifest(transitions_in)
+    manifest = dataset.read_dataset_manifest(transitions_in)
     if manifest.get("kind") != "transition":
         raise UserError(f"--transitions {transitions_in}: holds {manifest.get('kind')} "
                         "records; give a dataset from qtopt shard")
@@ -105,7 +105,7 @@ def dataset_size(cfg, transitions_in: str, fractions: list[float], run_dir: str,
             cfg, fs.join(sub, "train", "exports"), fs.join(sub, "eval"),
             objects=objects).require())
         result = json.loads(fs.read_text(fs.join(sub, "eval", "result.json")))["replacement"]
-        counts = dataset.read_manifest(transitions)["counts"]
+        counts = dataset.read_dataset_manifest(transitions)["counts"]
         rows.append({"fraction": f, "grasps": int(counts["episodes"]),
                      "transitions": int(counts["transitions"]), "rate": result["rate"],
                      "ci95": result["ci95"], "attempts": result["attempts"]})

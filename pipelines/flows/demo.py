@@ -27,12 +27,14 @@ import argparse
 import json
 import time
 
-from pipelines import collect, curve, shard
-from pipelines.evaluate import evaluate
-from pipelines.finetune import finetune, round_name
-from pipelines.jobs import JobResult
-from pipelines.options import add_config_arguments, config_from_args
-from pipelines.phases import Phases, resolve_epochs, train_offline
+from pipelines.jobs import collect, shard
+
+from pipelines.flows import curve
+from pipelines.jobs.evaluate import evaluate
+from pipelines.flows.finetune import finetune, round_name
+from pipelines.machinery.job import JobResult
+from pipelines.machinery.options import add_config_arguments, config_from_args
+from pipelines.flows.phases import Phases, resolve_epochs, train_offline
 from schemas import fs
 from schemas.errors import UserError
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.movies import frames, write_movie
+from pipelines.machinery.movies import frames, write_movie
 from schemas import tfrecord_io
 from schemas.errors import RecordError, UserError
 

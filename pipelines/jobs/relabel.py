@@ -38,11 +38,11 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from pipelines import dataset, records, runner
-from pipelines.jobs import add_max_dead_fraction, report
-from pipelines.jobs import max_dead_fraction as allowance
-from pipelines.options import add_config_arguments, config_from_args
-from pipelines.outputlock import output_lock
+from pipelines.machinery import dataset, records, runner
+from pipelines.machinery.job import add_max_dead_fraction, report
+from pipelines.machinery.job import max_dead_fraction as allowance
+from pipelines.machinery.options import add_config_arguments, config_from_args
+from pipelines.machinery.outputlock import output_lock
 from schemas import cells as cell_rules
 from schemas import codec, fs
 from schemas.errors import RecordError, UserError
@@ -50,7 +50,8 @@ from schemas.specs import STATE_SCALARS
 from schemas.tfrecord_io import RecordWriter
 
 NAMESPACE = "qtopt.relabel"
-# Locally the job runs in one process (pipelines.runner): the work is TensorFlow's, whose thread
+# Locally the job runs in one process (pipelines.machinery.runner): the work is TensorFlow's,
+# whose thread
 # pool already uses every core, and worker processes would each pay TensorFlow's import, the
 # export's load and CEM's tracing (10-15 s) before their first chunk.
 LOCAL_MODE = "in_memory"
@@ -297,7 +298,7 @@ def read_inputs(inputs: Sequence[str]) -> tuple[list[tuple[str, dict]], list[tup
     An input is a dataset directory, or a glob of them (``runs/*/transitions/round-*``)."""
     manifests, shards = [], []
     for src in dataset.expand_dirs(inputs):
-        manifest = dataset.read_manifest(src)
+        manifest = dataset.read_dataset_manifest(src)
         if manifest.get("kind") != "transition":
             raise UserError(f"dataset {src} holds {manifest.get('kind')} records; relabel reads "
                             "transition datasets (from qtopt shard or subsample)")

@@ -14,7 +14,7 @@ import argparse
 import json
 from dataclasses import dataclass, field
 
-from pipelines import dataset, runner
+from pipelines.machinery import dataset, runner
 from schemas import fs
 from schemas.errors import DeadLettered, UserError
 
@@ -79,7 +79,7 @@ def report(pipeline, result, out: str, namespace: str, label: str,
         print(f"{label}: dry run, nothing submitted: {json.dumps(described, sort_keys=True)}",
               flush=True)
         return JobResult(label, out, 0, {"dry_run": described})
-    manifest = dataset.read_manifest(out)
+    manifest = dataset.read_dataset_manifest(out)
     metrics = runner.counters(result, namespace)
     if "target_x1e6" in metrics:  # relabel's distribution of targets, in millionths
         value = metrics.pop("target_x1e6")

@@ -19,10 +19,10 @@ import csv
 import io
 import json
 
-from pipelines import dataset
-from pipelines.evaluate import evaluate
-from pipelines.finetune import round_name
-from pipelines.options import add_config_arguments, config_from_args
+from pipelines.machinery import dataset
+from pipelines.jobs.evaluate import evaluate
+from pipelines.flows.finetune import round_name
+from pipelines.machinery.options import add_config_arguments, config_from_args
 from schemas import fs
 from schemas.errors import UserError
 
@@ -31,7 +31,7 @@ CURVE = "learning_curve"
 
 def episodes(transitions: str) -> int:
     """Episodes (grasp attempts) in a transition dataset, from its manifest."""
-    return int(dataset.read_manifest(transitions)["counts"]["episodes"])
+    return int(dataset.read_dataset_manifest(transitions)["counts"]["episodes"])
 
 
 def offline_transitions(run_dir: str) -> str:

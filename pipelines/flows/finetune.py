@@ -33,9 +33,10 @@ import json
 import time
 
 from model.finetune_schedule import Balancer, chunk_end, online_share
-from pipelines import collect, dataset, relabel, shard
-from pipelines.jobs import JobResult
-from pipelines.options import add_config_arguments, config_from_args
+from pipelines.jobs import collect, relabel, shard
+from pipelines.machinery import dataset
+from pipelines.machinery.job import JobResult
+from pipelines.machinery.options import add_config_arguments, config_from_args
 from schemas import cells, fs
 from schemas.errors import UserError
 
@@ -93,7 +94,7 @@ def seed_checkpoint(init: str, train_dir: str) -> int:
 
 
 def _counts(directory: str) -> int:
-    return int(dataset.read_manifest(directory)["counts"]["transitions"])
+    return int(dataset.read_dataset_manifest(directory)["counts"]["transitions"])
 
 
 def run_round(cfg, offline: str, objects: str, state: dict, p: dict) -> None:
@@ -223,7 +224,7 @@ def check_cells(cfg, offline: str, manifest: dict, init: str) -> None:
                         f"{cells.how_to_match(cell, current)}")
     latest = exports.latest_export(fs.join(init, "exports"))
     if latest is not None:
-        cell = cells.of_manifest(exports.read_manifest(latest))
+        cell = cells.of_manifest(exports.read_dataset_manifest(latest))
         if cell != current:
             raise UserError(f"finetune: --init {init} was trained on {cell} (export {latest}) "
                             f"but the robot config is {current}; start from a run trained on "
@@ -254,7 +255,7 @@ def finetune(cfg, run_dir: str, offline: str, init: str, *, objects: str = "trai
     from ``init``'s newest checkpoint, with ``offline`` beside the on-policy data."""
     p = paths(run_dir)
     # A clear error now if the offline data is incomplete or of another cell.
-    check_cells(cfg, offline, dataset.read_manifest(offline), init)
+    check_cells(cfg, offline, dataset.read_dataset_manifest(offline), init)
     fs.makedirs(p["root"])
     state = read_state(p["state"])
     if state["start_step"] is None:

@@ -1,6 +1,6 @@
 """How every ``qtopt`` Beam job picks its runner and options. Use this module for any new job.
 
-A job uses it like this (``pipelines/subsample.py`` is a short complete one)::
+A job uses it like this (``pipelines/jobs/subsample.py`` is a short complete one)::
 
     def add_arguments(parser):
         ...                              # the command's own options
@@ -32,12 +32,13 @@ A job uses it like this (``pipelines/subsample.py`` is a short complete one)::
   ``--direct_running_mode`` given by the user always wins.
 * ``--runner=DataflowRunner`` without ``--setup_file``/``--sdk_container_image``/``--requirements_file``:
   the project's ``setup.py`` is staged, so workers can import ``schemas``, ``model`` and ``robot``.
-* ``--runner=DaskRunner`` (needs ``pip install -e '.[dask]'``): ``pipelines.dask_runner``, Beam's
-  Dask runner with the tagged outputs, side inputs and metrics our jobs use, on the Dask cluster
-  at ``--dask_client_address HOST:PORT`` (or ``--dask_scheduler_file``), else on a
-  ``distributed.LocalCluster`` of ``--direct_num_workers`` worker processes started for the job
-  (default ``pipeline.direct_num_workers``, 0 = one per core). Each element of a ``Create``
-  is its own partition (``--dask_partition_size=1``) unless ``--dask_npartitions`` or
+* ``--runner=DaskRunner`` (needs ``pip install -e '.[dask]'``):
+  ``pipelines.machinery.dask_runner``, Beam's Dask runner with the tagged outputs, side inputs
+  and metrics our jobs use, on the Dask cluster at ``--dask_client_address HOST:PORT`` (or
+  ``--dask_scheduler_file``), else on a ``distributed.LocalCluster`` of
+  ``--direct_num_workers`` worker processes started for the job (default
+  ``pipeline.direct_num_workers``, 0 = one per core). Each element of a ``Create`` is its own
+  partition (``--dask_partition_size=1``) unless ``--dask_npartitions`` or
   ``--dask_partition_size`` says otherwise, so every worker gets files, blocks or shards to run.
 * ``--runner=PortableRunner``, ``PrismRunner``, ``FlinkRunner``...: passed through untouched.
 
@@ -63,7 +64,7 @@ _LOG = logging.getLogger("qtopt.pipelines")
 LOCAL_RUNNER = "FnApiRunner"
 # Runner names that mean "this machine": we run them on the FnApiRunner directly.
 _DIRECT_ALIASES = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner")
-DASK_RUNNER = "pipelines.dask_runner.DaskRunner"
+DASK_RUNNER = "pipelines.machinery.dask_runner.DaskRunner"
 
 
 def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,7 +147,8 @@ def resolve_args(beam_args: Sequence[str] | None, num_workers: int = 0,
             args.append(f"--direct_num_workers={workers}")
     elif runner.split(".")[-1] == "DaskRunner":
         # Beam's own DaskRunner (a name Beam does not resolve) mixes a ParDo's tagged outputs
-        # into its main output and reports no metrics: pipelines.dask_runner fills those gaps.
+        # into its main output and reports no metrics: pipelines.machinery.dask_runner fills those
+        # gaps.
         args = _without(args, "runner") + [f"--runner={DASK_RUNNER}"]
         if _option_value(args, "dask_npartitions") is None and \
                 _option_value(args, "dask_partition_size") is None:
@@ -178,7 +180,7 @@ def pipeline_options(beam_args: Sequence[str] | None = None, num_workers: int = 
     args = resolve_args(beam_args, num_workers, job_name, local_mode)
     if _option_value(args, "runner") == DASK_RUNNER:
         try:  # also registers Beam's DaskOptions (--dask_client_address ...)
-            import pipelines.dask_runner  # noqa: F401
+            import pipelines.machinery.dask_runner  # noqa: F401
         except ImportError as exc:
             raise UserError(f"--runner=DaskRunner needs Dask ({exc.msg}): pip install -e "
                             "'.[dask]'") from None
@@ -271,7 +273,7 @@ def threads_per_worker(options) -> int | None:
         given = options.get_all_options()
         if given.get("address") or given.get("scheduler_file"):
             return None  # another cluster's machines
-        # The LocalCluster that pipelines.dask_runner starts on this machine.
+        # The LocalCluster that pipelines.machinery.dask_runner starts on this machine.
     elif runner_name(options) not in _DIRECT_ALIASES:
         return None
     elif direct.direct_running_mode != "multi_processing":

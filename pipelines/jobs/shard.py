@@ -30,10 +30,10 @@ import itertools
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines import dataset, jobs, records, runner
-from pipelines import episodes as episode_inputs
-from pipelines.options import add_config_arguments, config_from_args
-from pipelines.outputlock import output_lock
+from pipelines.machinery import dataset, job, records, runner
+from pipelines.machinery import episodes as episode_inputs
+from pipelines.machinery.options import add_config_arguments, config_from_args
+from pipelines.machinery.outputlock import output_lock
 from schemas import cells as cell_rules
 from schemas import codec, fs
 from schemas.catalogue import catalogue_row, catalogue_table
@@ -298,16 +298,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-duplicates", action="store_true",
                         help="keep the first copy (by file name, then record) of an episode id "
                              "read more than once, instead of refusing the job")
-    jobs.add_max_dead_fraction(parser)
+    job.add_max_dead_fraction(parser)
     add_config_arguments(parser)
     runner.add_beam_arguments(parser)
 
 
 def shard(cfg, inputs: list[str], out: str, *, num_shards: int | None = None,
           seed: int | None = None, drop_duplicates: bool = False,
-          max_dead_fraction: float | None = None, beam_args=()) -> jobs.JobResult:
+          max_dead_fraction: float | None = None, beam_args=()) -> job.JobResult:
     """Episode files (``[SOURCE=]GLOB`` or directories) to a published transition dataset."""
-    allowed = jobs.max_dead_fraction(max_dead_fraction, cfg)
+    allowed = job.max_dead_fraction(max_dead_fraction, cfg)
     pcfg = cfg.pipeline
     num_shards = num_shards if num_shards is not None else pcfg.num_shards
     seed = seed if seed is not None else pcfg.shuffle_seed
@@ -334,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def execute(options, files, out, num_shards, seed, manifest_extra, gamma, expected=None,
-            drop_duplicates=False, max_dead_fraction=0.0) -> jobs.JobResult:
+            drop_duplicates=False, max_dead_fraction=0.0) -> job.JobResult:
     runner.quiet_beam_logging()
     run_id = dataset.new_run_id()
     local = runner.is_local(options)
@@ -357,4 +357,4 @@ def execute(options, files, out, num_shards, seed, manifest_extra, gamma, expect
         result = runner.run_pipeline(pipeline)
     if not runner.is_dry_run(pipeline.options):
         dataset.raise_refusal(out, run_id)
-    return jobs.report(pipeline, result, out, NAMESPACE, "shard", max_dead_fraction)
+    return job.report(pipeline, result, out, NAMESPACE, "shard", max_dead_fraction)

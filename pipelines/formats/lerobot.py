@@ -35,8 +35,8 @@ import json
 
 import numpy as np
 
-from pipelines import dataset
-from pipelines.export import NAMESPACE, ended_by, publish_export, read_episodes, refusal
+from pipelines.machinery import dataset
+from pipelines.formats.common import NAMESPACE, ended_by, publish_export, episodes_of, refusal
 from schemas import fs
 from schemas.errors import UserError
 from schemas.specs import ACTION_LAYOUT, STATE_SCALARS
@@ -276,7 +276,7 @@ def build(pipeline, files, out, run_id, args, config, first, expected, manifest_
                 "frames": table.num_rows, "stats": [p[2] for p in parts],
                 "robot_ids": sorted({p[3]["robot_id"] for p in parts})}
 
-    read = read_episodes(pipeline, files, expected)
+    read = episodes_of(pipeline, files, expected)
     order = read.ids | "Number episodes" >> beam.combiners.ToList() \
         | "Numbering" >> beam.Map(numbering)
     written = (read.episodes

@@ -7,7 +7,7 @@ import json
 import re
 from typing import Iterable
 
-from pipelines import dataset, records
+from pipelines.machinery import dataset, records
 from schemas import codec, fs
 from schemas.errors import RecordError, UserError
 

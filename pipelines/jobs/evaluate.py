@@ -34,11 +34,11 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from pipelines import runner
-from pipelines.jobs import JobResult, recorded_identity
-from pipelines.movies import frames, write_movie
-from pipelines.options import add_config_arguments, config_from_args
-from pipelines.policies import make_policy, worker_cell_and_policy
+from pipelines.machinery import runner
+from pipelines.machinery.job import JobResult, recorded_identity
+from pipelines.machinery.movies import frames, write_movie
+from pipelines.machinery.options import add_config_arguments, config_from_args
+from pipelines.machinery.policies import make_policy, worker_cell_and_policy
 from schemas import fs
 from schemas.config import EvaluateConfig, RobotConfig
 from schemas.errors import UserError
