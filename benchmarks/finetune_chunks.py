@@ -30,11 +30,11 @@ from benchmarks.train_input import write_shards  # noqa: E402
 
 
 def _timed(config, sources, workdir: str, steps: int, chunk: int) -> float:
-    from model.train import Trainer, train
+    from model.train import Trainer, train_until
 
     start = time.perf_counter()
     if chunk >= steps:
-        train(config, sources, workdir, until_step=steps, progress=False)
+        train_until(config, sources, workdir, until_step=steps, progress=False)
         return steps / (time.perf_counter() - start)
     trainer, step = Trainer(config, sources, workdir), 0
     while step < steps:

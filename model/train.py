@@ -612,7 +612,7 @@ def export_only(config, workdir: str, until_step: int | None = None,
     return TrainResult(start, start, trainer.export_if_missing(), float("nan"), 0.0, until)
 
 
-def train(config, datasets, workdir: str, until_step: int | None = None,
+def train_until(config, datasets, workdir: str, until_step: int | None = None,
           progress: bool = True) -> TrainResult:
     """Train on ``datasets`` (``[(glob, weight), ...]``) in ``workdir`` until ``until_step``."""
     return Trainer(config, datasets, workdir).run(until_step, progress)

@@ -29,7 +29,7 @@ from model import data  # noqa: E402
 from model.distribute import cluster_from_env  # noqa: E402
 from model.export import load_export, weights_digest  # noqa: E402
 from model.network import InputSpec  # noqa: E402
-from model.train import train  # noqa: E402
+from model.train import train_until  # noqa: E402
 from schemas import tfrecord_io  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 from schemas.errors import UserError  # noqa: E402
@@ -149,7 +149,7 @@ def test_two_workers_train_one_model_and_resume_after_one_is_killed(tmp_path, pr
     # process alone, on the same global batch of 16.
     two_replicas = _mirrored(pattern, mirrored)
     processes.append(two_replicas)
-    train(load_config("demo", overrides=OVERRIDES), [(pattern, 1.0)], str(single),
+    train_until(load_config("demo", overrides=OVERRIDES), [(pattern, 1.0)], str(single),
           until_step=UNTIL, progress=False)
     # The other worker cannot go on alone: it stops with one line naming the lost task.
     status, out, err = _finish(workers[0])

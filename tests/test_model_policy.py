@@ -12,7 +12,7 @@ from model_testlib import SIZE, write_shards  # noqa: E402
 
 from schemas.mdp import action_bounds  # noqa: E402
 from model.policy import GreedyCEMPolicy, load_policy  # noqa: E402
-from model.train import train  # noqa: E402
+from model.train import train_until  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 from schemas.errors import UserError  # noqa: E402
 
@@ -25,7 +25,7 @@ def exports(tmp_path_factory):
         "model.preset=tiny", f"robot.image_size={SIZE}", "train.batch_size=32",
         "train.optimizer=adam", "train.learning_rate=0.01", "train.shuffle_buffer=128",
         "robot.max_translation=0.03", "targets.polyak=0.9"])
-    train(config, [(pattern, 1.0)], str(root / "work"), until_step=250, progress=False)
+    train_until(config, [(pattern, 1.0)], str(root / "work"), until_step=250, progress=False)
     return str(root / "work" / "exports")
 
 

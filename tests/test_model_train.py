@@ -19,7 +19,7 @@ from model import data  # noqa: E402
 from model.copies import TargetCopies  # noqa: E402
 from model.export import load_export  # noqa: E402
 from model.network import InputSpec, QNetwork  # noqa: E402
-from model.train import NonFiniteLoss, Trainer, train  # noqa: E402
+from model.train import NonFiniteLoss, Trainer, train_until  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 from schemas.errors import RecordError, UserError  # noqa: E402
 
@@ -47,7 +47,7 @@ def _q(net, image_value, close):
 
 def test_tiny_offline_training_learns_the_ordering_of_q(tmp_path):
     pattern = write_shards(tmp_path / "labelled", 64, 4)
-    result = train(_config(), [(pattern, 1.0)], str(tmp_path / "work"), until_step=300,
+    result = train_until(_config(), [(pattern, 1.0)], str(tmp_path / "work"), until_step=300,
                    progress=False)
     assert result.step == 300 and result.start_step == 0
     export = load_export(str(tmp_path / "work" / "exports"))
@@ -90,7 +90,7 @@ def test_polyak_and_lag_updates_are_exact():
 def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path):
     good = write_shards(tmp_path / "good", 32, 2)
     work = str(tmp_path / "work")
-    train(_config(), [(good, 1.0)], work, until_step=20, progress=False)
+    train_until(_config(), [(good, 1.0)], work, until_step=20, progress=False)
     ckpt_dir = os.path.join(work, "checkpoints")
     before = {n: os.path.getmtime(os.path.join(ckpt_dir, n)) for n in os.listdir(ckpt_dir)}
 
@@ -100,7 +100,7 @@ def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path):
 
     write_raw(tmp_path / "bad" / "shard-00000.tfrecord.gz", ordering_records(64, 9), nan_target)
     with pytest.raises(NonFiniteLoss, match="non-finite loss at step 21.*ckpt-20"):
-        train(_config(), [(str(tmp_path / "bad" / "*.gz"), 1.0)], work, until_step=40,
+        train_until(_config(), [(str(tmp_path / "bad" / "*.gz"), 1.0)], work, until_step=40,
               progress=False)
     after = {n: os.path.getmtime(os.path.join(ckpt_dir, n)) for n in os.listdir(ckpt_dir)}
     assert after == before
@@ -111,17 +111,17 @@ def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path):
 def test_missing_or_half_written_checkpoint_names_the_file(tmp_path):
     pattern = write_shards(tmp_path / "labelled", 32, 2)
     work = str(tmp_path / "work")
-    train(_config(), [(pattern, 1.0)], work, until_step=20, progress=False)
+    train_until(_config(), [(pattern, 1.0)], work, until_step=20, progress=False)
     ckpt = os.path.join(work, "checkpoints", "ckpt-20")
     shutil.move(ckpt + ".index", str(tmp_path / "index"))
     with pytest.raises(UserError, match=r"ckpt-20: checkpoint is missing or half-written"):
-        train(_config(), [(pattern, 1.0)], work, until_step=30, progress=False)
+        train_until(_config(), [(pattern, 1.0)], work, until_step=30, progress=False)
     shutil.move(str(tmp_path / "index"), ckpt + ".index")
     data_file = ckpt + ".data-00000-of-00001"
     with open(data_file, "r+b") as f:
         f.truncate(os.path.getsize(data_file) // 2)
     with pytest.raises(UserError, match=r"ckpt-20: cannot restore checkpoint"):
-        train(_config(), [(pattern, 1.0)], work, until_step=30, progress=False)
+        train_until(_config(), [(pattern, 1.0)], work, until_step=30, progress=False)
 
 
 def _version(bad_indices):
@@ -141,7 +141,7 @@ def test_shards_of_an_unknown_schema_version_name_the_file(tmp_path):
     write_raw(later_bad, ordering_records(64, 0), _version(set(range(1, 64))))
     with pytest.raises(UserError, match=r"training input at step 1: .*schema version.*"
                                         r"shard-00007.tfrecord.gz"):
-        train(_config("train.batch_size=8"), [(str(later_bad), 1.0)], str(tmp_path / "w"),
+        train_until(_config("train.batch_size=8"), [(str(later_bad), 1.0)], str(tmp_path / "w"),
               until_step=5, progress=False)
 
 
@@ -328,9 +328,9 @@ def test_progress_of_a_resumed_run_counts_only_its_own_steps():
 def test_resumed_training_prints_its_progress(tmp_path, capsys):
     pattern = write_shards(tmp_path / "labelled", 32, 2)
     work = str(tmp_path / "work")
-    train(_config(), [(pattern, 1.0)], work, until_step=10, progress=False)
+    train_until(_config(), [(pattern, 1.0)], work, until_step=10, progress=False)
     assert capsys.readouterr().out == ""
-    train(_config(), [(pattern, 1.0)], work, until_step=20)
+    train_until(_config(), [(pattern, 1.0)], work, until_step=20)
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("train: step 20/20 (100%), ") and "loss " in out[-1]
 
@@ -351,21 +351,21 @@ def test_training_keeps_cells_apart_and_its_export_names_the_cell(tmp_path):
         (tmp_path / name / "manifest.json").write_text(json.dumps(manifest))
     work = str(tmp_path / "work")
     with pytest.raises(UserError) as err:
-        train(_config(), [(dirs["here"], 0.5), (dirs["there"], 0.5)], work, until_step=1,
+        train_until(_config(), [(dirs["here"], 0.5), (dirs["there"], 0.5)], work, until_step=1,
               progress=False)
     assert str(err.value).startswith(
         f"training would mix data of different cells: {current} ({dirs['here']}) and {other} "
         f"({dirs['there']}); ")
     with pytest.raises(UserError) as err:
-        train(_config(), [(dirs["there"], 1.0)], work, until_step=1, progress=False)
+        train_until(_config(), [(dirs["there"], 1.0)], work, until_step=1, progress=False)
     assert str(err.value) == (f"training data {dirs['there']} was made by {other} but the robot "
                               f"config is {current}; use --set robot.object_scale=1")
     with pytest.raises(UserError, match=rf"made by {re.escape(CELL_BEFORE_IDENTITIES)} but .*"
                                         r"the cell itself has changed since"):
-        train(_config(), [(dirs["old"], 1.0)], work, until_step=1, progress=False)
+        train_until(_config(), [(dirs["old"], 1.0)], work, until_step=1, progress=False)
     assert not os.path.exists(os.path.join(work, "exports"))
     # The robot config of that cell trains on its data, and the export says which cell it was.
-    train(_config("robot.object_scale=1"), [(dirs["there"], 1.0)], work, until_step=2,
+    train_until(_config("robot.object_scale=1"), [(dirs["there"], 1.0)], work, until_step=2,
           progress=False)
     assert load_export(os.path.join(work, "exports")).cell == other
 
@@ -397,7 +397,7 @@ def test_the_conservative_term_lowers_q_of_actions_the_data_lacks(tmp_path):
     for weight in (0.0, 1.0):
         work = tmp_path / f"work-{weight}"
         # The gap the term opens grows with training: 500 steps leave it clear of the margin.
-        train(_config(f"train.conservative={weight}", "train.deterministic=true"),
+        train_until(_config(f"train.conservative={weight}", "train.deterministic=true"),
               [(pattern, 1.0)], str(work), until_step=500, progress=False)
         nets[weight] = load_export(str(work / "exports")).online
     plain, conservative = nets[0.0], nets[1.0]
@@ -410,7 +410,7 @@ def test_one_training_call_exports_a_curve(tmp_path):
     from model.export import complete_exports, export_step
 
     pattern = write_shards(tmp_path / "labelled", 32, 2)
-    train(_config("train.export_every=20"), [(pattern, 1.0)], str(tmp_path / "work"),
+    train_until(_config("train.export_every=20"), [(pattern, 1.0)], str(tmp_path / "work"),
           until_step=50, progress=False)
     exports = complete_exports(str(tmp_path / "work" / "exports"))
     assert [export_step(p) for p in exports] == [20, 40, 50]

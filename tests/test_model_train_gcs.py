@@ -16,7 +16,7 @@ from model_testlib import SIZE, write_shards  # noqa: E402
 from test_pipelines_gcs import bucket  # noqa: E402,F401  (the emulator fixture)
 
 from model.export import load_export  # noqa: E402
-from model.train import Trainer, train  # noqa: E402
+from model.train import Trainer, train_until  # noqa: E402
 from schemas import fs  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 from schemas.errors import RecordError, UserError  # noqa: E402
@@ -50,7 +50,7 @@ def test_run_resumed_on_a_gs_workdir_continues_at_its_step(bucket, staging, tmp_
     remote = _upload_shards(local, f"{bucket}/labelled")
     work = f"{bucket}/train"
 
-    first = train(_config(), [(remote, 1.0)], work, until_step=20, progress=False)
+    first = train_until(_config(), [(remote, 1.0)], work, until_step=20, progress=False)
     assert (first.start_step, first.step) == (0, 20)
     ckpts = f"{work}/checkpoints"
     assert 'model_checkpoint_path: "ckpt-20"' in fs.read_text(f"{ckpts}/checkpoint")
@@ -75,7 +75,7 @@ def test_run_resumed_on_a_gs_workdir_continues_at_its_step(bucket, staging, tmp_
 
     # The same 40 steps in one go on local paths: bit-identical weights, so the resumed run
     # restored the weights, optimizer, copies and input position exactly.
-    straight = train(_config(), [(local, 1.0)], str(tmp_path / "straight"), until_step=40,
+    straight = train_until(_config(), [(local, 1.0)], str(tmp_path / "straight"), until_step=40,
                      progress=False)
     a, b = load_export(straight.export_path), load_export(resumed.export_path)
     assert resumed.export_path.startswith("gs://") and a.step == b.step == 40
@@ -87,17 +87,17 @@ def test_run_resumed_on_a_gs_workdir_continues_at_its_step(bucket, staging, tmp_
 def test_half_written_remote_checkpoint_is_named(bucket, staging, tmp_path):  # noqa: F811
     remote = _upload_shards(write_shards(tmp_path / "labelled", 16, 2), f"{bucket}/labelled")
     work = f"{bucket}/train"
-    train(_config(), [(remote, 1.0)], work, until_step=10, progress=False)
+    train_until(_config(), [(remote, 1.0)], work, until_step=10, progress=False)
     fs.remove(f"{work}/checkpoints/ckpt-10.index")
     with pytest.raises(UserError, match=rf"{work}/checkpoints/ckpt-10: checkpoint is missing"):
-        train(_config(), [(remote, 1.0)], work, until_step=20, progress=False)
+        train_until(_config(), [(remote, 1.0)], work, until_step=20, progress=False)
 
 
 def test_bad_remote_shard_is_named_by_its_url(bucket, staging, tmp_path):  # noqa: F811
     url = f"{bucket}/labelled/shard-00000.tfrecord.gz"
     fs.write_bytes(url, b"not a tfrecord")
     with pytest.raises(RecordError, match=rf"{url}, record 0"):
-        train(_config(), [(url, 1.0)], str(tmp_path / "work"), until_step=1, progress=False)
+        train_until(_config(), [(url, 1.0)], str(tmp_path / "work"), until_step=1, progress=False)
 
 
 def test_killed_qtopt_train_on_gs_resumes_at_its_step(bucket, staging, tmp_path):  # noqa: F811

@@ -149,7 +149,7 @@ def run_round(cfg, offline: str, objects: str, state: dict, p: dict) -> None:
 
 
 def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
-    from model.train import Trainer
+    from pipelines.jobs.train import open_trainer
 
     ft = cfg.finetune
     balancer = Balancer(ft.steps_per_transition)
@@ -176,7 +176,7 @@ def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
         # One trainer for the round: each chunk swaps its input, not the networks or the
         # traced step. Checkpointed every chunk, exported once, at the round's end.
         if trainer is None:
-            trainer = Trainer(train_cfg, sources, p["train"])
+            trainer = open_trainer(train_cfg, sources, p["train"])
         else:
             trainer.use_data(sources)
         result = trainer.run(until_step=end, progress=end - step > ft.ramp_chunk,
@@ -224,7 +224,7 @@ def check_cells(cfg, offline: str, manifest: dict, init: str) -> None:
                         f"{cells.how_to_match(cell, current)}")
     latest = exports.latest_export(fs.join(init, "exports"))
     if latest is not None:
-        cell = cells.of_manifest(exports.read_dataset_manifest(latest))
+        cell = cells.of_manifest(exports.read_export_manifest(latest))
         if cell != current:
             raise UserError(f"finetune: --init {init} was trained on {cell} (export {latest}) "
                             f"but the robot config is {current}; start from a run trained on "

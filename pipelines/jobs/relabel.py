@@ -11,7 +11,7 @@ continuously with whatever target network each last loaded, here every transitio
 labelled with the same export, so the target lag is one epoch, known and recorded.
 
 The maths is ``model.targets.compute_targets``; this module only moves records to it in batches.
-Each worker process loads the export once (``TargetModel`` held in a ``shared.Shared``) and
+Each worker process loads the export once (held in a ``shared.Shared``) and
 relabels whole shards: it reads a shard, labels it in fixed chunks of
 ``pipeline.relabel_batch_size`` transitions and writes the labelled shard, so no record crosses
 processes (at paper scale the labelled data never goes through a shuffle). Chunks are cut in
@@ -85,36 +85,19 @@ def stack_inputs(records_: Sequence[dict]) -> dict:
     return {name: np.stack([np.asarray(r[name]) for r in records_]) for name in MODEL_INPUTS}
 
 
-class TargetModel:
-    """What a worker process holds: an export's target copies and the settings for them.
+def load_target_export(export_path: str, intra_op_threads: Optional[int] = None):
+    """The export's target copies (Polyak and lagged), as a worker process holds them once in a
+    ``shared.Shared``; its TensorFlow threads capped first when asked."""
+    import tensorflow as tf
 
-    Built once per process (``shared.Shared`` in ``RelabelShard.setup``); ``label`` turns a chunk
-    of decoded transitions into (targets, next actions) with ``model.targets.compute_targets``.
-    """
+    if intra_op_threads:
+        try:  # only possible before TensorFlow's runtime starts in this process
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        except RuntimeError:
+            pass
+    from model.export import load_export
 
-    def __init__(self, export, cem_config, target_config):
-        self.export, self.cem_config, self.target_config = export, cem_config, target_config
-
-    @classmethod
-    def load(cls, export_path: str, cem_config, target_config,
-             intra_op_threads: Optional[int] = None) -> "TargetModel":
-        import tensorflow as tf
-
-        if intra_op_threads:
-            try:  # only possible before TensorFlow's runtime starts in this process
-                tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
-            except RuntimeError:
-                pass
-        from model.export import load_export
-
-        return cls(load_export(export_path, copies=("polyak", "lagged")), cem_config,
-                   target_config)
-
-    def label(self, chunk: Sequence[dict], seed: int):
-        from model.targets import compute_targets
-
-        return compute_targets(self.export, stack_inputs(chunk), self.cem_config,
-                               self.target_config, seed=seed)
+    return load_export(export_path, copies=("polyak", "lagged"))
 
 
 def input_cell(manifests: Sequence[tuple[str, dict]]) -> str:
@@ -170,9 +153,8 @@ class RelabelShard(beam.DoFn):
         self.target = Metrics.distribution(NAMESPACE, "target_x1e6")
 
     def setup(self):
-        self.model = self._shared.acquire(
-            lambda: TargetModel.load(self.export_path, self.cem_config, self.target_config,
-                                     self.intra_op_threads),
+        self.export = self._shared.acquire(
+            lambda: load_target_export(self.export_path, self.intra_op_threads),
             tag=self.export_path)
 
     def process(self, item):
@@ -205,10 +187,13 @@ class RelabelShard(beam.DoFn):
                "bytes": fs.size(staged)}
 
     def _label(self, shard, chunk, writer, letters) -> int:
+        from model.targets import compute_targets
+
         first = chunk[0][0].index
         try:
-            targets, actions = self.model.label([rec for _, rec in chunk],
-                                                chunk_seed(shard, first))
+            targets, actions = compute_targets(
+                self.export, stack_inputs([rec for _, rec in chunk]), self.cem_config,
+                self.target_config, seed=chunk_seed(shard, first))
         except UserError as exc:  # e.g. an image size the export does not take
             letters.extend(records.dead_letter(raw.path, raw.index, raw.offset, str(exc),
                                                "label") for raw, _ in chunk)

@@ -70,6 +70,18 @@ def run(args) -> int:
                  strategy=args.strategy).status
 
 
+def open_trainer(cfg, data: list[tuple[str, float]], workdir: str, strategy: str = "default"):
+    """The trainer ``qtopt train`` runs on ``data`` in ``workdir``, as one worker of
+    ``strategy``: the one entry to training, which finetuning uses too (one trainer a round,
+    its input swapped chunk by chunk with ``use_data``)."""
+    from model import distribute
+
+    distribution = distribute.make(strategy)   # before any other TensorFlow work
+    from model.train import Trainer
+
+    return Trainer(cfg, data, workdir, distribution=distribution)
+
+
 def train(cfg, data: list[tuple[str, float]], workdir: str, *, until_step: int | None = None,
           steps: int | None = None, progress: bool = True,
           strategy: str = "default") -> JobResult:
@@ -80,19 +92,17 @@ def train(cfg, data: list[tuple[str, float]], workdir: str, *, until_step: int |
     for flag, value in (("--until-step", until_step), ("--steps", steps)):
         if value is not None and value < 0:
             raise UserError(f"{flag} must be >= 0, got {value}")
-    if strategy != "default" and not data:
-        raise UserError(f"--strategy {strategy}: needs --data (without it train only exports, "
-                        "which one process does: drop --strategy)")
-    from model import distribute
-
-    distribution = distribute.make(strategy)   # before any other TensorFlow work
-    from model.train import Trainer, export_only
-
     if not data:
-        result = export_only(cfg, workdir, until_step, steps)
+        if strategy != "default":
+            raise UserError(f"--strategy {strategy}: needs --data (without it train only "
+                            "exports, which one process does: drop --strategy)")
+        from model.train import export_only
+
+        result, distribution = export_only(cfg, workdir, until_step, steps), None
     else:
-        result = Trainer(cfg, data, workdir, distribution=distribution).run(
-            until_step, progress=progress, steps=steps)
+        trainer = open_trainer(cfg, data, workdir, strategy)
+        distribution = trainer.distribution
+        result = trainer.run(until_step, progress=progress, steps=steps)
     who = f"{distribution.describe()}: " if distribution is not None else ""
     export = result.export_path or "(the chief writes it)"
     summary = {"step": result.step, "export": result.export_path, "trained": result.trained}

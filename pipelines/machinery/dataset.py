@@ -31,7 +31,8 @@ from typing import Iterable
 
 from pipelines.machinery.records import dead_records
 from schemas import fs
-from schemas.datasets import COLLECT_DONE, FORMAT, MANIFEST, read_dataset_manifest  # noqa: F401
+from schemas.datasets import (  # noqa: F401
+    COLLECT_DONE, FORMAT, MANIFEST, read_dataset_manifest)
 from schemas.errors import DeadLettered, UserError
 from schemas.specs import SCHEMA_VERSION
 
