@@ -29,6 +29,7 @@ import time
 
 import schemas  # noqa: F401  (first: the tfrecord/tensorflow import hook)
 from schemas.config import TargetConfig
+from schemas.rundirs import epoch_dir
 
 
 def _episodes(directory: str, episodes: int, image_size: int, per_file: int = 20) -> list[str]:
@@ -119,7 +120,7 @@ def bench_relabel(root: str, image_size: int, workers: int) -> dict:
         target_model = {"export_path": export.path, "cem_config": cfg.cem,
                         "target_config": cfg.targets,
                         "intra_op_threads": runner.threads_per_worker(options)}
-        out = relabel.epoch_dir(os.path.join(root, "labelled"), epoch)
+        out = epoch_dir(os.path.join(root, "labelled"), epoch)
         t0 = time.perf_counter()
         relabel.execute(options, shards, out, target_model, chunk,
                         relabel.target_version(export), {}, n)

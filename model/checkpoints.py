@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from schemas import fs
 from schemas.errors import UserError
+from schemas.rundirs import CHECKPOINT_INDEX, CHECKPOINTS, LOGS, Workdir, step_in_name
 
 
 class CheckpointStore:
@@ -34,8 +35,8 @@ class CheckpointStore:
         self.workdir = str(workdir)
         # checkpoint_dir / logs_dir name the workdir's own (maybe remote) directories in
         # messages; TensorFlow only ever sees the local ones.
-        self.checkpoint_dir = fs.join(self.workdir, "checkpoints")
-        self.logs_dir = fs.join(self.workdir, "logs")
+        self.checkpoint_dir = Workdir(self.workdir).checkpoints
+        self.logs_dir = Workdir(self.workdir).logs
         self.remote = fs.is_remote(self.workdir)
         if self.remote:
             if staging_dir is None:
@@ -43,8 +44,8 @@ class CheckpointStore:
                 os.makedirs(base, exist_ok=True)
                 staging_dir = tempfile.mkdtemp(prefix="train-", dir=base)
                 weakref.finalize(self, shutil.rmtree, staging_dir, True)
-            self.local_checkpoint_dir = os.path.join(staging_dir, "checkpoints")
-            self.local_logs_dir = os.path.join(staging_dir, "logs")
+            self.local_checkpoint_dir = os.path.join(staging_dir, CHECKPOINTS)
+            self.local_logs_dir = os.path.join(staging_dir, LOGS)
             self._pushed_logs: dict[str, int] = {}
             # Before the managers exist: they read the index when built.
             _pull_newest(self.checkpoint_dir, self.local_checkpoint_dir, input_subdir)
@@ -147,7 +148,7 @@ class CheckpointStore:
             managers = [self.input_manager]
             uploads = sorted(glob.glob(os.path.join(self.input_manager.directory,
                                                     f"input-{input_step}.*")))
-            uploads.append(os.path.join(self.input_manager.directory, "checkpoint"))
+            uploads.append(os.path.join(self.input_manager.directory, CHECKPOINT_INDEX))
             for local in uploads:
                 _upload(local, self.shown(local))
             self._prune_remote(managers, ("input",))
@@ -155,12 +156,12 @@ class CheckpointStore:
         managers = [self.manager] + ([self.input_manager] if self.input_manager else [])
         # Files first, then the input index, then the main index: a copy cut short leaves the
         # remote index naming the previous, complete checkpoint.
-        step = path.rsplit("-", 1)[-1]
+        step = step_in_name(path)
         uploads = sorted(glob.glob(path + ".*"))
         if self.input_manager is not None:
             uploads += sorted(glob.glob(os.path.join(self.input_manager.directory,
                                                      f"input-{step}.*")))
-        uploads += [os.path.join(m.directory, "checkpoint") for m in reversed(managers)]
+        uploads += [os.path.join(m.directory, CHECKPOINT_INDEX) for m in reversed(managers)]
         for local in uploads:
             _upload(local, self.shown(local))
         self._prune_remote(managers, ("ckpt", "input"))
@@ -193,10 +194,10 @@ def _pull_newest(remote_dir: str, local_dir: str, input_subdir: str) -> None:
     ``local_dir``, with the indexes; files missing remotely stay missing, for ``restore``."""
     shutil.rmtree(local_dir, ignore_errors=True)
     os.makedirs(local_dir)
-    index = fs.join(remote_dir, "checkpoint")
+    index = fs.join(remote_dir, CHECKPOINT_INDEX)
     if not fs.exists(index):
         return
-    _download(index, os.path.join(local_dir, "checkpoint"))
+    _download(index, os.path.join(local_dir, CHECKPOINT_INDEX))
     state = tf.train.get_checkpoint_state(local_dir)
     if state is None or not state.model_checkpoint_path:
         return
@@ -204,13 +205,36 @@ def _pull_newest(remote_dir: str, local_dir: str, input_subdir: str) -> None:
     for remote in fs.glob(fs.join(remote_dir, name + ".*")):
         _download(remote, os.path.join(local_dir, remote.rsplit("/", 1)[-1]))
     input_remote = fs.join(remote_dir, input_subdir)
-    if fs.exists(fs.join(input_remote, "checkpoint")):
+    if fs.exists(fs.join(input_remote, CHECKPOINT_INDEX)):
         input_local = os.path.join(local_dir, input_subdir)
         os.makedirs(input_local)
-        _download(fs.join(input_remote, "checkpoint"), os.path.join(input_local, "checkpoint"))
-        step = name.rsplit("-", 1)[-1]
+        _download(fs.join(input_remote, CHECKPOINT_INDEX),
+                  os.path.join(input_local, CHECKPOINT_INDEX))
+        step = step_in_name(name)
         for remote in fs.glob(fs.join(input_remote, f"input-{step}.*")):
             _download(remote, os.path.join(input_local, remote.rsplit("/", 1)[-1]))
+
+
+def copy_newest_checkpoint(src_workdir: str, dst_workdir: str, what: str = "source") -> int:
+    """Copy ``src_workdir``'s newest checkpoint into ``dst_workdir``, whose training then
+    starts from it: once (-1 when ``dst_workdir`` has a checkpoint already), else its step.
+    The index is written last, so a copy cut short is not taken for a checkpoint."""
+    src, dst = Workdir(src_workdir), Workdir(dst_workdir)
+    if fs.exists(dst.checkpoint_index):
+        return -1
+    if not fs.exists(src.checkpoint_index):
+        raise UserError(f"{what} {src_workdir}: no {CHECKPOINT_INDEX} index under "
+                        f"{src.checkpoints} (train it first)")
+    text = fs.read_text(src.checkpoint_index)
+    name = text.splitlines()[0].split('"')[1].replace("\\", "/").rsplit("/", 1)[-1]
+    files = fs.glob(fs.join(src.checkpoints, name + ".*"))
+    if not files:
+        raise UserError(f"{src.checkpoints}: checkpoint {name} named in the index has no files")
+    for path in files:
+        fs.write_bytes(fs.join(dst.checkpoints, fs.basename(path)), fs.read_bytes(path))
+    fs.write_text(dst.checkpoint_index,
+                  f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
+    return step_in_name(name)
 
 
 def _download(remote: str, local: str) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 
 from schemas import fs
 from schemas.errors import UserError
+from schemas.rundirs import export_dir, step_in_name  # noqa: F401  (export_dir: re-exported)
 
 FORMAT = "qtopt-export"
 FORMAT_VERSION = 1
@@ -96,10 +97,6 @@ class Export:
 
     def check_image_shape(self, image_shape, where: str) -> None:
         self.spec.check_image_shape(image_shape, f"{where} (export {self.path})")
-
-
-def export_dir(exports: str, step: int) -> str:
-    return fs.join(exports, f"export-{step:09d}")
 
 
 def weights_to_bytes(variables) -> bytes:
@@ -193,10 +190,10 @@ def complete_exports(exports: str) -> list[str]:
 
 def export_step(path: str) -> int:
     """The training step in an export directory's name (``export-000001234`` -> 1234)."""
-    name = fs.basename(path)
+    name = fs.basename(path.rstrip("/"))
     if not re.fullmatch(r"export-\d+", name):
         raise UserError(f"{path}: not an export directory (export-<step>)")
-    return int(name.split("-", 1)[1])
+    return step_in_name(name)
 
 
 def latest_export(exports: str) -> str | None:

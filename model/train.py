@@ -46,6 +46,7 @@ from model.cem import first_draw
 from model.network import ACTION, IMAGE, InputSpec, QNetwork
 from schemas import cells, fs
 from schemas.errors import UserError
+from schemas.rundirs import Workdir, step_in_name
 
 
 class NonFiniteLoss(UserError):
@@ -418,13 +419,13 @@ class Trainer:
 
         if not self.chief:
             return None
-        path = export_dir(fs.join(self.workdir, "exports"), int(self.step.numpy()))
+        path = export_dir(Workdir(self.workdir).exports, int(self.step.numpy()))
         return path if fs.exists(fs.join(path, MANIFEST)) else self.export()
 
     def export(self) -> str | None:
         if not self.chief:  # the weights are the chief's
             return None
-        return write_export(fs.join(self.workdir, "exports"), int(self.step.numpy()),
+        return write_export(Workdir(self.workdir).exports, int(self.step.numpy()),
                             {"online": self.online, "polyak": self.polyak,
                              "lagged": self.lagged},
                             extra={"config": self.config.to_dict()},
@@ -559,7 +560,7 @@ def _input_seed(cfg, latest_checkpoint: str | None) -> int:
     chunks) would otherwise replay the same first batches every time."""
     seed = cfg.seed
     if not cfg.checkpoint_input and latest_checkpoint:
-        seed += int(latest_checkpoint.rsplit("-", 1)[-1]) * 7919
+        seed += step_in_name(latest_checkpoint) * 7919
     return seed % (1 << 31)
 
 

@@ -21,9 +21,9 @@ import json
 
 from pipelines.machinery import dataset
 from pipelines.jobs.evaluate import evaluate
-from pipelines.flows.finetune import round_name
 from pipelines.machinery.options import add_config_arguments, config_from_args
 from schemas import fs
+from schemas.rundirs import RunDir
 from schemas.errors import UserError
 
 CURVE = "learning_curve"
@@ -36,7 +36,7 @@ def episodes(transitions: str) -> int:
 
 def offline_transitions(run_dir: str) -> str:
     """The transition dataset the run's offline phase trained on (demo and study layouts)."""
-    for candidate in (fs.join(run_dir, "transitions", "scripted"),
+    for candidate in (RunDir(run_dir).transitions("scripted"),
                       fs.join(run_dir, "transitions")):
         if fs.exists(fs.join(candidate, dataset.MANIFEST)):
             return candidate
@@ -47,20 +47,20 @@ def candidates(run_dir: str) -> list[dict]:
     """The points of the curve, before evaluation: export, step, grasps and phase."""
     from model.export import complete_exports, export_step
 
+    run = RunDir(run_dir)
     offline_grasps = episodes(offline_transitions(run_dir))
     points = [{"export": path, "step": export_step(path), "grasps": offline_grasps,
                "phase": "offline"}
-              for path in complete_exports(fs.join(run_dir, "train", "exports"))
+              for path in complete_exports(run.train.exports)
               if export_step(path) > 0]
-    state_path = fs.join(run_dir, "finetune", "state.json")
+    state_path = run.finetune.state
     if fs.exists(state_path):
         state = json.loads(fs.read_text(state_path))
         grasps = offline_grasps
         for r in state.get("rounds", []):
-            grasps += episodes(fs.join(run_dir, "finetune", "transitions",
-                                       round_name(r["round"])))
+            grasps += episodes(run.finetune.round_transitions(r["round"]))
             if r.get("export"):
-                points.append({"export": fs.join(run_dir, "finetune", "train", "exports",
+                points.append({"export": fs.join(run.finetune.train.exports,
                                                  fs.basename(r["export"])),
                                "step": export_step(r["export"]), "grasps": grasps,
                                "phase": "finetune", "round": r["round"]})
@@ -70,7 +70,7 @@ def candidates(run_dir: str) -> list[dict]:
 
 
 def evaluate_points(cfg, run_dir: str, points: list[dict], attempts: int) -> list[dict]:
-    out = fs.join(run_dir, "eval", "curve")
+    out = RunDir(run_dir).eval("curve")
     evaluate(cfg.updated(evaluate={"bin_trials": 0, "attempts": attempts}),
              ",".join(p["export"] for p in points), out, objects="train", each=True).require()
     rows = {fs.basename(r["export"]): r

@@ -31,11 +31,12 @@ from pipelines.jobs import collect, shard
 
 from pipelines.flows import curve
 from pipelines.jobs.evaluate import evaluate
-from pipelines.flows.finetune import finetune, round_name
+from pipelines.flows.finetune import finetune
 from pipelines.machinery.job import JobResult
 from pipelines.machinery.options import add_config_arguments, config_from_args
 from pipelines.flows.phases import Phases, resolve_epochs, train_offline
 from schemas import fs
+from schemas.rundirs import FinetuneDir, RunDir
 from schemas.errors import UserError
 
 STATE = "demo-state.json"
@@ -44,7 +45,7 @@ STATE = "demo-state.json"
 def more_rounds(phase: Phases, ft_dir: str, rounds: int) -> None:
     """Raising finetune.rounds on a run whose finetuning is done reopens finetuning and the
     curve (both resume: only the new rounds and their exports cost time)."""
-    state_path = fs.join(ft_dir, "state.json")
+    state_path = FinetuneDir(ft_dir).state
     if "finetune" not in phase.state["done"] or not fs.exists(state_path):
         return
     done = len(json.loads(fs.read_text(state_path)).get("rounds", []))
@@ -79,7 +80,7 @@ def choose_finetuned(cfg, phase, run_dir: str, ft_state: dict) -> tuple[str, int
     success on *train* objects (``train``; the test objects stay unseen until the table), read
     off the learning curve (``qtopt curve``), which evaluates every round export there anyway.
     A tie goes to the later round."""
-    exports = fs.join(run_dir, "finetune", "train", "exports")
+    exports = RunDir(run_dir).finetune.train.exports
     # Recorded as paths; joined again here so that a moved or copied run still resolves.
     names = [fs.basename(r["export"]) for r in ft_state["rounds"]]
     if not names:
@@ -118,30 +119,31 @@ def demo(cfg, run_dir: str, *, epochs: int | None = None) -> JobResult:
     epochs = resolve_epochs(epochs, cfg)
     run_dir = run_dir.rstrip("/")
     fs.makedirs(run_dir)
-    phase = Phases(fs.join(run_dir, STATE), {**cfg.to_dict(), "epochs": epochs}, "demo")
+    run = RunDir(run_dir)
+    phase = Phases(run.file(STATE), {**cfg.to_dict(), "epochs": epochs}, "demo")
     t0 = time.monotonic()
 
-    episodes = fs.join(run_dir, "episodes", "scripted-train")
-    transitions = fs.join(run_dir, "transitions", "scripted")
-    labelled = fs.join(run_dir, "labelled")
-    train_dir = fs.join(run_dir, "train")
-    exports = fs.join(train_dir, "exports")
+    episodes = run.episodes("scripted-train")
+    transitions = run.transitions("scripted")
+    labelled = run.labelled
+    train_dir = run.train.root
+    exports = run.train.exports
 
     scripted = cfg.updated(collect={"policy": "scripted", "objects": "train"})
     phase("collect", lambda: collect.collect(scripted, episodes).require())
     inputs = [fs.join(episodes, "*.tfrecord.gz")]
     if cfg.collect.explore_episodes:
-        explore = fs.join(run_dir, "episodes", "explore-train")
+        explore = run.episodes("explore-train")
         exploring = explore_config(cfg)
         phase("collect-explore", lambda: collect.collect(exploring, explore,
                                                          source="explore-train").require())
         inputs.append(fs.join(explore, "*.tfrecord.gz"))
     phase("shard", lambda: shard.shard(cfg, inputs, transitions).require())
     train_offline(cfg, phase, transitions, labelled, train_dir, epochs)
-    ft_dir = fs.join(run_dir, "finetune")
+    ft_dir = run.finetune.root
     more_rounds(phase, ft_dir, cfg.finetune.rounds)
     phase("finetune", lambda: finetune(cfg, run_dir, transitions, train_dir).require())
-    ft_state = json.loads(fs.read_text(fs.join(ft_dir, "state.json")))
+    ft_state = json.loads(fs.read_text(run.finetune.state))
     finetuned, chosen = choose_finetuned(cfg, phase, run_dir, ft_state)
     policies = [("scripted", "scripted"), ("offline QT-Opt", exports),
                 ("finetuned QT-Opt", finetuned)]
@@ -150,24 +152,24 @@ def demo(cfg, run_dir: str, *, epochs: int | None = None) -> JobResult:
     names = ["scripted", "offline", f"finetuned-{fs.basename(finetuned)}"]
     for (label, policy), name in zip(policies, names):
         phase(f"evaluate-{name}", lambda policy=policy, name=name: evaluate(
-            cfg, policy, fs.join(run_dir, "eval", name), objects="test").require())
+            cfg, policy, run.eval(name), objects="test").require())
 
     offline_grasps = curve.episodes(transitions)
     # The chosen round's export trained on the on-policy data of that round and those before.
-    online_grasps = sum(curve.episodes(fs.join(ft_dir, "transitions", round_name(r)))
+    online_grasps = sum(curve.episodes(run.finetune.round_transitions(r))
                         for r in range(chosen + 1))
     rows = []
     for (label, _), name, grasps in zip(policies, names,
                                         (0, offline_grasps, offline_grasps + online_grasps)):
-        result = json.loads(fs.read_text(fs.join(run_dir, "eval", name, "result.json")))
+        result = json.loads(fs.read_text(fs.join(run.eval(name), "result.json")))
         r = result["replacement"]
         rows.append({"policy": label, "rate": r["rate"], "ci95": r["ci95"],
                      "attempts": r["attempts"], "grasps": grasps})
     rows[-1].update(export=fs.basename(finetuned), round=chosen,
                     rounds=len(ft_state["rounds"]), select=cfg.finetune.select)
     text = table(rows) + "\n\n" + finetuned_line(rows[-1])
-    fs.write_text(fs.join(run_dir, "results.md"), text + "\n")
-    fs.write_text(fs.join(run_dir, "results.json"), json.dumps(rows, indent=1))
+    fs.write_text(run.file("results.md"), text + "\n")
+    fs.write_text(run.file("results.json"), json.dumps(rows, indent=1))
     print(f"\ndemo: done in {time.monotonic() - t0:.0f} s (this invocation); results in "
           f"{run_dir}/results.md\n")
     print(text, flush=True)

@@ -38,22 +38,10 @@ from pipelines.machinery import dataset
 from pipelines.machinery.job import JobResult
 from pipelines.machinery.options import add_config_arguments, config_from_args
 from schemas import cells, fs
+from schemas.rundirs import FinetuneDir, RunDir, Workdir, epoch_dir, round_name
 from schemas.errors import UserError
 
 PHASES = ("collect", "shard", "relabel", "train")
-STATE = "state.json"
-
-
-def paths(run: str) -> dict:
-    root = fs.join(run, "finetune")
-    return {"root": root, "state": fs.join(root, STATE), "train": fs.join(root, "train"),
-            "episodes": fs.join(root, "episodes"), "transitions": fs.join(root, "transitions"),
-            "labelled_offline": fs.join(root, "labelled", "offline"),
-            "labelled_online": fs.join(root, "labelled", "online")}
-
-
-def round_name(r: int) -> str:
-    return f"round-{r:03d}"
 
 
 def read_state(path: str) -> dict:
@@ -71,50 +59,35 @@ def write_state(path: str, state: dict) -> None:
 
 
 def seed_checkpoint(init: str, train_dir: str) -> int:
-    """Copy ``init``'s newest checkpoint into the finetune workdir, once; returns its step."""
-    dst = fs.join(train_dir, "checkpoints")
-    if fs.exists(fs.join(dst, "checkpoint")):
-        return -1
-    src = fs.join(init, "checkpoints")
-    index = fs.join(src, "checkpoint")
-    if not fs.exists(index):
-        raise UserError(f"--init {init}: no checkpoints/checkpoint index (train it first)")
-    text = fs.read_text(index)
-    first = text.splitlines()[0]
-    name = first.split('"')[1].rsplit("/", 1)[-1]
-    files = [p for p in fs.glob(fs.join(src, name + ".*"))]
-    if not files:
-        raise UserError(f"{src}: checkpoint {name} named in the index has no files")
-    for path in files:
-        fs.write_bytes(fs.join(dst, path.rsplit("/", 1)[-1]), fs.read_bytes(path))
-    # The index is written last, so a copy cut short is not taken for a checkpoint.
-    fs.write_text(fs.join(dst, "checkpoint"),
-                  f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
-    return int(name.rsplit("-", 1)[-1])
+    """Copy ``init``'s newest checkpoint into the finetune workdir, once; returns its step
+    (-1 when the workdir has one already)."""
+    from model.checkpoints import copy_newest_checkpoint
+
+    return copy_newest_checkpoint(init, train_dir, what="--init")
 
 
 def _counts(directory: str) -> int:
     return int(dataset.read_dataset_manifest(directory)["counts"]["transitions"])
 
 
-def run_round(cfg, offline: str, objects: str, state: dict, p: dict) -> None:
+def run_round(cfg, offline: str, objects: str, state: dict, p: FinetuneDir) -> None:
     from model import export as exports
 
     ft = cfg.finetune
     r = state["round"]
     name = round_name(r)
-    episodes_dir = fs.join(p["episodes"], name)
-    transitions_dir = fs.join(p["transitions"], name)
-    off_dir = fs.join(p["labelled_offline"], f"epoch-{r}")
-    on_dir = fs.join(p["labelled_online"], f"epoch-{r}")
-    latest = exports.latest_export(fs.join(p["train"], "exports"))
+    episodes_dir = p.round_episodes(r)
+    transitions_dir = p.round_transitions(r)
+    off_dir = epoch_dir(p.labelled_offline, r)
+    on_dir = epoch_dir(p.labelled_online, r)
+    latest = exports.latest_export(p.train.exports)
     if latest is None:
         raise UserError(f"{p['train']}/exports: no export to collect with")
 
     def done(phase: str, **extra) -> None:
         state["done"].append(phase)
         state.update(extra)
-        write_state(p["state"], state)
+        write_state(p.state, state)
         print(f"finetune: round {r} {phase} done", flush=True)
 
     if "collect" not in state["done"]:
@@ -129,26 +102,26 @@ def run_round(cfg, offline: str, objects: str, state: dict, p: dict) -> None:
                     seed=cfg.pipeline.shuffle_seed + r).require()
         done("shard", online_transitions=state["online_transitions"] + _counts(transitions_dir))
     if "relabel" not in state["done"]:
-        relabel.relabel(cfg, [offline], latest, p["labelled_offline"], r).require()
-        online_inputs = [fs.join(p["transitions"], round_name(k)) for k in range(r + 1)]
-        relabel.relabel(cfg, online_inputs, latest, p["labelled_online"], r).require()
+        relabel.relabel(cfg, [offline], latest, p.labelled_offline, r).require()
+        online_inputs = [p.round_transitions(k) for k in range(r + 1)]
+        relabel.relabel(cfg, online_inputs, latest, p.labelled_online, r).require()
         done("relabel")
     if "train" not in state["done"]:
         train_round(cfg, state, p, off_dir, on_dir)
         # Older epochs' labels are superseded; the episodes and transitions stay on disk.
-        for root in (p["labelled_offline"], p["labelled_online"]):
+        for root in (p.labelled_offline, p.labelled_online):
             if r > 0:
-                fs.remove(fs.join(root, f"epoch-{r - 1}"), recursive=True)
+                fs.remove(epoch_dir(root, r - 1), recursive=True)
         state["rounds"].append({"round": r, "online_transitions": state["online_transitions"],
                                 "steps_done": state["steps_done"],
-                                "export": exports.latest_export(fs.join(p["train"], "exports"))})
+                                "export": exports.latest_export(p.train.exports)})
         done("train")
     state["round"], state["done"] = r + 1, []
     state.pop("train_until", None)
-    write_state(p["state"], state)
+    write_state(p.state, state)
 
 
-def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
+def train_round(cfg, state: dict, p: FinetuneDir, off_dir: str, on_dir: str) -> None:
     from pipelines.jobs.train import open_trainer
 
     ft = cfg.finetune
@@ -156,7 +129,7 @@ def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
     if "train_until" not in state:
         steps = balancer.steps_for_round(state["online_transitions"], state["steps_done"])
         state["train_until"] = state["start_step"] + state["steps_done"] + steps
-        write_state(p["state"], state)
+        write_state(p.state, state)
     until = state["train_until"]
     # The input pipeline changes every chunk (new shares, new epochs): never restore it.
     train_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
@@ -176,7 +149,7 @@ def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
         # One trainer for the round: each chunk swaps its input, not the networks or the
         # traced step. Checkpointed every chunk, exported once, at the round's end.
         if trainer is None:
-            trainer = open_trainer(train_cfg, sources, p["train"])
+            trainer = open_trainer(train_cfg, sources, p.train.root)
         else:
             trainer.use_data(sources)
         result = trainer.run(until_step=end, progress=end - step > ft.ramp_chunk,
@@ -185,27 +158,27 @@ def train_round(cfg, state: dict, p: dict, off_dir: str, on_dir: str) -> None:
               f"loss {result.loss:.4f}", flush=True)
         step = result.step
         state["steps_done"] = step - state["start_step"]
-        write_state(p["state"], state)
+        write_state(p.state, state)
     _export_round_end(train_cfg, p, until)
     prune_chunk_exports(state, p)
 
 
-def _export_round_end(cfg, p: dict, until: int) -> None:
+def _export_round_end(cfg, p: FinetuneDir, until: int) -> None:
     """The export of the round's last step, written if a kill came between its checkpoint and
     its export (the rerun then has no steps left to train)."""
     from model.export import MANIFEST, export_dir
     from model.train import export_weights
 
-    if not fs.exists(fs.join(export_dir(fs.join(p["train"], "exports"), until), MANIFEST)):
-        export_weights(cfg, p["train"])
+    if not fs.exists(fs.join(export_dir(p.train.exports, until), MANIFEST)):
+        export_weights(cfg, p.train.root)
 
 
-def prune_chunk_exports(state: dict, p: dict) -> None:
+def prune_chunk_exports(state: dict, p: FinetuneDir) -> None:
     """Keep the export finetuning started from, the one each round collected with, and the
     newest; any other is a leftover."""
     from model.export import export_dir, prune_exports
 
-    exports_dir = fs.join(p["train"], "exports")
+    exports_dir = p.train.exports
     keep = {export_dir(exports_dir, state["start_step"])}
     keep.update(r["export"] for r in state["rounds"] if r.get("export"))
     prune_exports(exports_dir, keep)
@@ -222,7 +195,7 @@ def check_cells(cfg, offline: str, manifest: dict, init: str) -> None:
         raise UserError(f"finetune: offline dataset {offline} was made by {cell} but on-policy "
                         f"episodes would come from {current} (the robot config); "
                         f"{cells.how_to_match(cell, current)}")
-    latest = exports.latest_export(fs.join(init, "exports"))
+    latest = exports.latest_export(Workdir(init).exports)
     if latest is not None:
         cell = cells.of_manifest(exports.read_export_manifest(latest))
         if cell != current:
@@ -253,24 +226,24 @@ def run(args: argparse.Namespace) -> int:
 def finetune(cfg, run_dir: str, offline: str, init: str, *, objects: str = "train") -> JobResult:
     """``cfg.finetune.rounds`` rounds of joint finetuning in ``run_dir/finetune``, starting
     from ``init``'s newest checkpoint, with ``offline`` beside the on-policy data."""
-    p = paths(run_dir)
+    p = RunDir(run_dir).finetune
     # A clear error now if the offline data is incomplete or of another cell.
     check_cells(cfg, offline, dataset.read_dataset_manifest(offline), init)
-    fs.makedirs(p["root"])
-    state = read_state(p["state"])
+    fs.makedirs(p.root)
+    state = read_state(p.state)
     if state["start_step"] is None:
-        start = seed_checkpoint(init, p["train"])
+        start = seed_checkpoint(init, p.train.root)
         if start < 0:
             raise UserError(f"{p['train']} already has checkpoints but {p['state']} has no "
                             "start step; remove RUN/finetune to restart")
         from model.export import latest_export
 
-        if latest_export(fs.join(p["train"], "exports")) is None:
+        if latest_export(p.train.exports) is None:
             from model.train import export_weights
 
-            export_weights(cfg, p["train"])  # the first round collects with the copied weights
+            export_weights(cfg, p.train.root)  # the first round collects with the copied weights
         state["start_step"] = start
-        write_state(p["state"], state)
+        write_state(p.state, state)
     t0 = time.monotonic()
     while state["round"] < cfg.finetune.rounds:
         run_round(cfg, offline, objects, state, p)
@@ -278,4 +251,4 @@ def finetune(cfg, run_dir: str, offline: str, init: str, *, objects: str = "trai
                "finetune_steps": state["steps_done"],
                "seconds": round(time.monotonic() - t0, 1)}
     print(json.dumps(summary), flush=True)
-    return JobResult("finetune", p["root"], 0, summary)
+    return JobResult("finetune", p.root, 0, summary)

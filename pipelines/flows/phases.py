@@ -9,6 +9,7 @@ import time
 from pipelines.jobs.relabel import relabel
 from pipelines.jobs.train import train
 from schemas import fs
+from schemas.rundirs import Workdir, epoch_dir
 from schemas.config import Config
 from schemas.errors import UserError
 
@@ -18,23 +19,23 @@ def initial_export(cfg, workdir: str) -> str:
     from model.export import latest_export
     from model.train import export_weights
 
-    return latest_export(fs.join(workdir, "exports")) or export_weights(cfg, workdir)
+    return latest_export(Workdir(workdir).exports) or export_weights(cfg, workdir)
 
 
 def train_offline(cfg, phase, transitions: str, labelled: str, train_dir: str,
                   epochs: int) -> None:
     """Batch epochs of the Bellman updater: relabel with the newest export, then train
     ``train.steps`` more steps. Each step is a phase, so a killed run resumes at the next one."""
-    exports = fs.join(train_dir, "exports")
+    exports = Workdir(train_dir).exports
     phase("initial-export", lambda: initial_export(cfg, train_dir))
     for k in range(epochs):
         phase(f"relabel-{k}", lambda k=k: relabel(cfg, [transitions], exports, labelled,
                                                   k).require())
-        phase(f"train-{k}", lambda k=k: train(cfg, [(fs.join(labelled, f"epoch-{k}"), 1.0)],
+        phase(f"train-{k}", lambda k=k: train(cfg, [(epoch_dir(labelled, k), 1.0)],
                                               train_dir,
                                               until_step=(k + 1) * cfg.train.steps).require())
         if k > 0:  # superseded labels; the transitions stay
-            fs.remove(fs.join(labelled, f"epoch-{k - 1}"), recursive=True)
+            fs.remove(epoch_dir(labelled, k - 1), recursive=True)
 
 
 class Phases:

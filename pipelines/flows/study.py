@@ -24,6 +24,7 @@ from pipelines.machinery.options import add_config_arguments, config_from_args
 from pipelines.flows.phases import Phases, resolve_epochs, train_offline
 from pipelines.jobs.subsample import subsample
 from schemas import fs
+from schemas.rundirs import Workdir
 from schemas.errors import UserError
 
 
@@ -102,7 +103,7 @@ def dataset_size(cfg, transitions_in: str, fractions: list[float], run_dir: str,
         train_offline(cfg, inner, transitions, fs.join(sub, "labelled"), fs.join(sub, "train"),
                       epochs)
         phase(f"{tag}/evaluate", lambda sub=sub: evaluate(
-            cfg, fs.join(sub, "train", "exports"), fs.join(sub, "eval"),
+            cfg, Workdir(fs.join(sub, "train")).exports, fs.join(sub, "eval"),
             objects=objects).require())
         result = json.loads(fs.read_text(fs.join(sub, "eval", "result.json")))["replacement"]
         counts = dataset.read_dataset_manifest(transitions)["counts"]

@@ -42,6 +42,7 @@ from pipelines.machinery.policies import make_policy, worker_cell_and_policy
 from schemas import fs
 from schemas.config import EvaluateConfig, RobotConfig
 from schemas.errors import UserError
+from schemas.rundirs import attempts_dir, attempts_file
 from schemas.tfrecord_io import read_records, write_records
 
 NAMESPACE = "qtopt.evaluate"
@@ -86,7 +87,7 @@ class EvaluateGroup(beam.DoFn):
 
         protocol, group = element
         plan, ev = self.plan, self.plan.evaluate
-        path = fs.join(plan.out, "attempts", f"{protocol}-{group:03d}.json")
+        path = attempts_file(plan.out, protocol, group)
         if fs.exists(path):
             return
         keep = ev.gifs if group == 0 else 0
@@ -171,7 +172,7 @@ def aggregate(out: str, ev) -> dict:
 
     rows = []
     for protocol, group in elements(ev):
-        path = fs.join(out, "attempts", f"{protocol}-{group:03d}.json")
+        path = attempts_file(out, protocol, group)
         if not fs.exists(path):
             raise UserError(f"{path}: missing after the job ran (rerun to complete it)")
         rows.extend(json.loads(fs.read_text(path)))
@@ -314,7 +315,7 @@ def evaluate_policy(cfg, policy: str, objects_arg: str, out: str, workers: int |
     fs.write_text(fs.join(out, "plan.json"), json.dumps(plan.to_dict(), indent=1,
                                                         sort_keys=True))
     todo = [e for e in elements(ev)
-            if not fs.exists(fs.join(out, "attempts", f"{e[0]}-{e[1]:03d}.json"))]
+            if not fs.exists(attempts_file(out, e[0], e[1]))]
     total = len(elements(ev))
     print(f"evaluate: {label} on {objects_arg} objects -> {out}: {total - len(todo)}/{total} "
           f"robots and trials done", flush=True)
@@ -327,7 +328,7 @@ def evaluate_policy(cfg, policy: str, objects_arg: str, out: str, workers: int |
         build(pipeline, todo, plan)
 
         def poll():
-            done = len(fs.glob(fs.join(out, "attempts", "*.json")))
+            done = len(fs.glob(fs.join(attempts_dir(out), "*.json")))
             return done, ""
 
         with runner.progress("evaluate", poll if runner.is_local(options) else None,

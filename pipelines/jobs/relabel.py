@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import re
 from typing import Optional, Sequence
 
 import apache_beam as beam
@@ -46,6 +45,7 @@ from pipelines.machinery.outputlock import output_lock
 from schemas import cells as cell_rules
 from schemas import codec, fs
 from schemas.errors import RecordError, UserError
+from schemas.rundirs import epoch_dir, epoch_of
 from schemas.specs import STATE_SCALARS
 from schemas.tfrecord_io import RecordWriter
 
@@ -62,17 +62,13 @@ MODEL_INPUTS = ("next_observation/image",) + tuple(
                                                             "return_to_go")
 
 
-def epoch_dir(root: str, epoch: int) -> str:
-    return fs.join(root, f"epoch-{int(epoch)}")
-
-
 def latest_epoch(root: str) -> Optional[int]:
     """The highest K with a complete ``<root>/epoch-K``, or None."""
     best = None
     for path in fs.listdir(root):
-        m = re.fullmatch(r"epoch-(\d+)", fs.basename(path))
-        if m and fs.exists(fs.join(path, dataset.MANIFEST)):
-            best = max(best or 0, int(m.group(1)))
+        k = epoch_of(path)
+        if k is not None and fs.exists(fs.join(path, dataset.MANIFEST)):
+            best = max(best or 0, k)
     return best
 
 
