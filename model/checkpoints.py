@@ -175,6 +175,29 @@ class CheckpointStore:
                 if remote.rsplit("/", 1)[-1].split(".", 1)[0] not in keep:
                     fs.remove(remote)
 
+    @staticmethod
+    def copy_newest(src_workdir: str, dst_workdir: str, what: str = "source") -> int:
+        """Copy ``src_workdir``'s newest checkpoint into ``dst_workdir``, whose training then
+        starts from it: once (-1 when ``dst_workdir`` has a checkpoint already), else its step.
+        The index is written last, so a copy cut short is not taken for a checkpoint."""
+        src, dst = Workdir(src_workdir), Workdir(dst_workdir)
+        if fs.exists(dst.checkpoint_index):
+            return -1
+        if not fs.exists(src.checkpoint_index):
+            raise UserError(f"{what} {src_workdir}: no {CHECKPOINT_INDEX} index under "
+                            f"{src.checkpoints} (train it first)")
+        text = fs.read_text(src.checkpoint_index)
+        name = text.splitlines()[0].split('"')[1].replace("\\", "/").rsplit("/", 1)[-1]
+        files = fs.glob(fs.join(src.checkpoints, name + ".*"))
+        if not files:
+            raise UserError(f"{src.checkpoints}: checkpoint {name} named in the index has no "
+                            "files")
+        for path in files:
+            fs.write_bytes(fs.join(dst.checkpoints, fs.basename(path)), fs.read_bytes(path))
+        fs.write_text(dst.checkpoint_index,
+                      f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
+        return step_in_name(name)
+
     def push_logs(self) -> None:
         """Copy event files that grew since the last push (they are only ever appended to)."""
         if not self.remote or not os.path.isdir(self.local_logs_dir):
@@ -213,28 +236,6 @@ def _pull_newest(remote_dir: str, local_dir: str, input_subdir: str) -> None:
         step = step_in_name(name)
         for remote in fs.glob(fs.join(input_remote, f"input-{step}.*")):
             _download(remote, os.path.join(input_local, remote.rsplit("/", 1)[-1]))
-
-
-def copy_newest_checkpoint(src_workdir: str, dst_workdir: str, what: str = "source") -> int:
-    """Copy ``src_workdir``'s newest checkpoint into ``dst_workdir``, whose training then
-    starts from it: once (-1 when ``dst_workdir`` has a checkpoint already), else its step.
-    The index is written last, so a copy cut short is not taken for a checkpoint."""
-    src, dst = Workdir(src_workdir), Workdir(dst_workdir)
-    if fs.exists(dst.checkpoint_index):
-        return -1
-    if not fs.exists(src.checkpoint_index):
-        raise UserError(f"{what} {src_workdir}: no {CHECKPOINT_INDEX} index under "
-                        f"{src.checkpoints} (train it first)")
-    text = fs.read_text(src.checkpoint_index)
-    name = text.splitlines()[0].split('"')[1].replace("\\", "/").rsplit("/", 1)[-1]
-    files = fs.glob(fs.join(src.checkpoints, name + ".*"))
-    if not files:
-        raise UserError(f"{src.checkpoints}: checkpoint {name} named in the index has no files")
-    for path in files:
-        fs.write_bytes(fs.join(dst.checkpoints, fs.basename(path)), fs.read_bytes(path))
-    fs.write_text(dst.checkpoint_index,
-                  f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
-    return step_in_name(name)
 
 
 def _download(remote: str, local: str) -> None:

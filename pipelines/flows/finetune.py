@@ -61,9 +61,9 @@ def write_state(path: str, state: dict) -> None:
 def seed_checkpoint(init: str, train_dir: str) -> int:
     """Copy ``init``'s newest checkpoint into the finetune workdir, once; returns its step
     (-1 when the workdir has one already)."""
-    from model.checkpoints import copy_newest_checkpoint
+    from model.checkpoints import CheckpointStore
 
-    return copy_newest_checkpoint(init, train_dir, what="--init")
+    return CheckpointStore.copy_newest(init, train_dir, what="--init")
 
 
 def _counts(directory: str) -> int:
