@@ -119,6 +119,89 @@ class StepProgress:
         self.stream.flush()
 
 
+# The step loop's parts, each called after every step and once at the end (as tf-agents'
+# Learner calls its triggers): what to do and at which interval lives in the part, not the loop.
+
+class LogPart:
+    """TensorBoard scalars every ``every`` steps and at the last one (into ``logs_dir``; None:
+    a worker other than the chief, which logs nothing). The rate leaves out the first step,
+    which includes tracing."""
+
+    def __init__(self, logs_dir: str | None, every: int, until: int):
+        self.writer = tf.summary.create_file_writer(logs_dir) if logs_dir else \
+            tf.summary.create_noop_writer()
+        self.every, self.until = every, until
+        self.last_step, self.last_time = None, None
+
+    def after_step(self, step: int, out: dict) -> None:
+        if self.last_time is None:
+            self.last_step, self.last_time = step, time.perf_counter()
+        if step % self.every and step != self.until:
+            return
+        now = time.perf_counter()
+        rate = (step - self.last_step) / max(now - self.last_time, 1e-9) \
+            if step > self.last_step else 0.0
+        with self.writer.as_default(step=step):
+            _scalar("loss", float(out["loss"]))
+            _scalar("mean_q", out["mean_q"])
+            _scalar("mean_target", out["mean_target"])
+            _scalar("steps_per_s", rate)
+        self.last_step, self.last_time = step, now
+
+    def close(self, step: int) -> None:
+        self.writer.flush()
+
+
+class CheckpointPart:
+    """A checkpoint every ``every`` steps and at the end (unless the last step was saved); a
+    remote workdir's logs are pushed with each."""
+
+    def __init__(self, trainer, every: int, start: int, logs: LogPart):
+        self.trainer, self.every, self.last_saved, self.logs = trainer, every, start, logs
+
+    def after_step(self, step: int, out: dict) -> None:
+        if step % self.every:
+            return
+        self.trainer.save()
+        self.last_saved = step
+        if self.trainer.store.remote:
+            self.logs.writer.flush()
+            self.trainer.store.push_logs()
+
+    def close(self, step: int) -> None:
+        if step != self.last_saved:
+            self.trainer.save()
+        self.trainer.store.push_logs()
+
+
+class ExportPart:
+    """An export every ``every`` steps before the last (0: none); the last step's export is
+    the run's own (``Trainer.run(export=...)``)."""
+
+    def __init__(self, trainer, every: int, until: int):
+        self.trainer, self.every, self.until = trainer, every, until
+
+    def after_step(self, step: int, out: dict) -> None:
+        if self.every and step % self.every == 0 and step < self.until:
+            self.trainer.export()
+
+    def close(self, step: int) -> None:
+        pass
+
+
+class ProgressPart:
+    """The progress line (``StepProgress``)."""
+
+    def __init__(self, bar: StepProgress):
+        self.bar = bar
+
+    def after_step(self, step: int, out: dict) -> None:
+        self.bar.update(step, float(out["loss"]), float(out["mean_q"]))
+
+    def close(self, step: int) -> None:
+        pass
+
+
 def loss_fn(kind: str):
     if kind == "cross_entropy":
         # Targets dip below 0 by the step penalty (r = -0.05 + gamma * V with V near 0). Cross
@@ -466,21 +549,14 @@ class Trainer:
         if until <= start:
             return TrainResult(start, start, self.export_if_missing() if export else None,
                                float("nan"), 0.0, until, self._digest())
-        step = start
-        writer = tf.summary.create_file_writer(self.store.local_logs_dir) if self.chief else \
-            tf.summary.create_noop_writer()
-        bar = StepProgress(start, until) if progress and until > start else None
-        loss, t0, last_log, last_log_time = float("nan"), time.perf_counter(), step, None
-        last_saved = start
+        logs = LogPart(self.store.local_logs_dir if self.chief else None, cfg.log_every, until)
+        parts = [logs, CheckpointPart(self, cfg.checkpoint_every, start, logs),
+                 ExportPart(self, cfg.export_every, until)]
+        if progress:
+            parts.append(ProgressPart(StepProgress(start, until)))
+        step, loss, t0 = start, float("nan"), time.perf_counter()
         while step < until:
-            try:
-                inputs, target = next(self.iterator)
-            except tf.errors.InvalidArgumentError as exc:
-                raise UserError(f"training input at step {step + 1}: "
-                                f"{_op_message(exc)}") from None
-            except tf.errors.DataLossError as exc:  # a damaged shard: TensorFlow names no file
-                raise self._damaged_input(step + 1, exc) from None
-            out = self.train_step(inputs, target)
+            out = self.train_step(*self._next_batch(step))
             if not bool(out["finite"]):
                 latest = self.store.latest()
                 raise NonFiniteLoss(
@@ -489,38 +565,25 @@ class Trainer:
             step += 1
             self.copies.after_step(step)
             loss = float(out["loss"])
-            if last_log_time is None:
-                last_log_time = time.perf_counter()  # the first step includes tracing
-                last_log = step
-            if step % cfg.log_every == 0 or step == until:
-                now = time.perf_counter()
-                rate = (step - last_log) / max(now - last_log_time, 1e-9) if step > last_log \
-                    else 0.0
-                with writer.as_default(step=step):
-                    _scalar("loss", loss)
-                    _scalar("mean_q", out["mean_q"])
-                    _scalar("mean_target", out["mean_target"])
-                    _scalar("steps_per_s", rate)
-                last_log, last_log_time = step, now
-            if step % cfg.checkpoint_every == 0:
-                self.save()
-                last_saved = step
-                if self.store.remote:
-                    writer.flush()
-                    self.store.push_logs()
-            if cfg.export_every and step % cfg.export_every == 0 and step < until:
-                self.export()
-            if bar is not None:
-                bar.update(step, loss, float(out["mean_q"]))
-        writer.flush()
+            for part in parts:
+                part.after_step(step, out)
         elapsed = time.perf_counter() - t0
-        if step != last_saved:
-            self.save()
-        self.store.push_logs()
+        for part in parts:
+            part.close(step)
         export_path = self.export() if export else None
         return TrainResult(step, start, export_path, loss,
                            (step - start) / elapsed if step > start else 0.0, until,
                            self._digest())
+
+    def _next_batch(self, step: int):
+        """The input of step ``step + 1``; a bad or damaged record is a UserError naming it."""
+        try:
+            return next(self.iterator)
+        except tf.errors.InvalidArgumentError as exc:
+            raise UserError(f"training input at step {step + 1}: "
+                            f"{_op_message(exc)}") from None
+        except tf.errors.DataLossError as exc:  # a damaged shard: TensorFlow names no file
+            raise self._damaged_input(step + 1, exc) from None
 
     def _digest(self) -> str | None:
         """Under a strategy, what each worker holds, for comparing workers (None otherwise)."""
