@@ -82,7 +82,7 @@ def run_round(cfg, offline: str, objects: str, state: dict, p: FinetuneDir) -> N
     on_dir = epoch_dir(p.labelled_online, r)
     latest = exports.latest_export(p.train.exports)
     if latest is None:
-        raise UserError(f"{p['train']}/exports: no export to collect with")
+        raise UserError(f"{p.train.exports}: no export to collect with")
 
     def done(phase: str, **extra) -> None:
         state["done"].append(phase)
@@ -234,7 +234,7 @@ def finetune(cfg, run_dir: str, offline: str, init: str, *, objects: str = "trai
     if state["start_step"] is None:
         start = seed_checkpoint(init, p.train.root)
         if start < 0:
-            raise UserError(f"{p['train']} already has checkpoints but {p['state']} has no "
+            raise UserError(f"{p.train.root} already has checkpoints but {p.state} has no "
                             "start step; remove RUN/finetune to restart")
         from model.export import latest_export
 
