@@ -223,13 +223,16 @@ def from_files(expanded, spec, batch_size: int, *, training: bool = True, seed: 
                shuffle_buffer: int = 1000, augment: bool = True, crop_pad: int = 4,
                check: bool = True, cache_dir: str | None = None,
                shard: tuple[int, int] | None = None,
-               compile_augment: bool = False) -> tf.data.Dataset:
+               compile_augment: bool = False, weights: tf.Variable | None = None
+               ) -> tf.data.Dataset:
     """``make_dataset`` over ``expand``'s output: ``[(files, weight), ...]``.
 
     Remote files are staged into ``cache_dir`` first (default: ``default_cache_dir()``).
     ``shard`` (i, n): the part i of n of every dataset that worker i of n trains on; batches
     are then ``batch_size`` records of that part. ``compile_augment``: augment with
-    ``compiled_augment_images``.
+    ``compiled_augment_images``. ``weights``: a float variable, one weight per dataset, read at
+    every draw instead of the weights in ``expanded``: assigning it changes the mix of a running
+    pipeline (after the records already in its shuffle buffer), without building a new one.
     """
     image_shape = (spec.image_size, spec.image_size, 3)
     expanded, record_shards = _shard_files(expanded, shard)
@@ -245,9 +248,12 @@ def from_files(expanded, spec, batch_size: int, *, training: bool = True, seed: 
         records = streams[0]
     else:
         total = sum(w for _, w in expanded)
+        mix = [w / total for _, w in expanded]
+        if weights is not None:
+            mix = tf.data.Dataset.from_tensors(0).repeat().map(
+                lambda _: weights.read_value() / tf.reduce_sum(weights))
         records = tf.data.Dataset.sample_from_datasets(
-            streams, weights=[w / total for _, w in expanded], seed=seed,
-            stop_on_empty_dataset=training)
+            streams, weights=mix, seed=seed, stop_on_empty_dataset=training)
     if training:
         records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     batches = records.batch(batch_size, drop_remainder=training)

@@ -258,6 +258,7 @@ class Trainer:
                               translation_range=config.robot.max_translation)
         self._build_networks()
         self.expanded = None if input_dataset is not None else data.expand(datasets)
+        self._mix = None
         self._part = self._worker_part()
         batch_size, shard = self._part
         if self.expanded is not None:
@@ -291,11 +292,15 @@ class Trainer:
     def _input_from_files(self):
         cfg = self.config.train
         batch_size, shard = self._part
+        # The mix of several datasets is read from a variable, so that a new mix of the same
+        # files (finetuning's next chunk) is an assignment, not a new pipeline to build and fill.
+        self._mix = None if len(self.expanded) < 2 else tf.Variable(
+            [w for _, w in self.expanded], dtype=tf.float32, trainable=False)
         return data.from_files(
             self.expanded, self.spec, batch_size, training=True,
             seed=_input_seed(cfg, self.store.latest()),
             shuffle_buffer=cfg.shuffle_buffer, augment=cfg.augment, crop_pad=cfg.crop_pad,
-            shard=shard, compile_augment=cfg.jit_compile)
+            shard=shard, compile_augment=cfg.jit_compile, weights=self._mix)
 
     def use_data(self, datasets) -> None:
         """Train the next ``run`` on ``datasets`` (``[(glob, weight), ...]``) instead, keeping
@@ -305,6 +310,10 @@ class Trainer:
             raise UserError("use_data: only for a single-process trainer with "
                             "train.checkpoint_input off (the input changes between runs)")
         expanded = data.expand(datasets)
+        if self._mix is not None and [f for f, _ in expanded] == [f for f, _ in self.expanded]:
+            self._mix.assign([w for _, w in expanded])   # the same files in a new mix
+            self.expanded = expanded
+            return
         check_cell(self.config.robot, data.dataset_cells(expanded))
         self.expanded = expanded
         self.input_dataset = self._input_from_files()

@@ -457,3 +457,29 @@ def test_one_trainer_takes_new_data_between_runs_and_exports_when_asked(tmp_path
     kept = Trainer(_config(), [(str(tmp_path / "zeros" / "*.gz"), 1.0)], str(tmp_path / "w2"))
     with pytest.raises(UserError, match="checkpoint_input"):
         kept.use_data([(str(tmp_path / "ones" / "*.gz"), 1.0)])
+
+
+def test_a_new_mix_of_the_same_datasets_keeps_the_pipeline_and_follows_the_weights(tmp_path):
+    from model_testlib import labelled
+
+    rng = np.random.default_rng(0)
+    for name, target in (("zeros", 0.0), ("ones", 1.0)):
+        write_raw(tmp_path / name / "shard-00000.tfrecord.gz",
+                  [labelled(rng, 120, True, target) for _ in range(64)])
+    zeros, ones = str(tmp_path / "zeros" / "*.gz"), str(tmp_path / "ones" / "*.gz")
+    cfg = _config("train.checkpoint_input=false", "train.shuffle_buffer=8")
+    trainer = Trainer(cfg, [(zeros, 0.9), (ones, 0.1)], str(tmp_path / "work"))
+    pipeline, iterator = trainer.input_dataset, trainer.iterator
+
+    def share_of_ones(batches: int) -> float:
+        return float(np.mean([next(trainer.iterator)[1].numpy().mean()
+                              for _ in range(batches)]))
+
+    assert share_of_ones(30) < 0.2
+    trainer.use_data([(zeros, 0.1), (ones, 0.9)])
+    assert trainer.input_dataset is pipeline and trainer.iterator is iterator
+    share_of_ones(5)                    # what the shuffle buffer and prefetch still held
+    assert share_of_ones(30) > 0.8
+    # Other files: a new pipeline.
+    trainer.use_data([(ones, 1.0)])
+    assert trainer.input_dataset is not pipeline
