@@ -128,7 +128,7 @@ def test_demo_writes_the_table_under_one_run_directory(demo_run, capsys):
 
 
 def test_a_run_goes_on_after_an_option_was_added_at_its_default():
-    from pipelines.flows.phases import same_config
+    from pipelines.machinery.runstate import same_config
     from schemas.config import Config
 
     current = Config().to_dict()

@@ -37,6 +37,7 @@ from pipelines.jobs import collect, relabel, shard
 from pipelines.machinery import dataset
 from pipelines.machinery.job import JobResult
 from pipelines.machinery.options import add_config_arguments, config_from_args
+from pipelines.machinery.runstate import Phases
 from schemas import cells, fs
 from schemas.rundirs import FinetuneDir, RunDir, Workdir, epoch_dir, round_name
 from schemas.errors import UserError
@@ -44,18 +45,10 @@ from schemas.errors import UserError
 PHASES = ("collect", "shard", "relabel", "train")
 
 
-def read_state(path: str) -> dict:
-    if not fs.exists(path):
-        return {"round": 0, "done": [], "online_transitions": 0, "steps_done": 0,
-                "start_step": None, "rounds": []}
-    try:
-        return json.loads(fs.read_text(path))
-    except ValueError:
-        raise UserError(f"{path}: not valid JSON (remove it to restart finetuning)") from None
-
-
-def write_state(path: str, state: dict) -> None:
-    fs.write_text(path, json.dumps(state, indent=1, sort_keys=True))
+# What a finetuning run records beside its phases (``Phases``): the round under way and the
+# phases done in it, the on-policy transitions and steps so far, and each finished round.
+STATE_DEFAULTS = {"round": 0, "online_transitions": 0, "steps_done": 0, "start_step": None,
+                  "rounds": []}
 
 
 def seed_checkpoint(init: str, train_dir: str) -> int:
@@ -70,10 +63,10 @@ def _counts(directory: str) -> int:
     return int(dataset.read_dataset_manifest(directory)["counts"]["transitions"])
 
 
-def run_round(cfg, offline: str, objects: str, state: dict, p: FinetuneDir) -> None:
+def run_round(cfg, offline: str, objects: str, phase: Phases, p: FinetuneDir) -> None:
     from model import export as exports
 
-    ft = cfg.finetune
+    ft, state = cfg.finetune, phase.state
     r = state["round"]
     name = round_name(r)
     episodes_dir = p.round_episodes(r)
@@ -84,30 +77,25 @@ def run_round(cfg, offline: str, objects: str, state: dict, p: FinetuneDir) -> N
     if latest is None:
         raise UserError(f"{p.train.exports}: no export to collect with")
 
-    def done(phase: str, **extra) -> None:
-        state["done"].append(phase)
-        state.update(extra)
-        write_state(p.state, state)
-        print(f"finetune: round {r} {phase} done", flush=True)
-
-    if "collect" not in state["done"]:
+    def collect_round():
         on_policy = cfg.updated(collect={"policy": latest, "epsilon": ft.epsilon,
                                          "episodes": ft.episodes_per_round, "objects": objects,
                                          "seed": ft.seed + r})
         collect.collect(on_policy, episodes_dir, source=f"online-{name}").require()
-        done("collect")
-    if "shard" not in state["done"]:
+
+    def shard_round():
         shard.shard(cfg, [fs.join(episodes_dir, "*.tfrecord.gz")], transitions_dir,
                     num_shards=max(1, cfg.pipeline.num_shards // 2),
                     seed=cfg.pipeline.shuffle_seed + r).require()
-        done("shard", online_transitions=state["online_transitions"] + _counts(transitions_dir))
-    if "relabel" not in state["done"]:
+        state["online_transitions"] += _counts(transitions_dir)
+
+    def relabel_round():
         relabel.relabel(cfg, [offline], latest, p.labelled_offline, r).require()
         online_inputs = [p.round_transitions(k) for k in range(r + 1)]
         relabel.relabel(cfg, online_inputs, latest, p.labelled_online, r).require()
-        done("relabel")
-    if "train" not in state["done"]:
-        train_round(cfg, state, p, off_dir, on_dir)
+
+    def train_and_keep():
+        train_round(cfg, phase, p, off_dir, on_dir)
         # Older epochs' labels are superseded; the episodes and transitions stay on disk.
         for root in (p.labelled_offline, p.labelled_online):
             if r > 0:
@@ -115,21 +103,25 @@ def run_round(cfg, offline: str, objects: str, state: dict, p: FinetuneDir) -> N
         state["rounds"].append({"round": r, "online_transitions": state["online_transitions"],
                                 "steps_done": state["steps_done"],
                                 "export": exports.latest_export(p.train.exports)})
-        done("train")
+
+    # The phases done are this round's: the list starts empty again with the next round.
+    for which, fn in zip(PHASES, (collect_round, shard_round, relabel_round, train_and_keep)):
+        phase(which, fn)
     state["round"], state["done"] = r + 1, []
     state.pop("train_until", None)
-    write_state(p.state, state)
+    phase.save()
 
 
-def train_round(cfg, state: dict, p: FinetuneDir, off_dir: str, on_dir: str) -> None:
+def train_round(cfg, phase: Phases, p: FinetuneDir, off_dir: str, on_dir: str) -> None:
     from pipelines.jobs.train import open_trainer
 
+    state = phase.state
     ft = cfg.finetune
     balancer = Balancer(ft.steps_per_transition)
     if "train_until" not in state:
         steps = balancer.steps_for_round(state["online_transitions"], state["steps_done"])
         state["train_until"] = state["start_step"] + state["steps_done"] + steps
-        write_state(p.state, state)
+        phase.save()
     until = state["train_until"]
     # The input pipeline changes every chunk (new shares, new epochs): never restore it.
     train_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
@@ -158,7 +150,7 @@ def train_round(cfg, state: dict, p: FinetuneDir, off_dir: str, on_dir: str) -> 
               f"loss {result.loss:.4f}", flush=True)
         step = result.step
         state["steps_done"] = step - state["start_step"]
-        write_state(p.state, state)
+        phase.save()
     _export_round_end(train_cfg, p, until)
     prune_chunk_exports(state, p)
 
@@ -230,7 +222,9 @@ def finetune(cfg, run_dir: str, offline: str, init: str, *, objects: str = "trai
     # A clear error now if the offline data is incomplete or of another cell.
     check_cells(cfg, offline, dataset.read_dataset_manifest(offline), init)
     fs.makedirs(p.root)
-    state = read_state(p.state)
+    # Finetuning checks its inputs itself (check_cells): no configuration identity here.
+    phase = Phases(p.state, None, "finetune", STATE_DEFAULTS)
+    state = phase.state
     if state["start_step"] is None:
         start = seed_checkpoint(init, p.train.root)
         if start < 0:
@@ -243,10 +237,11 @@ def finetune(cfg, run_dir: str, offline: str, init: str, *, objects: str = "trai
 
             export_weights(cfg, p.train.root)  # the first round collects with the copied weights
         state["start_step"] = start
-        write_state(p.state, state)
+        phase.save()
     t0 = time.monotonic()
     while state["round"] < cfg.finetune.rounds:
-        run_round(cfg, offline, objects, state, p)
+        phase.label = f"finetune: round {state['round']}"
+        run_round(cfg, offline, objects, phase, p)
     summary = {"finetune_rounds": state["round"], "online_transitions": state["online_transitions"],
                "finetune_steps": state["steps_done"],
                "seconds": round(time.monotonic() - t0, 1)}

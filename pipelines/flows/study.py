@@ -21,7 +21,8 @@ from pipelines.machinery import dataset
 from pipelines.jobs.evaluate import evaluate
 from pipelines.machinery.job import JobResult
 from pipelines.machinery.options import add_config_arguments, config_from_args
-from pipelines.flows.phases import Phases, resolve_epochs, train_offline
+from pipelines.flows.phases import resolve_epochs, train_offline
+from pipelines.machinery.runstate import Phases
 from pipelines.jobs.subsample import subsample
 from schemas import fs
 from schemas.rundirs import Workdir
