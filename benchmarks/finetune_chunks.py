@@ -1,11 +1,11 @@
 """Finetuning's training speed in short chunks against one long chunk, on the same data.
 
 ``qtopt finetune`` trains each round in chunks, one on-policy share per chunk, with one
-``model.train.Trainer``: each chunk swaps in its two-source input (``Trainer.use_data``), trains
+``model.train.Trainer``: each chunk sets its two-source mix (``Trainer.use_data``), trains
 and checkpoints; the last exports. This benchmark writes two real labelled datasets (gzip
 TFRecords of fake transitions, standing for the offline and the on-policy data), then trains the
 same number of steps from scratch twice, each in a workdir of its own: once in chunks of
-``--chunk`` steps as finetuning runs them, once in a single ``model.train.train`` call. The
+``--chunk`` steps as finetuning runs them, once in a single ``model.train.train_until`` call. The
 order alternates over ``--repeats`` so that drifts in machine load hit both alike.
 
 Prints one JSON line: ``chunked_steps_per_s``, ``single_steps_per_s``, ``ratio`` (chunked /
@@ -40,7 +40,7 @@ def _timed(config, sources, workdir: str, steps: int, chunk: int) -> float:
     while step < steps:
         end = min(steps, step + chunk)
         if step:
-            # Shares alternate, as the ramp changes them, so each chunk builds a new input.
+            # Shares alternate, as the ramp changes them: a new mix of the same two datasets.
             trainer.use_data([(p, w if (step // chunk) % 2 else 1.0 - w) for p, w in sources])
         step = trainer.run(until_step=end, progress=False, export=end >= steps).step
     return steps / (time.perf_counter() - start)
