@@ -138,8 +138,8 @@ def train_round(cfg, phase: Phases, p: FinetuneDir, off_dir: str, on_dir: str) -
                                               until - state["start_step"], ft.ramp_steps,
                                               ft.ramp_chunk)
         sources = [(off_dir, 1.0 - share), (on_dir, share)]
-        # One trainer for the round: each chunk swaps its input, not the networks or the
-        # traced step. Checkpointed every chunk, exported once, at the round's end.
+        # One trainer for the round: each chunk sets its mix of the same two datasets, not the
+        # networks or the traced step. Checkpointed every chunk, exported once, at the round's end.
         if trainer is None:
             trainer = open_trainer(train_cfg, sources, p.train.root)
         else:
