@@ -83,6 +83,8 @@ def _create_local(path: str, body: bytes) -> bool:
 def acquire(out: str, job: str) -> dict:
     """Take ``out``'s lock for ``job`` or raise a one-line UserError naming its holder."""
     path = fs.join(out, LOCK)
+    # A job that stops before writing anything leaves no directory it made for its lock.
+    made_dir = not fs.is_remote(out) and not os.path.exists(out)
     me = {"job": job, "pid": os.getpid(), "host": socket.gethostname(),
           "process_start": _process_start(os.getpid()),
           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -99,7 +101,7 @@ def acquire(out: str, job: str) -> dict:
                 fs.remove(path)
         if not fs.is_remote(path):
             if _create_local(path, body):
-                return me
+                return {**me, "made_dir": made_dir}
             continue
         fs.write_bytes(path, body)
         time.sleep(REMOTE_SETTLE_S)
@@ -116,6 +118,9 @@ def release(out: str, me: dict) -> None:
     holder = _read(path)
     if holder and holder.get("token") == me["token"]:
         fs.remove(path)
+        if me.get("made_dir"):
+            with contextlib.suppress(OSError):   # not empty: the job wrote its output there
+                os.rmdir(out)
 
 
 @contextlib.contextmanager

@@ -122,7 +122,7 @@ def _without(args: Sequence[str], name: str) -> list[str]:
 
 def project_setup_file() -> str | None:
     """The ``setup.py`` of this source tree, if the packages run from one."""
-    candidate = Path(__file__).resolve().parent.parent / "setup.py"
+    candidate = Path(__file__).resolve().parents[2] / "setup.py"   # pipelines/machinery/..
     return str(candidate) if candidate.is_file() else None
 
 
