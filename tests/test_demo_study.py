@@ -187,3 +187,13 @@ def test_exploration_episodes_take_their_own_policy_seed_and_close_heights():
     plan = make_plan(explore_config(cfg), "unused", "explore-train")
     assert plan.identity()["scripted_close_max"] == 0.06
     assert plan.policy_label.endswith("+close<=0.06")
+
+
+def test_phases_defaults_are_copied_for_each_run(tmp_path):
+    from pipelines.machinery.runstate import Phases
+
+    defaults = {"rounds": []}
+    first = Phases(str(tmp_path / "a.json"), None, "a", defaults)
+    first.state["rounds"].append(0)
+    second = Phases(str(tmp_path / "b.json"), None, "b", defaults)
+    assert second.state["rounds"] == [] and defaults == {"rounds": []}

@@ -4,6 +4,7 @@ so that a rerun under another one is refused instead of mixed in."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 
@@ -28,7 +29,9 @@ class Phases:
         except ValueError:
             raise UserError(f"{path}: not valid JSON (remove it to start this run over)") \
                 from None
-        for key, value in {"done": [], **(defaults or {})}.items():
+        # Copies: a default list shared between runs in one process would collect all their
+        # entries.
+        for key, value in copy.deepcopy({"done": [], **(defaults or {})}).items():
             self.state.setdefault(key, value)
         if config is not None:
             stored = self.state.get("config")
