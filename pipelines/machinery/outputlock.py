@@ -4,18 +4,21 @@ Two jobs publishing into one dataset directory would interleave their ``commit``
 moves its shards in and removes the other's staging), leaving shards of both under one
 manifest. A job therefore takes ``<out>/_lock.json`` (its pid, host, job and start) before it
 stages anything and removes it when it ends, however it ends. A second job finds the lock and
-refuses at once with one line naming the holder. A lock whose process is gone (a job killed
-with SIGKILL) is stale: on the same host a new job takes it over, so a killed job still resumes
-by rerunning its command.
+refuses at once with one line naming the holder.
 
-Local locks are created with ``O_EXCL``, so two jobs starting together cannot both win. A bucket
-has no such primitive in fsspec; there a job writes its lock, waits ``REMOTE_SETTLE_S`` and
-reads it back, and refuses if another job's lock replaced it.
+Locally the file is held with ``flock``, which the kernel drops when the holding process dies:
+a job killed with SIGKILL leaves a file nobody holds, and the next job on this host takes it
+over, so a killed job still resumes by rerunning its command; two jobs starting together, or
+racing for a dead job's file, cannot both win. A file naming another host (a shared file
+system) is never taken over. A bucket has no such primitive in fsspec; there a job writes its
+lock, waits ``REMOTE_SETTLE_S`` and reads it back, and refuses if another job's lock replaced
+it; a bucket lock of a dead process on this host is taken over.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -69,15 +72,33 @@ def _read(path: str) -> dict | None:
         return {}
 
 
-def _create_local(path: str, body: bytes) -> bool:
+def _acquire_local(path: str, me: dict, body: bytes) -> int:
+    """The open, ``flock``-ed lock file's descriptor, holding ``body``; or a UserError naming
+    the holder."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(body)
-    return True
+    for _ in range(3):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(_describe(path, _read(path) or {})) from None
+        try:
+            # Locked a file its holder removed on release (another job opened it first)?
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if not current:
+            os.close(fd)
+            continue
+        holder = _read(path)
+        if holder and holder.get("host") != me["host"]:
+            os.close(fd)
+            raise UserError(_describe(path, holder))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, body, 0)
+        return fd
+    raise UserError(_describe(path, _read(path) or {}))
 
 
 def acquire(out: str, job: str) -> dict:
@@ -90,37 +111,37 @@ def acquire(out: str, job: str) -> dict:
           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
           "token": uuid.uuid4().hex}
     body = json.dumps(me, sort_keys=True).encode()
-    for _ in range(3):
-        holder = _read(path)
-        if holder is not None:
-            same_host = holder.get("host") == me["host"]
-            if holder and (not same_host or _alive(holder)):
-                raise UserError(_describe(path, holder))
-            # Stale: its process is gone. Remove it and race for it like a fresh lock.
-            with contextlib.suppress(FileNotFoundError):
-                fs.remove(path)
-        if not fs.is_remote(path):
-            if _create_local(path, body):
-                return {**me, "made_dir": made_dir}
-            continue
-        fs.write_bytes(path, body)
-        time.sleep(REMOTE_SETTLE_S)
-        holder = _read(path)
-        if holder and holder.get("token") == me["token"]:
-            return me
-        raise UserError(_describe(path, holder or {}))
-    raise UserError(_describe(path, _read(path) or {}))
+    if not fs.is_remote(path):
+        return {**me, "fd": _acquire_local(path, me, body), "made_dir": made_dir}
+    holder = _read(path)
+    if holder is not None:
+        if holder and (holder.get("host") != me["host"] or _alive(holder)):
+            raise UserError(_describe(path, holder))
+        fs.remove(path)   # stale: its process on this host is gone
+    fs.write_bytes(path, body)
+    time.sleep(REMOTE_SETTLE_S)
+    holder = _read(path)
+    if holder and holder.get("token") == me["token"]:
+        return me
+    raise UserError(_describe(path, holder or {}))
 
 
 def release(out: str, me: dict) -> None:
-    """Remove the lock if it is still ``me``'s."""
+    """Remove ``me``'s lock (a bucket's only if it is still ``me``'s)."""
     path = fs.join(out, LOCK)
-    holder = _read(path)
-    if holder and holder.get("token") == me["token"]:
-        fs.remove(path)
+    if "fd" in me:
+        # Removed before the descriptor closes (and the flock goes): a job that opened the file
+        # meanwhile finds it gone once it gets the flock, and starts again.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        os.close(me["fd"])
         if me.get("made_dir"):
             with contextlib.suppress(OSError):   # not empty: the job wrote its output there
                 os.rmdir(out)
+        return
+    holder = _read(path)
+    if holder and holder.get("token") == me["token"]:
+        fs.remove(path)
 
 
 @contextlib.contextmanager
