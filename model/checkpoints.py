@@ -35,8 +35,8 @@ class CheckpointStore:
         self.workdir = str(workdir)
         # checkpoint_dir / logs_dir name the workdir's own (maybe remote) directories in
         # messages; TensorFlow only ever sees the local ones.
-        self.checkpoint_dir = Workdir(self.workdir).checkpoints
-        self.logs_dir = Workdir(self.workdir).logs
+        workdir_ = Workdir(self.workdir)
+        self.checkpoint_dir, self.logs_dir = workdir_.checkpoints, workdir_.logs
         self.remote = fs.is_remote(self.workdir)
         if self.remote:
             if staging_dir is None:

@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def known_failure(exc: BaseException, args=None) -> str | None:
-    """The one line for a failure of the machine rather than of the code: a full disk (where,
-    the file if known, else the command's output) or a bucket past its retry budget; None for
-    anything else. Beam's runners re-raise a worker's exception as a RuntimeError carrying only
+    """The one line for a UserError the failure wraps, or for a failure of the machine rather
+    than of the code: a full disk (where, the file if known, else the command's output) or a
+    bucket past its retry budget; None for anything else. Beam's runners re-raise a worker's exception as a RuntimeError carrying only
     its text, and TensorFlow raises its own errors, so the text is read too."""
     seen = set()
     while exc is not None and id(exc) not in seen:

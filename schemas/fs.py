@@ -48,7 +48,7 @@ def filesystem(path: str):
 RETRIES_ENV, BACKOFF_ENV = "QTOPT_GCS_TRIES", "QTOPT_GCS_BACKOFF_S"
 DEFAULT_TRIES, DEFAULT_BACKOFF_S = 6, 1.0
 _classes: dict = {}
-_retried = {"count": 0}
+_retry_logged = {"done": False}   # this command has logged its first retry
 
 
 def _retrying(base):
@@ -80,7 +80,7 @@ async def _with_retries(raw, self, what, args: tuple, kwargs: dict):
     import random
     import sys
 
-    from gcsfs.retry import HttpError, is_retriable
+    from gcsfs.retry import is_retriable
     from schemas.errors import StorageUnavailable
 
     tries = max(1, int(os.environ.get(RETRIES_ENV, DEFAULT_TRIES)))
@@ -89,7 +89,7 @@ async def _with_retries(raw, self, what, args: tuple, kwargs: dict):
         try:
             return await raw(self, *args, **kwargs)
         except Exception as exc:
-            if (isinstance(exc, HttpError) and exc.code == 404) or not is_retriable(exc):
+            if not is_retriable(exc):   # a 404 among them
                 raise
             reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
             if attempt == tries - 1:
@@ -97,21 +97,16 @@ async def _with_retries(raw, self, what, args: tuple, kwargs: dict):
                     f"{what()}: the bucket failed "
                     f"{tries} tries in a row (last: {reason}); rerun the same command once it "
                     f"answers (jobs resume), or allow more tries with {RETRIES_ENV}") from exc
-            _retried["count"] += 1
-            if _retried["count"] == 1:
+            if not _retry_logged["done"]:
+                _retry_logged["done"] = True
                 print(f"gs: a request failed ({reason}); retrying up to {tries} tries with "
                       "backoff (further retries are not logged)", file=sys.stderr, flush=True)
             await asyncio.sleep(min(32.0, backoff * 2 ** attempt * (1 + random.random())))
 
 
-def retries_so_far() -> int:
-    """Requests retried since ``reset_retries`` (``_with_retries``)."""
-    return _retried["count"]
-
-
 def reset_retries() -> None:
-    """Start counting (and logging the first of) a new command's retries."""
-    _retried["count"] = 0
+    """A new command: its first retry is logged again."""
+    _retry_logged["done"] = False
 
 
 def _gcs_options() -> dict:
